@@ -1,0 +1,50 @@
+"""The ``cocktail`` command: parses arguments, dispatches to one module per subcommand, turns errors into messages.
+
+Each module in :mod:`cocktail_bot.commands` registers its own subcommand and imports heavy libraries (torch,
+transformers) only inside its handler, so ``cocktail --version`` and ``cocktail validate`` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from cocktail_bot import __version__
+from cocktail_bot.errors import CocktailError
+
+COMMANDS = ("mix", "weights", "validate", "schema", "plan", "run", "verify", "publish", "action")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cocktail",
+        description="Merge language models LM-Cocktail style, from a cocktail.yml manifest or the command line.",
+    )
+    parser.add_argument("--version", action="version", version=f"cocktail-bot {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"cocktail_bot.commands.{name}")
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except CocktailError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written to the output path", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""One module per ``cocktail`` subcommand: ``register(subparsers)`` adds it and sets ``handler``."""

@@ -1,0 +1,12 @@
+"""`cocktail run` (placeholder until its issue lands: replace this whole module)."""
+
+from cocktail_bot.errors import CocktailError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("run", help="(not yet available)")
+    parser.set_defaults(handler=handle)
+
+
+def handle(args) -> int:
+    raise CocktailError("'cocktail run' is not available yet")

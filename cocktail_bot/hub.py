@@ -1,0 +1,363 @@
+"""Publishing a model folder to the Hugging Face Hub atomically, idempotently, with retries; Hub errors.
+
+* **Atomic**: the whole folder goes in one ``create_commit`` (LFS objects are uploaded first, then one commit
+  references them), so readers of the target revision see the old model or the new one, never a mix. The
+  ``huggingface_hub`` client never splits a ``create_commit``; it is limited to 25k LFS files and 1 GB of
+  small (non-LFS) files per commit, far above a merged model's handful of shards and configs.
+* **Idempotent**: local sha256 (and git blob ids for small files) are compared with the remote's LFS and blob
+  ids at the target revision; identical files make no commit (``changed=False``). Remote files the folder no
+  longer has (an old shard layout) are deleted in the same commit, so the revision holds exactly the folder.
+* **Retries**: the client already retries preupload and LFS transfers (429, 5xx, dropped connections); the
+  calls it does not retry (repo creation, model info, the commit itself) are retried here with backoff. A
+  retried publish recomputes the difference, and the commit is pinned to the parent it was computed against
+  (``parent_commit``).
+* **Tokens**: ``token=`` or ``HF_TOKEN``; or keyless OIDC trusted publishing, which ``huggingface_hub``
+  performs itself when ``HF_OIDC_RESOURCE`` (the repo id) is set in a GitHub Actions job with ``permissions:
+  id-token: write``. A token is never printed, logged or put in a report or an error message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from cocktail_bot.errors import CocktailError, RemoteError
+from cocktail_bot.report import PublishReport
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Seconds to wait before each retry of a transient failure; tests set zeros.
+RETRY_DELAYS: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
+TRANSIENT_STATUS = frozenset({408, 412, 429, 500, 502, 503, 504})
+# Never uploaded: VCS data, the client's local_dir cache, editor and OS litter.
+SKIPPED_PARTS = frozenset({".git", ".cache", "__pycache__", ".DS_Store"})
+KEPT_REMOTE = frozenset({".gitattributes"})
+
+
+def _status(error: BaseException) -> int | None:
+    response = getattr(error, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Worth retrying: rate limits, server errors, a moved parent commit, dropped connections and timeouts.
+
+    ``resolve_revision`` reports a Hub outage as a ``RevisionResolutionError`` caused by it: the cause
+    decides.
+    """
+    import httpx2
+
+    if isinstance(error, httpx2.ProxyError):
+        return False
+    if isinstance(error, httpx2.TransportError) or _status(error) in TRANSIENT_STATUS:
+        return True
+    from huggingface_hub.errors import RevisionResolutionError
+
+    return (
+        isinstance(error, RevisionResolutionError)
+        and error.__cause__ is not None
+        and is_transient(error.__cause__)
+    )
+
+
+def with_retries(call: Callable[[], T], what: str) -> T:
+    """Run ``call``, retrying transient Hub failures after each of ``RETRY_DELAYS``; others pass through."""
+    for attempt, delay in enumerate((*RETRY_DELAYS, None), start=1):
+        try:
+            return call()
+        except Exception as error:
+            if delay is None or not is_transient(error):
+                raise
+            reason = _status(error) or type(error).__name__
+            logger.warning(
+                "%s failed (%s); retrying in %.0fs [%d/%d]", what, reason, delay, attempt, len(RETRY_DELAYS)
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def hub_errors(
+    repo_id: str, revision: str | None, *, reading: bool, token: str | None = None
+) -> Iterator[None]:
+    """Turn ``huggingface_hub`` exceptions into one ``CocktailError``/``RemoteError`` naming repo and fix."""
+    from huggingface_hub import errors
+
+    where = f"{repo_id}@{revision}" if revision else repo_id
+    try:
+        yield
+    except (
+        errors.RevisionResolutionError,
+        errors.CachedRepoTreeNotFoundError,
+        errors.LocalEntryNotFoundError,
+    ):
+        raise CocktailError(
+            f"{where} is not in the Hugging Face cache and the Hub cannot be used "
+            "(HF_HUB_OFFLINE is set or the Hub is unreachable): run once online to cache it, "
+            "or unset HF_HUB_OFFLINE"
+        ) from None
+    except errors.GatedRepoError:
+        raise CocktailError(
+            f"Hub repo {repo_id} is gated: accept its conditions on the Hub with your account, "
+            "then set HF_TOKEN to a token of that account"
+        ) from None
+    except errors.RepositoryNotFoundError:
+        if token is None and not _has_token():
+            raise CocktailError(
+                f"Hub repo {repo_id} was not found, or it is private and no token was given: "
+                "check the name, or set HF_TOKEN to a token that can read it"
+            ) from None
+        access = "read" if reading else "write to"
+        raise CocktailError(
+            f"Hub repo {repo_id} was not found, or the token cannot {access} it (404): check "
+            "the name and that the token's account or organisation has access"
+        ) from None
+    except errors.RevisionNotFoundError:
+        raise CocktailError(
+            f"revision {revision!r} was not found in Hub repo {repo_id}: use an existing "
+            "branch, tag or commit sha"
+        ) from None
+    except errors.RemoteEntryNotFoundError as error:
+        name = str(getattr(error.response, "url", "")).rsplit("/resolve/", 1)[-1].split("/", 1)[-1]
+        raise CocktailError(f"file {name!r} was not found in Hub repo {where}") from None
+    except errors.OIDCError as error:
+        raise RemoteError(f"trusted publishing (OIDC) failed: {error}") from None
+    except errors.HfHubHTTPError as error:
+        raise _http_error(error, repo_id, where, reading) from None
+    except RuntimeError as error:
+        # The client wraps a failed LFS transfer (after its retries) as "Error while uploading 'NAME' ...".
+        if not isinstance(error.__cause__, errors.HfHubHTTPError):
+            raise
+        name = re.search(r"'(.+)'", str(error))
+        during = f"{where} (uploading {name.group(1)})" if name else where
+        raise _http_error(error.__cause__, repo_id, during, reading) from None
+    except OSError as error:  # httpx2.TransportError is not an OSError; caught below
+        raise RemoteError(f"could not use Hub repo {where}: {error}") from None
+    except Exception as error:
+        import httpx2
+
+        if isinstance(error, httpx2.TransportError):
+            raise RemoteError(
+                f"could not reach the Hub for {where} ({type(error).__name__}): check the network "
+                "or HF_ENDPOINT and try again"
+            ) from None
+        raise
+
+
+def _http_error(error: BaseException, repo_id: str, where: str, reading: bool) -> RemoteError:
+    status = _status(error)
+    namespace = repo_id.split("/")[0]
+    if status == 401:
+        return RemoteError(
+            f"the Hub rejected the token for {repo_id} (401 Unauthorized): set HF_TOKEN to a valid "
+            "token (or configure trusted publishing with HF_OIDC_RESOURCE)"
+        )
+    if status == 403:
+        if reading:
+            return RemoteError(
+                f"the token may not read {repo_id} (403 Forbidden): use a token with read access "
+                f"to the {namespace!r} namespace"
+            )
+        return RemoteError(
+            f"the token may not write to {repo_id} (403 Forbidden): use a token with the 'write' "
+            f"role, or a fine-grained token with 'Write access to contents/settings of all repos' "
+            f"under the {namespace!r} namespace"
+        )
+    if status == 404:
+        return RemoteError(
+            f"Hub repo {repo_id} was not found, or the token cannot see it (404): check the repo "
+            "id and the token's namespace"
+        )
+    server = getattr(getattr(error, "response", None), "headers", {}).get("X-Error-Message")
+    detail = f": {server}" if server else ""
+    return RemoteError(f"the Hub failed on {where} (HTTP {status}){detail}; try again later")
+
+
+def _has_token() -> bool:
+    from huggingface_hub import get_token
+
+    return get_token() is not None
+
+
+# -- publishing ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    path: Path
+    size: int
+    sha256: str
+    git_blob_id: str
+
+
+def local_files(folder: Path) -> dict[str, LocalFile]:
+    """Every file to publish (relative POSIX path -> hashes), reading each file once."""
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if not path.is_file() or SKIPPED_PARTS.intersection(relative.parts):
+            continue
+        size = path.stat().st_size
+        sha256, blob = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size)
+        with open(path, "rb") as file:
+            while block := file.read(1 << 20):
+                sha256.update(block)
+                blob.update(block)
+        files[relative.as_posix()] = LocalFile(path, size, sha256.hexdigest(), blob.hexdigest())
+    return files
+
+
+def plan_changes(
+    local: dict[str, LocalFile], remote: dict[str, tuple[str | None, str | None]]
+) -> tuple[list[str], list[str]]:
+    """(uploads, deletions) making ``remote`` (path -> (LFS sha256, git blob id)) equal ``local``."""
+    upload = [name for name, file in local.items() if name not in remote or not _same(file, *remote[name])]
+    delete = sorted(name for name in remote if name not in local and name not in KEPT_REMOTE)
+    return upload, delete
+
+
+def _same(file: LocalFile, lfs_sha256: str | None, blob_id: str | None) -> bool:
+    """LFS files carry the content's sha256; small files only their git blob id."""
+    return file.sha256 == lfs_sha256 or file.git_blob_id == blob_id
+
+
+def publish_folder(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    create_pr: bool = False,
+    commit_message: str,
+    commit_description: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> PublishReport:
+    """Make ``revision`` (a branch, default ``main``) of ``repo_id`` hold exactly the files of ``folder``.
+
+    Creates the repo (and the branch) when missing. With ``create_pr`` the change is proposed as a Hub pull
+    request against ``revision`` instead. Raises ``RemoteError`` with one actionable message on permanent
+    failures.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CocktailError(f"{folder} is not a folder: publish a model folder built by cocktail-bot")
+    local = local_files(folder)
+    if not local:
+        raise CocktailError(f"{folder} is empty: nothing to publish")
+    branch = revision or "main"
+    api = HfApi(endpoint=endpoint)
+    with hub_errors(repo_id, branch, reading=False, token=token):
+        token = token or _resolved_token(repo_id)
+        return with_retries(
+            lambda: _publish_once(
+                api,
+                local,
+                repo_id,
+                branch,
+                private=private,
+                create_pr=create_pr,
+                message=commit_message,
+                description=commit_description,
+                token=token,
+            ),
+            f"publishing to {repo_id}",
+        )
+
+
+def _resolved_token(repo_id: str) -> str:
+    """``HF_TOKEN``, the stored login, or a short-lived trusted-publishing token (``HF_OIDC_RESOURCE``)."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if token is None:
+        raise CocktailError(
+            f"no Hugging Face token to publish {repo_id}: set HF_TOKEN to a token with write "
+            f"access, or use trusted publishing (HF_OIDC_RESOURCE={repo_id} in a GitHub Actions job "
+            "with 'permissions: id-token: write')"
+        )
+    return token
+
+
+def _publish_once(
+    api,
+    local: dict[str, LocalFile],
+    repo_id: str,
+    branch: str,
+    *,
+    private: bool,
+    create_pr: bool,
+    message: str,
+    description: str | None,
+    token: str,
+) -> PublishReport:
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    repo_url = str(api.create_repo(repo_id, private=private, exist_ok=True, token=token))
+    try:
+        info = api.model_info(repo_id, revision=branch, files_metadata=True, token=token)
+    except RevisionNotFoundError:
+        if create_pr:
+            raise
+        api.create_branch(repo_id, branch=branch, exist_ok=True, token=token)
+        info = api.model_info(repo_id, revision=branch, files_metadata=True, token=token)
+    if private and not info.private:
+        logger.warning(
+            "%s already exists and is public: --private only applies when the repo is created", repo_id
+        )
+    remote = {s.rfilename: (s.lfs.sha256 if s.lfs else None, s.blob_id) for s in info.siblings or []}
+    upload, delete = plan_changes(local, remote)
+    if not upload and not delete:
+        logger.info("%s@%s already holds these %d files: no new commit", repo_id, branch, len(local))
+        return PublishReport(
+            repo_id=repo_id,
+            revision=branch,
+            commit_sha=info.sha,
+            repo_url=repo_url,
+            commit_url=f"{api.endpoint}/{repo_id}/commit/{info.sha}",
+            changed=False,
+        )
+    size = sum(local[name].size for name in upload)
+    logger.info(
+        "publishing %d changed files (%.1f MB) and %d deletions to %s%s",
+        len(upload),
+        size / 1e6,
+        len(delete),
+        repo_id,
+        " as a pull request" if create_pr else f"@{branch}",
+    )
+    operations = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(local[name].path)) for name in upload
+    ]
+    operations += [CommitOperationDelete(path_in_repo=name) for name in delete]
+    commit = api.create_commit(
+        repo_id,
+        operations,
+        commit_message=message,
+        commit_description=description,
+        revision=branch,
+        create_pr=create_pr,
+        parent_commit=info.sha,
+        token=token,
+    )
+    return PublishReport(
+        repo_id=repo_id,
+        revision=commit.pr_revision or branch,
+        commit_sha=commit.oid,
+        commit_url=commit.commit_url,
+        pr_url=commit.pr_url,
+        repo_url=repo_url,
+        changed=True,
+    )

@@ -1,0 +1,307 @@
+"""Model references (``org/name``, ``org/name@rev``, local folders) -> pinned local folders with file hashes.
+
+A Hub reference is pinned to the commit sha its revision points at *now* (``resolve_revision``, which also
+records the branch or tag in the cache for offline runs), and everything after that reads at the sha, so a
+branch moving mid-run cannot mix two versions. Only the files a
+merge reads are downloaded (weights, preferring safetensors; config; tokenizer and chat template;
+sentence-transformers modules), with ``snapshot_download`` into the Hugging Face cache, which also makes a
+second run and offline mode work. Models that need their own Python code are refused: cocktail-bot never sets
+``trust_remote_code``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cocktail_bot.errors import CocktailError
+from cocktail_bot.model_files import ROOT_DIRS, ROOT_FILE_PATTERNS, file_sha256
+from cocktail_bot.report import SourceReport
+
+logger = logging.getLogger(__name__)
+
+HUB_REFERENCE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[^@\s]+))?$")
+# Sentence-transformers module folders: 1_Pooling, 2_Normalize, 2_Dense, ...
+MODULE_DIR = re.compile(r"^\d+_[^/]+$")
+SAFETENSORS_ROOT = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json")
+PICKLE_ROOT = ("pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json")
+SAFE_MODULE_TYPES = ("sentence_transformers.",)
+# Files whose contents can say that a model needs its own code.
+CODE_SIGNALS = ("config.json", "tokenizer_config.json", "modules.json")
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """A model reference pinned to an exact revision, with the sha256 of each file the merge reads.
+
+    ``path`` is None when resolved without downloading (``cocktail plan``); ``sizes`` then still tells how big
+    the download and the merge input are.
+    """
+
+    label: str
+    repo_id: str | None
+    requested_revision: str | None
+    resolved_revision: str | None
+    path: Path | None
+    files: dict[str, str] = field(default_factory=dict)
+    license: str | None = None
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.sizes.values())
+
+    def to_report(self) -> SourceReport:
+        return SourceReport(
+            label=self.label,
+            repo_id=self.repo_id,
+            requested_revision=self.requested_revision,
+            resolved_revision=self.resolved_revision,
+            path=str(self.path or ""),
+            license=self.license,
+            files=dict(self.files),
+        )
+
+
+def resolve_source(
+    ref: str,
+    revision: str | None = None,
+    *,
+    token: str | None = None,
+    endpoint: str | None = None,
+    download: bool = True,
+) -> ResolvedSource:
+    """Pin ``ref`` (``org/name``, ``org/name@rev`` or a local folder); fetch it unless ``download=False``."""
+    local = _local_folder(ref)
+    if local is not None:
+        if revision is not None:
+            raise CocktailError(f"{ref} is a local folder: a revision ({revision}) only applies to Hub repos")
+        return _resolve_local(ref, local)
+    match = HUB_REFERENCE.match(ref)
+    if match is None:
+        raise CocktailError(
+            f"model reference {ref!r} is neither an existing folder nor a Hub repo id "
+            "(use org/name, org/name@revision, or a path such as ./models/x)"
+        )
+    repo_id, ref_revision = match.group("repo"), match.group("revision")
+    if ref_revision and revision and ref_revision != revision:
+        raise CocktailError(
+            f"{ref} names revision {ref_revision} but the revision {revision} was also given: keep one"
+        )
+    return _resolve_hub(
+        ref, repo_id, revision or ref_revision, token=token, endpoint=endpoint, download=download
+    )
+
+
+def needed_files(names: Iterable[str]) -> list[str]:
+    """The files of a model folder or repo that a merge reads, sorted; safetensors weights win over pickles.
+
+    Pure: works on a remote listing before anything is downloaded. Weights in other formats (TF, Flax, ONNX,
+    GGUF, ...) and everything else (README, training scripts, images) are left out.
+    """
+    names = sorted(set(names))
+    chosen = [n for n in names if "/" not in n and _matches(n, ROOT_FILE_PATTERNS)]
+    chosen += [n for n in names if n.split("/", 1)[0] in ROOT_DIRS and "/" in n]
+    chosen += _weights([n for n in names if "/" not in n])
+    module_files: dict[str, list[str]] = {}
+    for name in names:
+        top, _, rest = name.partition("/")
+        if rest and MODULE_DIR.match(top):
+            module_files.setdefault(top, []).append(rest)
+    for folder, files in module_files.items():
+        weights = _weights(files)
+        chosen += [f"{folder}/{f}" for f in files if f in weights or not _is_weight(f)]
+    return sorted(set(chosen))
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+
+
+def _is_weight(name: str) -> bool:
+    return name.endswith(
+        (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".gguf", ".ckpt")
+    ) or name.endswith(".index.json")
+
+
+def _weights(names: list[str]) -> list[str]:
+    """Top-level weight files of one folder: safetensors when there are any, else PyTorch pickles."""
+    for patterns in (SAFETENSORS_ROOT, ("*.safetensors",), PICKLE_ROOT):
+        found = [n for n in names if "/" not in n and _matches(n, patterns)]
+        if found:
+            return found
+    return []
+
+
+def custom_code_reason(contents: dict[str, bytes], names: Iterable[str]) -> str | None:
+    """Why a model needs its own Python code (None when it does not).
+
+    ``contents`` holds what is known of the files in ``CODE_SIGNALS``; ``names`` are the files a merge reads,
+    where a ``.py`` file (a custom sentence-transformers module) is a signal too.
+    """
+    for name in ("config.json", "tokenizer_config.json"):
+        data = _json_or_none(contents.get(name))
+        if isinstance(data, dict) and data.get("auto_map"):
+            return f"its {name} has an auto_map ({', '.join(sorted(data['auto_map']))})"
+    modules = _json_or_none(contents.get("modules.json"))
+    if isinstance(modules, list):
+        custom = [
+            str(m.get("type"))
+            for m in modules
+            if isinstance(m, dict) and not str(m.get("type", "")).startswith(SAFE_MODULE_TYPES)
+        ]
+        if custom:
+            return f"its modules.json uses custom modules ({', '.join(custom)})"
+    python = sorted(n for n in names if n.endswith(".py"))
+    if python:
+        return f"it ships Python code ({', '.join(python)})"
+    return None
+
+
+def _json_or_none(content: bytes | None):
+    if content is None:
+        return None
+    try:
+        return json.loads(content)
+    except ValueError:
+        return None
+
+
+def _refuse_custom_code(where: str, reason: str | None) -> None:
+    if reason:
+        raise CocktailError(
+            f"{where} needs custom code to load ({reason}); cocktail-bot never runs code from a model "
+            "(no trust_remote_code): use a model that loads with the standard transformers classes"
+        )
+
+
+# -- local folders -------------------------------------------------------------------------------------------
+
+
+def _local_folder(ref: str) -> Path | None:
+    """The folder a reference names, or None for a Hub id; a missing path that looks local is an error."""
+    path = Path(ref).expanduser()
+    looks_local = ref.startswith((".", "/", "~")) or "\\" in ref or ref.count("/") > 1
+    if path.is_dir():
+        return path.resolve()
+    if looks_local:
+        raise CocktailError(f"model folder {ref} does not exist (a Hub repo is named org/name)")
+    return None
+
+
+def _resolve_local(ref: str, folder: Path) -> ResolvedSource:
+    names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    chosen = needed_files(names)
+    where = f"model folder {ref}"
+    _refuse_custom_code(where, custom_code_reason(_config_contents(folder), chosen))
+    _check_model_files(where, chosen)
+    return ResolvedSource(
+        label=ref,
+        repo_id=None,
+        requested_revision=None,
+        resolved_revision=None,
+        path=folder,
+        files={n: file_sha256(folder / n) for n in chosen},
+        sizes={n: (folder / n).stat().st_size for n in chosen},
+    )
+
+
+def _check_model_files(where: str, chosen: list[str]) -> None:
+    if not any(_is_weight(n) and not n.endswith(".index.json") for n in chosen):
+        raise CocktailError(
+            f"{where} has no model weights: expected model.safetensors or pytorch_model.bin (or their shards)"
+        )
+    if "config.json" not in chosen:
+        raise CocktailError(f"{where} has no config.json: it is not a transformers model")
+
+
+# -- Hub repos -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """A repo's files at one commit: name -> (size, LFS sha256 or None); config and license when online."""
+
+    files: dict[str, tuple[int, str | None]]
+    config: dict | None = None
+    license: str | None = None
+
+
+def _resolve_hub(
+    label: str, repo_id: str, revision: str | None, *, token: str | None, endpoint: str | None, download: bool
+) -> ResolvedSource:
+    from huggingface_hub import HfApi, constants, snapshot_download
+
+    from cocktail_bot.hub import hub_errors, with_retries
+
+    where = f"{repo_id}@{revision}" if revision else repo_id
+    offline = constants.is_offline_mode()
+    api = HfApi(endpoint=endpoint, token=token)
+    with hub_errors(repo_id, revision, reading=True, token=token):
+        # Pins the revision and records branch/tag -> sha in the cache's refs/, so offline runs find it later.
+        sha = with_retries(
+            lambda: api.resolve_revision(repo_id, revision=revision, local_files_only=offline),
+            f"resolving {where}",
+        ).resolved
+        listing = _listing(api, repo_id, sha, offline=offline)
+    chosen = needed_files(listing.files)
+    pinned = f"Hub repo {where} (commit {sha})"
+    config = {"config.json": json.dumps(listing.config).encode()} if listing.config else {}
+    _refuse_custom_code(pinned, custom_code_reason(config, chosen))
+    _check_model_files(pinned, chosen)
+    lfs_hashes = {n: listing.files[n][1] for n in chosen if listing.files[n][1]}
+    sizes = {n: listing.files[n][0] for n in chosen}
+    path, files = None, dict(lfs_hashes)
+    if download:
+        with hub_errors(repo_id, sha, reading=True, token=token):
+            folder = snapshot_download(
+                repo_id,
+                revision=sha,
+                allow_patterns=chosen,
+                token=token,
+                endpoint=endpoint,
+                local_files_only=offline,
+            )
+        path = Path(folder)
+        _refuse_custom_code(pinned, custom_code_reason(_config_contents(path), chosen))
+        files = {n: lfs_hashes.get(n) or file_sha256(path / n) for n in chosen}
+    logger.info("pinned %s to %s (%d files, %.1f MB)", where, sha, len(chosen), sum(sizes.values()) / 1e6)
+    return ResolvedSource(
+        label=label,
+        repo_id=repo_id,
+        requested_revision=revision,
+        resolved_revision=sha,
+        path=path,
+        files=files,
+        license=listing.license,
+        sizes=sizes,
+    )
+
+
+def _listing(api, repo_id: str, sha: str, *, offline: bool) -> _Listing:
+    """The files at ``sha`` from the Hub, or from the tree the cache kept of an earlier download when offline.
+
+    Offline, the license is unknown: it comes from the Hub's card data, which is not cached.
+    """
+    from huggingface_hub import get_cached_repo_tree
+
+    from cocktail_bot.hub import with_retries
+
+    if offline:
+        tree = get_cached_repo_tree(repo_id, revision=sha)
+        return _Listing({f.path: (f.size or 0, f.lfs.sha256 if f.lfs else None) for f in tree})
+    info = with_retries(
+        lambda: api.model_info(repo_id, revision=sha, files_metadata=True), f"reading {repo_id}"
+    )
+    files = {s.rfilename: (s.size or 0, s.lfs.sha256 if s.lfs else None) for s in info.siblings or []}
+    license_ = (info.card_data or {}).get("license") if info.card_data is not None else None
+    return _Listing(files, info.config, license_ if isinstance(license_, str) else None)
+
+
+def _config_contents(folder: Path) -> dict[str, bytes]:
+    return {n: (folder / n).read_bytes() for n in CODE_SIGNALS if (folder / n).is_file()}

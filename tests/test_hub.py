@@ -1,0 +1,211 @@
+"""Publishing with the real huggingface_hub client to the local Hub test server over 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from huggingface_hub import snapshot_download
+from huggingface_hub.utils import _auth
+
+from cocktail_bot import hub
+from cocktail_bot.errors import CocktailError, RemoteError
+from cocktail_bot.hub import local_files, publish_folder
+
+REPO = "cocktail/merged"
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub, "RETRY_DELAYS", (0.0, 0.0, 0.0))
+
+
+@pytest.fixture
+def model(tmp_path: Path, tiny_llamas) -> Path:
+    """A model folder as the pipeline leaves it: weights, configs, tokenizer and a card."""
+    folder = tmp_path / "out"
+    shutil.copytree(tiny_llamas[0], folder)
+    (folder / "README.md").write_text("---\nlicense: mit\ntags: [merge]\n---\n# merged\n")
+    return folder
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {name: file.path.read_bytes() for name, file in local_files(folder).items()}
+
+
+def publish(folder: Path, hub_server, **kwargs):
+    kwargs.setdefault("token", hub_server.write_token)
+    return publish_folder(folder, REPO, commit_message="Publish merged (cocktail.yml)", **kwargs)
+
+
+def test_first_publish_creates_the_repo_with_regular_and_lfs_files(hub_server, model):
+    report = publish(model, hub_server, private=True)
+    repo = hub_server.repos[REPO]
+    assert repo.private
+    assert report.changed and report.revision == "main" and report.commit_sha == hub_server.head(REPO)
+    assert report.commit_url == f"{hub_server.endpoint}/{REPO}/commit/{report.commit_sha}"
+    assert report.repo_url == f"{hub_server.endpoint}/{REPO}" and report.pr_url is None
+    entries = repo.commits[report.commit_sha].files
+    assert (
+        entries["model.safetensors"].lfs and not entries["config.json"].lfs and not entries["README.md"].lfs
+    )
+    assert [r.path for r in hub_server.seen("lfs_upload")] == [None]  # one LFS object: the weights
+    assert len(hub_server.seen("commit")) == 1
+    assert repo.commits[report.commit_sha].title == "Publish merged (cocktail.yml)"
+    assert {n: d for n, d in hub_server.files(REPO).items() if n != ".gitattributes"} == folder_bytes(model)
+
+
+def test_files_downloaded_back_equal_what_was_built(hub_server, model):
+    report = publish(model, hub_server)
+    downloaded = Path(snapshot_download(REPO, revision=report.commit_sha, token=hub_server.write_token))
+    assert {n: d for n, d in folder_bytes(downloaded).items() if n != ".gitattributes"} == folder_bytes(model)
+
+
+def test_republishing_identical_files_makes_no_commit(hub_server, model):
+    first = publish(model, hub_server)
+    again = publish(model, hub_server)
+    assert not again.changed and again.commit_sha == first.commit_sha
+    assert len(hub_server.seen("commit")) == 1 and len(hub_server.seen("lfs_batch")) == 1
+
+
+def test_a_changed_model_replaces_the_files_and_drops_stale_ones(hub_server, model, tiny_llamas):
+    first = publish(model, hub_server)
+    shutil.copyfile(tiny_llamas[1] / "model.safetensors", model / "model.safetensors")
+    (model / "generation_config.json").unlink()
+    second = publish(model, hub_server)
+    assert second.changed and second.commit_sha != first.commit_sha
+    assert hub_server.repos[REPO].commits[second.commit_sha].parent == first.commit_sha
+    files = hub_server.files(REPO)
+    assert "generation_config.json" not in files and ".gitattributes" in files
+    assert files["model.safetensors"] == (tiny_llamas[1] / "model.safetensors").read_bytes()
+    assert hub_server.files(REPO, first.commit_sha)[
+        "generation_config.json"
+    ]  # history keeps the old revision
+
+
+def test_create_pr_proposes_the_change_and_leaves_main_alone(hub_server, model, tiny_llamas):
+    main = publish(model, hub_server)
+    shutil.copyfile(tiny_llamas[1] / "model.safetensors", model / "model.safetensors")
+    preview = publish(model, hub_server, create_pr=True)
+    assert preview.changed and preview.revision == "refs/pr/1"
+    assert preview.pr_url == f"{hub_server.endpoint}/{REPO}/discussions/1"
+    assert hub_server.head(REPO) == main.commit_sha
+    assert hub_server.head(REPO, "refs/pr/1") == preview.commit_sha
+    assert (
+        hub_server.files(REPO, "refs/pr/1")["model.safetensors"] == (model / "model.safetensors").read_bytes()
+    )
+    assert hub_server.repos[REPO].pull_requests[1].base == "main"
+
+
+def test_a_new_branch_is_created_from_main(hub_server, model):
+    main = publish(model, hub_server)
+    (model / "README.md").write_text("# preview\n")
+    report = publish(model, hub_server, revision="preview")
+    assert report.revision == "preview" and hub_server.head(REPO) == main.commit_sha
+    assert hub_server.files(REPO, "preview")["README.md"] == b"# preview\n"
+
+
+@pytest.mark.parametrize(("route", "status"), [("commit", 500), ("create_repo", 0), ("model_info", 429)])
+def test_transient_failures_are_retried(hub_server, model, route, status, caplog):
+    hub_server.fail(route, status, times=1)
+    with caplog.at_level(logging.WARNING, logger="cocktail_bot.hub"):
+        report = publish(model, hub_server)
+    assert (
+        report.changed
+        and hub_server.files(REPO)["model.safetensors"] == (model / "model.safetensors").read_bytes()
+    )
+    assert len(hub_server.seen(route)) >= 2
+    assert len(hub_server.repos[REPO].commits) == 2  # the initial commit and exactly one publish
+    assert "retrying" in caplog.text
+
+
+def test_a_connection_that_keeps_dropping_gives_up_with_one_message(hub_server, model):
+    hub_server.fail("create_repo", 0, times=1 + len(hub.RETRY_DELAYS))
+    with pytest.raises(RemoteError) as error:
+        publish(model, hub_server)
+    assert str(error.value) == (
+        "could not reach the Hub for cocktail/merged@main (RemoteProtocolError): check the network or "
+        "HF_ENDPOINT and try again"
+    )
+    assert REPO not in hub_server.repos
+
+
+def test_a_read_only_token_gets_one_message_naming_the_scope(hub_server, model):
+    with pytest.raises(RemoteError) as error:
+        publish(model, hub_server, token=hub_server.read_token)
+    assert str(error.value) == (
+        "the token may not write to cocktail/merged (403 Forbidden): use a token with the 'write' role, or a "
+        "fine-grained token with 'Write access to contents/settings of all repos' under the 'cocktail' "
+        "namespace"
+    )
+    assert REPO not in hub_server.repos
+
+
+def test_a_bad_token_and_no_token(hub_server, model):
+    with pytest.raises(RemoteError) as error:
+        publish(model, hub_server, token="hf_revoked")
+    assert str(error.value) == (
+        "the Hub rejected the token for cocktail/merged (401 Unauthorized): set HF_TOKEN to "
+        "a valid token (or configure trusted publishing with HF_OIDC_RESOURCE)"
+    )
+    with pytest.raises(CocktailError) as error:
+        publish(model, hub_server, token=None)
+    assert str(error.value) == (
+        "no Hugging Face token to publish cocktail/merged: set HF_TOKEN to a token with write access, or use "
+        "trusted publishing (HF_OIDC_RESOURCE=cocktail/merged in a GitHub Actions job with 'permissions: "
+        "id-token: write')"
+    )
+    assert hub_server.requests == [] or all(r.token == "hf_revoked" for r in hub_server.requests)
+
+
+def test_an_upload_failing_halfway_leaves_the_target_revision_unchanged(
+    hub_server, model, tiny_llama_sharded
+):
+    before = publish(model, hub_server)
+    sharded = model.parent / "sharded"
+    shutil.copytree(tiny_llama_sharded, sharded)
+    assert sum(name.endswith(".safetensors") for name in local_files(sharded)) > 2
+    hub_server.fail("lfs_upload", 400, times=1)  # one shard is refused after the others went up
+    with pytest.raises(
+        RemoteError,
+        match=r"^the Hub failed on cocktail/merged@main \(uploading model-0000\d-of-0000\d.safetensors\) "
+        r"\(HTTP 400\): injected failure on lfs_upload; try again later$",
+    ):
+        publish(sharded, hub_server)
+    assert len(hub_server.seen("lfs_upload")) > 1
+    assert hub_server.head(REPO) == before.commit_sha
+    hub_server.fail(
+        "commit", 500, times=1 + len(hub.RETRY_DELAYS)
+    )  # every shard is up, every commit attempt fails
+    with pytest.raises(RemoteError, match=r"^the Hub failed on cocktail/merged@main \(HTTP 500\)"):
+        publish(sharded, hub_server)
+    assert hub_server.head(REPO) == before.commit_sha
+    assert {n: d for n, d in hub_server.files(REPO).items() if n != ".gitattributes"} == folder_bytes(model)
+    assert publish(sharded, hub_server).changed  # and a later run completes it in one commit
+
+
+def test_trusted_publishing_exchanges_an_oidc_token_and_never_shows_it(
+    hub_server, model, monkeypatch, caplog, capsys
+):
+    monkeypatch.setattr(_auth, "_OIDC_TOKEN_CACHE", None)
+    monkeypatch.setenv("HF_OIDC_RESOURCE", REPO)
+    monkeypatch.setenv("HF_OIDC_ID_TOKEN", "github-id-token")
+    hub_server.oidc_subject_tokens["github-id-token"] = REPO
+    hub_server.create_repo(REPO)
+    with caplog.at_level(logging.DEBUG):
+        report = publish(model, hub_server, token=None)
+    assert report.changed and len(hub_server.seen("oauth_token")) == 1
+    minted = hub_server.seen("commit")[0].token
+    assert minted.startswith("hf_oidc_")
+    assert hub_server.repos[REPO].commits[report.commit_sha].author == "oidc-cocktail"
+    shown = caplog.text + report.model_dump_json() + "".join(capsys.readouterr())
+    assert minted not in shown and "github-id-token" not in shown
+
+
+def test_a_missing_folder_is_refused(tmp_path):
+    with pytest.raises(
+        CocktailError, match=r"out is not a folder: publish a model folder built by cocktail-bot$"
+    ):
+        publish_folder(tmp_path / "out", REPO, commit_message="x", token="t")

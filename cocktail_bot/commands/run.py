@@ -1,12 +1,63 @@
-"""`cocktail run` (placeholder until its issue lands: replace this whole module)."""
+"""`cocktail run FILE --out DIR`: build (and optionally publish) the model a manifest describes."""
 
-from cocktail_bot.errors import CocktailError
+from __future__ import annotations
+
+import argparse
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("run", help="(not yet available)")
+    parser = subparsers.add_parser(
+        "run",
+        help="validate, pin sources, compute weights, merge, evaluate, write the card, lock and report",
+    )
+    parser.add_argument("manifest", metavar="FILE", help="the cocktail.yml manifest")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for the model, card, lock and report"
+    )
+    parser.add_argument(
+        "--locked",
+        action="store_true",
+        help="use the lock's revisions and weights and require a byte-identical output",
+    )
+    parser.add_argument(
+        "--lock",
+        metavar="PATH",
+        help="lock file to write or, with --locked, read "
+        "(default: the manifest's name with .lock, beside it)",
+    )
+    parser.add_argument(
+        "--publish",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="publish to output.repo on the Hub (default: --no-publish)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    parser.add_argument(
+        "--device",
+        help="auto, cpu, cuda or cuda:N, for example weights, evaluation and the merge (default: "
+        "merge.device; inference auto, merge cpu)",
+    )
     parser.set_defaults(handler=handle)
 
 
 def handle(args) -> int:
-    raise CocktailError("'cocktail run' is not available yet")
+    from cocktail_bot.pipeline import run_manifest
+
+    report = run_manifest(
+        args.manifest,
+        args.out,
+        locked=args.locked,
+        publish=args.publish,
+        lock_path=args.lock,
+        force=args.force,
+        device=args.device,
+        progress=not getattr(args, "quiet", False),
+    )
+    assert report.output is not None
+    print(
+        f"built {report.name} in {report.output.path} "
+        f"({report.output.total_bytes} bytes, {report.seconds:.1f} s)"
+    )
+    if report.publish is not None:
+        print(f"published {report.publish.repo_url} ({report.publish.commit_url or report.publish.revision})")
+    return 0

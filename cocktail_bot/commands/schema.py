@@ -1,12 +1,17 @@
-"""`cocktail schema` (placeholder until its issue lands: replace this whole module)."""
+"""`cocktail schema`: the manifest's JSON Schema, for editors (`# yaml-language-server: $schema=...`)."""
 
-from cocktail_bot.errors import CocktailError
+from __future__ import annotations
+
+import json
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("schema", help="(not yet available)")
+    parser = subparsers.add_parser("schema", help="print the JSON Schema of cocktail.yml")
     parser.set_defaults(handler=handle)
 
 
 def handle(args) -> int:
-    raise CocktailError("'cocktail schema' is not available yet")
+    from cocktail_bot.manifest import json_schema
+
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))
+    return 0

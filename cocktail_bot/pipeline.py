@@ -1,0 +1,496 @@
+"""`cocktail run`: validate, resolve, weights, merge (step by step), evaluate, card, publish, report, lock.
+
+Everything is built in a work folder beside ``--out`` and moved into place only when the model, its card,
+the lock and the report are complete, so a failure leaves ``--out`` as it was. Intermediate steps' outputs
+live in the work folder and feed later steps; only the final step's output is the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cocktail_bot import __version__
+from cocktail_bot.errors import CocktailError
+from cocktail_bot.lock import (
+    Lock,
+    LockedSource,
+    LockedStep,
+    compare_files,
+    default_lock_path,
+    read_lock,
+    write_lock,
+)
+from cocktail_bot.manifest import Manifest, SourceSpec, StepSpec, load_manifest
+from cocktail_bot.model_types import PIPELINE_TAG, ModelType, is_sentence_transformer
+from cocktail_bot.plan import plan_manifest
+from cocktail_bot.report import OutputReport, Provenance, Report, SourceReport, StepReport
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["run_manifest", "plan_manifest", "git_provenance"]
+
+LOCK_NAME = "cocktail.lock"
+STEP_PREFIX = "step:"
+MERGED = "merged"
+
+
+@dataclass
+class RunContext:
+    """What the steps of one run share: resolved sources, step outputs, and the lock being followed."""
+
+    manifest: Manifest
+    work: Path
+    locked: Lock | None
+    device: str | None
+    progress: bool
+    sources: dict[str, Any] = field(default_factory=dict)  # label -> sources.ResolvedSource
+    step_outputs: dict[str, Path] = field(default_factory=dict)
+
+    def path_of(self, source: SourceSpec) -> Path:
+        if source.kind == "step":
+            return self.step_outputs[source.ref]
+        return Path(self.sources[source.label].path)
+
+
+def run_manifest(
+    path: str | Path,
+    out: str | Path,
+    *,
+    locked: bool = False,
+    publish: bool | None = None,
+    provenance: Provenance | None = None,
+    lock_path: str | Path | None = None,
+    force: bool = False,
+    token: str | None = None,
+    endpoint: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    create_pr: bool = False,
+) -> Report:
+    """Build the manifest's model into ``out`` (and publish it when ``publish`` and ``output.repo`` say so;
+    ``create_pr`` proposes it as a Hub pull request, the Action's preview of a GitHub pull request).
+
+    Writes ``out``: the model files, ``README.md`` (the card), ``cocktail.lock``, ``report.json`` and
+    ``report.md``; and the lock beside the manifest (``lock_path``; default ``<manifest>.lock``), unless
+    ``locked``, where the lock is read instead and the output must match it byte for byte.
+    """
+    started = time.perf_counter()
+    manifest = load_manifest(path)
+    out = Path(out).resolve()
+    lock_file = Path(lock_path) if lock_path is not None else default_lock_path(manifest.path)
+    _check_out(out, manifest, force)
+    lock = read_lock(lock_file) if locked else None
+    if lock is not None:
+        check_lock_matches(manifest, lock, lock_file)
+    if publish and not manifest.output.repo:
+        raise CocktailError(
+            f"cannot publish: {manifest.relative_path} has no output.repo; "
+            "name the Hub repo there or drop --publish"
+        )
+    provenance = provenance or git_provenance(manifest.path.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".cocktail-work", dir=out.parent))
+    try:
+        context = RunContext(manifest, work, lock, device, progress)
+        context.sources = resolve_sources(manifest, lock, token=token, endpoint=endpoint)
+        license_ = output_license(manifest, context.sources, publishing=bool(publish))
+        step_reports, locked_steps = [], []
+        for step in manifest.steps:
+            step_report, locked_step = run_step(context, step)
+            step_reports.append(step_report)
+            locked_steps.append(locked_step)
+        final = context.step_outputs[manifest.steps[-1].name]
+        output_files = locked_steps[-1].output_files
+        new_lock = Lock(
+            tool_version=__version__,
+            manifest=manifest.relative_path,
+            manifest_sha256=manifest.sha256,
+            sources=[
+                _locked_source(spec_label, resolved) for spec_label, resolved in context.sources.items()
+            ],
+            steps=locked_steps,
+            output=output_files,
+        )
+        if lock is not None:
+            check_reproduced(lock, new_lock)
+        report = build_report(manifest, context, step_reports, final, output_files, provenance, license_)
+        report.evals = run_evals(context, final)
+        _finish_report(report, started, out, locked)
+        write_model_card(final, report, manifest)
+        write_lock(final / LOCK_NAME, lock if lock is not None else new_lock)
+        publish_error = None
+        if publish:
+            publish_error = publish_output(
+                final, manifest, report, provenance, token=token, endpoint=endpoint, create_pr=create_pr
+            )
+        write_report(final, report)
+        _move_into_place(final, out, work)
+        if lock is None:
+            write_lock(lock_file, new_lock)
+            logger.info("wrote %s", lock_file)
+        if publish_error is not None:
+            raise publish_error
+        return report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ---- checks before any work --------------------------------------------------------------------------------
+
+
+def _check_out(out: Path, manifest: Manifest, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise CocktailError(f"--out {out} is a file: give a folder for the model")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise CocktailError(
+            f"--out {out} exists and is not empty: choose a new folder, or pass --force to replace it"
+        )
+    if manifest.path.is_relative_to(out.resolve()) or manifest.root.is_relative_to(out.resolve()):
+        raise CocktailError(f"--out {out} contains the manifest's repository: choose a folder outside it")
+
+
+def check_lock_matches(manifest: Manifest, lock: Lock, lock_file: Path) -> None:
+    if lock.manifest_sha256 != manifest.sha256:
+        raise CocktailError(
+            f"{manifest.relative_path} changed since {lock_file} was written "
+            f"(manifest sha256 {manifest.sha256[:12]}... "
+            f"but the lock has {lock.manifest_sha256[:12]}...): run without --locked to update the lock"
+        )
+    if lock.tool_version != __version__:
+        logger.warning(
+            "%s was written by cocktail-bot %s, this is %s: the rebuild is checked byte for byte against it",
+            lock_file,
+            lock.tool_version,
+            __version__,
+        )
+
+
+def check_reproduced(lock: Lock, rebuilt: Lock) -> None:
+    """A `--locked` run must give the lock's bytes; any difference is reported file by file."""
+    differences = compare_files(lock.output, rebuilt.output)
+    if differences:
+        raise CocktailError(
+            "the --locked rebuild differs from the lock's output:\n  "
+            + "\n  ".join(differences)
+            + "\nthe sources, the tool version or the hardware changed; nothing was written to --out",
+            exit_code=1,
+        )
+
+
+# ---- sources -----------------------------------------------------------------------------------------------
+
+
+def resolve_sources(
+    manifest: Manifest, lock: Lock | None, *, token: str | None, endpoint: str | None, download: bool = True
+) -> dict[str, Any]:
+    """Pin every Hub and local source (a `--locked` run pins to the lock's commits and checks the files)."""
+    from cocktail_bot.sources import resolve_source
+
+    resolved = {}
+    for spec in manifest.external_sources():
+        revision = spec.revision
+        pinned = lock.source(spec.label) if lock is not None else None
+        if lock is not None and pinned is None:
+            raise CocktailError(f"{spec.label} is not in the lock: run without --locked to update the lock")
+        if pinned is not None and pinned.resolved_revision:
+            revision = pinned.resolved_revision
+        source = resolve_source(spec.ref, revision, token=token, endpoint=endpoint, download=download)
+        if pinned is not None and download:
+            differences = compare_files(pinned.files, source.files)
+            if differences:
+                raise CocktailError(
+                    f"source {spec.label} differs from the lock:\n  "
+                    + "\n  ".join(differences)
+                    + "\nrun without --locked to update the lock",
+                    exit_code=1,
+                )
+        # the manifest's label and revision, also when `--locked` asked the Hub for the lock's commit
+        resolved[spec.label] = dataclasses.replace(source, label=spec.label, requested_revision=spec.revision)
+    return resolved
+
+
+def _locked_source(label: str, resolved: Any) -> LockedSource:
+    return LockedSource(
+        label=label,
+        repo_id=resolved.repo_id,
+        requested_revision=resolved.requested_revision,
+        resolved_revision=resolved.resolved_revision,
+        files=dict(resolved.files),
+    )
+
+
+# ---- steps -------------------------------------------------------------------------------------------------
+
+
+def run_step(context: RunContext, step: StepSpec) -> tuple[StepReport, LockedStep]:
+    from cocktail_bot import engine
+    from cocktail_bot.methods import get_method
+
+    started = time.perf_counter()
+    manifest = context.manifest
+    paths = [context.path_of(source) for source in step.models]
+    labels = [source.label for source in step.models]
+    weights, losses = step_weights(context, step, paths)
+    method = get_method(step.merge.method, step.merge.parameters)
+    base = step.base or (step.models[0] if step.models else None)
+    logger.info("step %s: %s with weights %s", step.name, ", ".join(labels), [round(w, 4) for w in weights])
+    result = engine.merge(
+        paths,
+        weights,
+        context.work / "steps" / step.name,
+        model_type=manifest.model_type,
+        base=context.path_of(base) if step.base is not None else None,
+        method=step.merge.method,
+        method_params=dict(step.merge.parameters),
+        dtype=step.merge.dtype,
+        shard_size=step.merge.shard_size,
+        device=engine_device(context.device or step.merge.device),
+        progress=context.progress,
+    )
+    context.step_outputs[step.name] = result.output
+    report = StepReport(
+        name=step.name,
+        models=labels,
+        weights_mode=step.weights_mode,
+        weights=weights,
+        losses=losses,
+        examples=_relative(step.examples_path, manifest.root) if step.examples_path else None,
+        temperature=step.example_weights.temperature if step.example_weights else None,
+        method=method.name,
+        method_params=dict(method.params),
+        base=base.label if base is not None else None,
+        dtype=result.dtype,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    locked = LockedStep(
+        name=step.name,
+        models=labels,
+        weights_mode=step.weights_mode,
+        weights=weights,
+        losses=losses,
+        method=method.name,
+        method_params=dict(method.params),
+        output_files=dict(result.files),
+    )
+    return report, locked
+
+
+def step_weights(
+    context: RunContext, step: StepSpec, paths: list[Path]
+) -> tuple[list[float], list[float] | None]:
+    """The step's weights: the manifest's, uniform, the lock's (`--locked`), or computed from the examples."""
+    if context.locked is not None:
+        pinned = context.locked.step(step.name)
+        if pinned is None or pinned.models != [source.label for source in step.models]:
+            raise CocktailError(f"step {step.name!r} is not in the lock as written: run without --locked")
+        return list(pinned.weights), pinned.losses
+    explicit = step.explicit_weights
+    if explicit is not None:
+        return explicit, None
+    from cocktail_bot.weights import compute_weights
+
+    options = step.example_weights
+    assert options is not None and step.examples_path is not None
+    logger.info("step %s: computing weights from %s", step.name, step.examples_path.name)
+    result = compute_weights(
+        paths,
+        context.manifest.model_type,
+        step.examples_path,
+        temperature=options.temperature,
+        max_input_length=options.max_input_length,
+        neg_number=options.neg_number,
+        batch_size=options.batch_size,
+        device=context.device or step.merge.device or "auto",
+        progress=context.progress,
+    )
+    return list(result.weights), list(result.losses)
+
+
+def engine_device(device: str | None) -> str:
+    """The merge's device: as given, else the CPU. Merging is I/O bound, and CPU arithmetic gives the same
+    bytes on every machine, so a `--locked` rebuild elsewhere matches. Examples and evaluation use "auto"."""
+    return device if device not in (None, "auto") else "cpu"
+
+
+# ---- evaluation, report, card, publish ---------------------------------------------------------------------
+
+
+def run_evals(context: RunContext, final: Path) -> list:
+    """Each source, each intermediate step's output and the merge, on every eval set of the manifest."""
+    if not context.manifest.eval_sets:
+        return []
+    from cocktail_bot.evaluate import evaluate
+
+    models: dict[str, Path] = {label: Path(source.path) for label, source in context.sources.items()}
+    for name, folder in context.step_outputs.items():
+        if folder != final:
+            models[f"{STEP_PREFIX}{name}"] = folder
+    models[MERGED] = final
+    return evaluate(
+        models,
+        context.manifest.model_type,
+        context.manifest.eval_sets,
+        device=context.device or "auto",
+        progress=context.progress,
+    )
+
+
+def build_report(
+    manifest: Manifest,
+    context: RunContext,
+    steps: list[StepReport],
+    final: Path,
+    files: dict[str, str],
+    provenance: Provenance,
+    license_: str | None,
+) -> Report:
+    sources = [
+        SourceReport(
+            label=label,
+            repo_id=source.repo_id,
+            requested_revision=source.requested_revision,
+            resolved_revision=source.resolved_revision,
+            path=str(source.path),
+            license=source.license,
+            files=dict(source.files),
+        )
+        for label, source in context.sources.items()
+    ]
+    model_type = ModelType.parse(manifest.model_type)
+    total = sum((final / name).stat().st_size for name in files)
+    return Report(
+        name=manifest.name,
+        model_type=model_type.value,
+        tool_version=__version__,
+        manifest_path=manifest.relative_path,
+        manifest_sha256=manifest.sha256,
+        manifest_text=manifest.text,
+        sources=sources,
+        steps=steps,
+        output=OutputReport(path=str(final), files=files, total_bytes=total, dtype=steps[-1].dtype),
+        license=license_,
+        pipeline_tag=PIPELINE_TAG[model_type],
+        library_name="sentence-transformers" if is_sentence_transformer(final) else "transformers",
+        provenance=provenance,
+        reproduce=f"cocktail run {manifest.relative_path} --out {manifest.name} --locked",
+    )
+
+
+def output_license(manifest: Manifest, sources: dict[str, Any], *, publishing: bool) -> str | None:
+    """The merged model's license; one that cannot be inherited only stops a run that publishes."""
+    from cocktail_bot.card import resolve_license
+
+    try:
+        return resolve_license({label: s.license for label, s in sources.items()}, manifest.output.license)
+    except CocktailError as error:
+        if publishing:
+            raise
+        logger.warning("%s; the card has no license until then", error)
+        return None
+
+
+def _finish_report(report: Report, started: float, out: Path, locked: bool) -> None:
+    assert report.output is not None
+    report.output.path = str(out)
+    report.seconds = round(time.perf_counter() - started, 3)
+    report.peak_rss_bytes = peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def write_model_card(folder: Path, report: Report, manifest: Manifest) -> None:
+    from cocktail_bot.card import render_card
+
+    (folder / "README.md").write_text(render_card(report, manifest.card_template), encoding="utf-8")
+
+
+def write_report(folder: Path, report: Report) -> None:
+    from cocktail_bot.card import render_report_markdown
+
+    (folder / "report.json").write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    (folder / "report.md").write_text(render_report_markdown(report), encoding="utf-8")
+
+
+def publish_output(
+    folder: Path,
+    manifest: Manifest,
+    report: Report,
+    provenance: Provenance,
+    *,
+    token: str | None,
+    endpoint: str | None,
+    create_pr: bool = False,
+) -> CocktailError | None:
+    """Publish the model folder (model, card, lock); a failure is kept in the report and returned, not raised,
+    so that the complete build still lands in --out. ``create_pr`` proposes it as a Hub pull request."""
+    from cocktail_bot.hub import publish_folder
+
+    assert manifest.output.repo is not None
+    where = (
+        f" from {provenance.repository}@{provenance.commit[:12]}"
+        if provenance.repository and provenance.commit
+        else ""
+    )
+    try:
+        report.publish = publish_folder(
+            folder,
+            manifest.output.repo,
+            private=manifest.output.private,
+            commit_message=f"cocktail-bot: {manifest.name}{where}",
+            token=token,
+            endpoint=endpoint,
+            create_pr=create_pr,
+        )
+    except CocktailError as error:
+        report.status, report.error = "failure", str(error)
+        return error
+    return None
+
+
+def _move_into_place(final: Path, out: Path, work: Path) -> None:
+    if out.exists():  # --force: the old folder goes into the work folder and is deleted with it
+        os.replace(out, work / "replaced")
+    os.replace(final, out)
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
+# ---- provenance --------------------------------------------------------------------------------------------
+
+
+def git_provenance(folder: Path) -> Provenance:
+    """Repository and commit of a local checkout, best effort: no git, no repository or no remote is fine."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=5
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() or None if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    remote = git("config", "--get", "remote.origin.url") or ""
+    repository = None
+    for prefix in ("https://github.com/", "git@github.com:", "ssh://git@github.com/"):
+        if remote.startswith(prefix):
+            repository = remote.removeprefix(prefix).removesuffix(".git").strip("/") or None
+    return Provenance(repository=repository, commit=commit, ref=git("rev-parse", "--abbrev-ref", "HEAD"))

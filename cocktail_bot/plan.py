@@ -1,0 +1,252 @@
+"""`cocktail plan`: what a run would do and need (pinned sources, steps, memory, disk), without downloading.
+
+Sources are pinned with the Hub's metadata only (``resolve_source(download=False)``), so planning a 70B recipe
+takes seconds. The sizes are estimates from file sizes and the engine's streaming chunk size, not
+measurements.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from cocktail_bot import __version__
+from cocktail_bot.manifest import Manifest, StepSpec, load_manifest
+from cocktail_bot.model_types import PIPELINE_TAG, ModelType
+from cocktail_bot.report import Provenance, Report, SourceReport, StepReport
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+INFERENCE_OVERHEAD = 1.2  # activations, optimizer-free forward passes: a margin over the float32 weights
+
+
+class PlannedSource(BaseModel):
+    label: str
+    repo_id: str | None
+    requested_revision: str | None
+    resolved_revision: str | None
+    files: dict[str, str] = Field(default_factory=dict)
+    download_bytes: int = Field(description="bytes to download (0 for local folders)")
+    weight_bytes: int
+
+
+class PlannedStep(BaseModel):
+    name: str
+    models: list[str]
+    method: str
+    weights: str = Field(description="how the weights are found")
+    output_bytes: int
+
+
+class Plan(BaseModel):
+    name: str
+    model_type: str
+    manifest: str
+    manifest_sha256: str
+    sources: list[PlannedSource]
+    steps: list[PlannedStep]
+    download_bytes: int
+    output_bytes: int
+    disk_bytes: int = Field(
+        description="downloads plus every step's output (intermediate steps are deleted after)"
+    )
+    peak_memory_bytes: int = Field(
+        description="estimated: the larger of streaming merge and example inference"
+    )
+    max_memory_bytes: int | None = None
+    output_repo: str | None
+    private: bool
+
+
+def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | None = None) -> Plan:
+    from cocktail_bot.engine import CHUNK_ELEMENTS, PREFETCH
+    from cocktail_bot.pipeline import resolve_sources
+
+    resolved = resolve_sources(manifest, None, token=token, endpoint=endpoint, download=False)
+    sources = [
+        PlannedSource(
+            label=label,
+            repo_id=source.repo_id,
+            requested_revision=source.requested_revision,
+            resolved_revision=source.resolved_revision,
+            files=dict(source.files),
+            download_bytes=source.total_bytes if source.repo_id else 0,
+            weight_bytes=sum(size for name, size in source.sizes.items() if name.endswith(WEIGHT_SUFFIXES)),
+        )
+        for label, source in resolved.items()
+    ]
+    weight_bytes = {source.label: source.weight_bytes for source in sources}
+    steps: list[PlannedStep] = []
+    peak = 0
+    for step in manifest.steps:
+        inputs = [weight_bytes.get(source.label, 0) for source in step.models]
+        largest = max(inputs, default=0)
+        output = _scaled(largest, step, manifest, resolved)
+        weight_bytes[f"step:{step.name}"] = output
+        steps.append(
+            PlannedStep(
+                name=step.name,
+                models=[s.label for s in step.models],
+                method=step.merge.method,
+                weights=describe_weights(step, manifest),
+                output_bytes=output,
+            )
+        )
+        chunk = min(largest, CHUNK_ELEMENTS * 4)
+        peak = max(peak, chunk * (len(step.models) + 2) * (PREFETCH + 1))
+        if step.weights_mode == "examples" or manifest.eval_sets:
+            peak = max(peak, int(_as_float32(largest, step, manifest, resolved) * INFERENCE_OVERHEAD))
+    download = sum(source.download_bytes for source in sources)
+    max_memory = manifest.steps[-1].merge.max_memory
+    return Plan(
+        name=manifest.name,
+        model_type=manifest.model_type,
+        manifest=manifest.relative_path,
+        manifest_sha256=manifest.sha256,
+        sources=sources,
+        steps=steps,
+        download_bytes=download,
+        output_bytes=steps[-1].output_bytes,
+        disk_bytes=download + sum(step.output_bytes for step in steps),
+        peak_memory_bytes=peak,
+        max_memory_bytes=None if max_memory == "auto" else _size(max_memory),
+        output_repo=manifest.output.repo,
+        private=manifest.output.private,
+    )
+
+
+def _size(value: str | int) -> int:
+    from huggingface_hub.serialization._base import parse_size_to_int
+
+    return value if isinstance(value, int) else parse_size_to_int(value)
+
+
+def _source_dtype(step: StepSpec, resolved: dict[str, Any]) -> str | None:
+    """The first local source's config dtype (Hub configs are not downloaded by plan)."""
+    for source in step.models:
+        path = getattr(resolved.get(source.label), "path", None)
+        if path is not None and (Path(path) / "config.json").is_file():
+            config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+            dtype = config.get("dtype") or config.get("torch_dtype")
+            if dtype in DTYPE_BYTES:
+                return dtype
+    return None
+
+
+def _scaled(nbytes: int, step: StepSpec, manifest: Manifest, resolved: dict[str, Any]) -> int:
+    source = _source_dtype(step, resolved)
+    if step.merge.dtype is None or source is None:
+        return nbytes
+    return nbytes * DTYPE_BYTES[step.merge.dtype] // DTYPE_BYTES[source]
+
+
+def _as_float32(nbytes: int, step: StepSpec, manifest: Manifest, resolved: dict[str, Any]) -> int:
+    source = _source_dtype(step, resolved) or "float32"
+    return nbytes * 4 // DTYPE_BYTES[source]
+
+
+def _relative(path: Path | None, manifest: Manifest) -> str | None:
+    return path.relative_to(manifest.root).as_posix() if path is not None else None
+
+
+def describe_weights(step: StepSpec, manifest: Manifest) -> str:
+    if step.weights_mode == "explicit":
+        return "given: " + ", ".join(f"{w:g}" for w in step.explicit_weights or [])
+    if step.weights_mode == "uniform":
+        return f"uniform: 1/{len(step.models)} each"
+    assert step.example_weights is not None and step.examples_path is not None
+    where = _relative(step.examples_path, manifest)
+    return f"from examples {where} (softmax(-loss/{step.example_weights.temperature:g}))"
+
+
+def human_bytes(value: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError  # unreachable
+
+
+def render_plan(plan: Plan) -> str:
+    """The plan as a person reads it in a terminal or a CI log."""
+    lines = [f"{plan.manifest}: {plan.name} ({plan.model_type}), {len(plan.steps)} step(s)", "sources:"]
+    for source in plan.sources:
+        if source.repo_id:
+            lines.append(
+                f"  {source.label} -> {source.resolved_revision} "
+                f"({human_bytes(source.download_bytes)} to download)"
+            )
+        else:
+            lines.append(f"  {source.label} (local, {human_bytes(source.weight_bytes)} of weights)")
+    lines.append("steps:")
+    for number, step in enumerate(plan.steps, 1):
+        lines.append(f"  {number}. {step.name}: {step.method} of {', '.join(step.models)}")
+        lines.append(f"     weights {step.weights}; output ~{human_bytes(step.output_bytes)}")
+    lines.append(
+        f"estimates: download {human_bytes(plan.download_bytes)}, peak memory "
+        f"~{human_bytes(plan.peak_memory_bytes)}, disk ~{human_bytes(plan.disk_bytes)}, "
+        f"output ~{human_bytes(plan.output_bytes)}"
+    )
+    if plan.max_memory_bytes is not None and plan.peak_memory_bytes > plan.max_memory_bytes:
+        lines.append(
+            f"warning: the estimated peak memory exceeds merge.max_memory "
+            f"({human_bytes(plan.max_memory_bytes)})"
+        )
+    target = f"{plan.output_repo} ({'private' if plan.private else 'public'})" if plan.output_repo else "none"
+    lines.append(f"publish to: {target}")
+    return "\n".join(lines) + "\n"
+
+
+def plan_manifest(
+    path: str | Path,
+    *,
+    provenance: Provenance | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> Report:
+    """The plan as a Report (status "planned"), for the Action's plan mode and PR comment."""
+    manifest = load_manifest(path)
+    plan = build_plan(manifest, token=token, endpoint=endpoint)
+    model_type = ModelType.parse(manifest.model_type)
+    steps = [
+        StepReport(
+            name=spec.name,
+            models=planned.models,
+            weights_mode=spec.weights_mode,
+            weights=spec.explicit_weights or [],
+            method=spec.merge.method,
+            method_params=dict(spec.merge.parameters),
+            examples=_relative(spec.examples_path, manifest),
+            temperature=spec.example_weights.temperature if spec.example_weights else None,
+            base=spec.base.label if spec.base else spec.models[0].label,
+            dtype=spec.merge.dtype or "as sources",
+        )
+        for spec, planned in zip(manifest.steps, plan.steps, strict=True)
+    ]
+    sources = [
+        SourceReport(
+            label=s.label,
+            repo_id=s.repo_id,
+            requested_revision=s.requested_revision,
+            resolved_revision=s.resolved_revision,
+            path="",
+            files=s.files,
+        )
+        for s in plan.sources
+    ]
+    return Report(
+        status="planned",
+        name=manifest.name,
+        model_type=model_type.value,
+        tool_version=__version__,
+        manifest_path=manifest.relative_path,
+        manifest_sha256=manifest.sha256,
+        manifest_text=manifest.text,
+        sources=sources,
+        steps=steps,
+        pipeline_tag=PIPELINE_TAG[model_type],
+        provenance=provenance or Provenance(),
+    )

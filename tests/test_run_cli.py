@@ -1,0 +1,55 @@
+"""`cocktail run` and `cocktail verify` on the command line: build, --locked, a changed file."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cocktail_bot.cli import main
+
+
+@pytest.fixture
+def recipe(tmp_path: Path, tiny_llamas: list[Path]) -> Path:
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    for index, folder in enumerate(tiny_llamas[:2]):
+        shutil.copytree(folder, repo / "models" / f"llama-{index}")
+    manifest = repo / "cocktail.yml"
+    manifest.write_text(
+        "version: 1\nname: cli-cocktail\ntype: decoder\nmodels: [./models/llama-0, ./models/llama-1]\n"
+        "weights: uniform\nmerge: {dtype: float16}\n"
+    )
+    return manifest
+
+
+def test_run_locked_and_verify(recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, again = tmp_path / "out", tmp_path / "again"
+    assert main(["-q", "run", str(recipe), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"built cli-cocktail in {out} (")
+    assert (recipe.parent / "cocktail.lock").is_file() and (out / "cocktail.lock").is_file()
+    assert main(["-q", "run", str(recipe), "--out", str(again), "--locked", "--no-publish"]) == 0
+    assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["verify", str(again), "--lock", str(recipe.parent / "cocktail.lock")]) == 0
+    assert capsys.readouterr().out.endswith(f"files match {recipe.parent / 'cocktail.lock'}\n")
+    (again / "config.json").write_text("{}")
+    assert main(["verify", str(again)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{again}: changed: config.json (lock sha256 ")
+    assert lines[1] == f"1 difference(s) from {again / 'cocktail.lock'}"
+
+
+def test_run_errors_are_one_line_without_traceback(
+    recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", str(recipe), "--out", str(tmp_path / "o"), "--locked"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: lock file {recipe.parent / 'cocktail.lock'} not found: run `cocktail run` without "
+        "--locked to create it\n"
+    )
+    assert main(["run", str(recipe), "--out", str(tmp_path / "o"), "--publish"]) == 2
+    assert "has no output.repo" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

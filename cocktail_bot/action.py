@@ -1,0 +1,314 @@
+"""``cocktail action``: the GitHub Action's entry. Reads the runner's environment, decides what to do, runs
+the pipeline and reports to the PR comment, the job summary and the step outputs.
+
+Inputs arrive as environment variables set by ``action.yml`` (``INPUT_MANIFEST``, ``INPUT_MODE``,
+``INPUT_HF_TOKEN``, ``INPUT_GITHUB_TOKEN``, ``INPUT_COMMENT``, ``INPUT_WORK_DIR``), never interpolated into a
+script. Deciding is a pure function of that environment and the event payload (:func:`decide`), so each case
+is tested without a runner.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from cocktail_bot import github
+from cocktail_bot.comment import ActionResult, Mode, render
+from cocktail_bot.errors import CocktailError
+from cocktail_bot.report import Provenance, Report
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "plan", "build", "publish")
+# action.yml input -> the variable its run step sets for this entry (tests/test_action_yml.py checks both);
+# python-version and extra-pip are used by action.yml itself, to install the package.
+INPUT_VARIABLES = {
+    "manifest": "INPUT_MANIFEST",
+    "mode": "INPUT_MODE",
+    "hf-token": "INPUT_HF_TOKEN",
+    "github-token": "INPUT_GITHUB_TOKEN",
+    "comment": "INPUT_COMMENT",
+    "work-dir": "INPUT_WORK_DIR",
+}
+PR_EVENTS = ("pull_request", "pull_request_target")
+RESULT_FILE = "cocktail-result.json"
+REPORT_FILE = "report.md"
+MODEL_DIR = "model"
+
+FORK_REASON = (
+    "This pull request comes from a fork, so the workflow has no secrets and must not publish: only the plan "
+    "ran (manifest checked, sources resolved). Use the fork-safe workflow pair (docs/action.md) to build "
+    "forks' changes."
+)
+NO_TOKEN_REASON = (
+    "No Hugging Face token was given (input hf-token), so nothing was built or published: only the plan ran. "
+    "Add an HF_TOKEN repository secret and pass it as hf-token, or set up trusted publishing "
+    "(HF_OIDC_RESOURCE)."
+)
+NO_REPO_REASON = "The manifest has no output.repo, so the model was built and not published."
+
+
+@dataclass(frozen=True)
+class ActionEnv:
+    """The standard GitHub Actions environment plus this action's inputs, read once."""
+
+    event_name: str
+    event: dict[str, Any]
+    repository: str | None
+    sha: str | None
+    ref: str | None
+    server_url: str
+    api_url: str
+    run_id: str | None
+    output_path: str | None
+    summary_path: str | None
+    manifest: str
+    mode: str
+    hf_token: str | None
+    hub_oidc: bool  # keyless trusted publishing: huggingface_hub exchanges the job's OIDC token itself
+    github_token: str | None
+    comment: bool
+    work_dir: Path
+
+    @property
+    def run_url(self) -> str | None:
+        if self.repository and self.run_id:
+            return f"{self.server_url}/{self.repository}/actions/runs/{self.run_id}"
+        return None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What this run does; ``comment`` posts a report saved by an unprivileged run (fork-safe pair)."""
+
+    mode: Mode | Literal["comment"]
+    publish: Literal["preview", "main"] | None = None
+    reason: str | None = None
+    pr_number: int | None = None
+
+
+def _flag(value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "yes", "1", "on", ""):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    raise CocktailError(f"input {name} must be true or false, not {value!r}")
+
+
+def read_env(environ: Mapping[str, str]) -> ActionEnv:
+    """Read and check the environment; a missing or unreadable event file names the variable to set."""
+    get = lambda name: environ.get(name) or None  # noqa: E731 (empty means unset on runners)
+    inputs = {name: get(variable) for name, variable in INPUT_VARIABLES.items()}
+    mode = (inputs["mode"] or "auto").strip().lower()
+    if mode not in MODES:
+        raise CocktailError(f"input mode must be one of {', '.join(MODES)}, not {mode!r}")
+    event: dict[str, Any] = {}
+    if event_path := get("GITHUB_EVENT_PATH"):
+        try:
+            event = json.loads(Path(event_path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise CocktailError(
+                f"GITHUB_EVENT_PATH {event_path}: cannot read the event payload ({error})"
+            ) from None
+    work_dir = inputs["work-dir"] or os.path.join(get("RUNNER_TEMP") or ".", "cocktail")
+    return ActionEnv(
+        event_name=get("GITHUB_EVENT_NAME") or "workflow_dispatch",
+        event=event,
+        repository=get("GITHUB_REPOSITORY"),
+        sha=get("GITHUB_SHA"),
+        ref=get("GITHUB_REF"),
+        server_url=(get("GITHUB_SERVER_URL") or "https://github.com").rstrip("/"),
+        api_url=(get("GITHUB_API_URL") or "https://api.github.com").rstrip("/"),
+        run_id=get("GITHUB_RUN_ID"),
+        output_path=get("GITHUB_OUTPUT"),
+        summary_path=get("GITHUB_STEP_SUMMARY"),
+        manifest=inputs["manifest"] or "cocktail.yml",
+        mode=mode,
+        hf_token=inputs["hf-token"] or get("HF_TOKEN"),
+        hub_oidc=bool(get("HF_OIDC_RESOURCE")),
+        github_token=inputs["github-token"] or get("GITHUB_TOKEN"),
+        comment=_flag(inputs["comment"] or "", "comment"),
+        work_dir=Path(work_dir),
+    )
+
+
+def _is_fork(pull_request: Mapping[str, Any]) -> bool:
+    """A PR whose head lives in another repository (or a deleted fork) runs without the base's secrets."""
+    head_repo = (pull_request.get("head") or {}).get("repo") or {}
+    base_repo = (pull_request.get("base") or {}).get("repo") or {}
+    return not head_repo or head_repo.get("full_name") != base_repo.get("full_name")
+
+
+def decide(env: ActionEnv) -> Decision:
+    """The mode to run, from the input mode, the event and whether publishing is safe and possible here."""
+    pull_request = env.event.get("pull_request") if env.event_name in PR_EVENTS else None
+    pr_number = pull_request.get("number") if pull_request else None
+    if env.event_name == "workflow_run" and env.mode == "auto":
+        return Decision("comment")
+    if pull_request is not None and _is_fork(pull_request) and env.mode in ("auto", "publish"):
+        return Decision("plan", reason=FORK_REASON, pr_number=pr_number)
+    if pull_request is not None:
+        if env.mode == "auto" and not (env.hf_token or env.hub_oidc):
+            return Decision("plan", reason=NO_TOKEN_REASON, pr_number=pr_number)
+        if env.mode in ("auto", "publish"):
+            return Decision("publish", publish="preview", pr_number=pr_number)
+        return Decision(env.mode, pr_number=pr_number)  # type: ignore[arg-type]
+    default_branch = (env.event.get("repository") or {}).get("default_branch")
+    on_default_branch = default_branch is not None and env.ref == f"refs/heads/{default_branch}"
+    if env.mode == "publish" or (env.mode == "auto" and on_default_branch):
+        return Decision("publish", publish="main")
+    return Decision("build" if env.mode == "auto" else env.mode)  # type: ignore[arg-type]
+
+
+def provenance(env: ActionEnv, decision: Decision) -> Provenance:
+    """Where the model is built; on a PR the head commit, which (unlike the merge ref) stays linkable."""
+    pull_request = env.event.get("pull_request") or {}
+    head_sha = (pull_request.get("head") or {}).get("sha")
+    return Provenance(
+        repository=env.repository,
+        commit=head_sha or env.sha,
+        ref=env.ref,
+        pr_number=decision.pr_number,
+        run_url=env.run_url,
+        server_url=env.server_url,
+    )
+
+
+def _run_pipeline(env: ActionEnv, decision: Decision) -> tuple[Report, Decision]:
+    """Run the decided mode; in auto mode a manifest without ``output.repo`` is built, not published."""
+    from cocktail_bot import pipeline
+    from cocktail_bot.manifest import load_manifest
+
+    origin = provenance(env, decision)
+    if decision.mode == "plan":
+        return pipeline.plan_manifest(env.manifest, provenance=origin, token=env.hf_token), decision
+    if decision.publish and env.mode == "auto" and not load_manifest(env.manifest).output.repo:
+        decision = Decision("build", reason=NO_REPO_REASON, pr_number=decision.pr_number)
+    report = pipeline.run_manifest(
+        env.manifest,
+        env.work_dir / MODEL_DIR,
+        publish=decision.publish is not None,
+        create_pr=decision.publish == "preview",
+        provenance=origin,
+        token=env.hf_token,
+    )
+    return report, decision
+
+
+def execute(env: ActionEnv, decision: Decision) -> tuple[ActionResult, int]:
+    """Run the pipeline; any error becomes a failed result carrying the message for the comment, and the exit
+    code the CLI gives that error (2 for bad input, 1 for a remote or internal failure)."""
+    pull_request = env.event.get("pull_request") or {}
+    common = {
+        "mode": decision.mode,
+        "manifest_path": env.manifest,
+        "reason": decision.reason,
+        "repository": env.repository,
+        "pr_number": decision.pr_number,
+        "head_sha": (pull_request.get("head") or {}).get("sha"),
+        "run_url": env.run_url,
+    }
+    try:
+        report, decision = _run_pipeline(env, decision)
+    except CocktailError as error:
+        return ActionResult(status="failure", error=str(error), **common), error.exit_code
+    except Exception as error:  # a bug: the PR still hears about it, the log keeps the traceback
+        logger.exception("unexpected error")
+        message = f"internal error ({type(error).__name__}: {error}); please report it with the workflow log"
+        return ActionResult(status="failure", error=message, **common), 1
+    status = (
+        "failure" if report.status == "failure" else ("planned" if decision.mode == "plan" else "success")
+    )
+    common.update(mode=decision.mode, reason=decision.reason)
+    return ActionResult(status=status, error=report.error, report=report, **common), int(status == "failure")
+
+
+def load_saved_result(env: ActionEnv) -> ActionResult:
+    """A result saved by the unprivileged run, checked against the ``workflow_run`` event that triggered us.
+
+    The artifact is untrusted: it is parsed as data, and it may only comment on the PR whose head commit is
+    the one the triggering run built.
+    """
+    path = env.work_dir / RESULT_FILE
+    try:
+        result = ActionResult.model_validate_json(path.read_text(encoding="utf-8"))
+    except OSError:
+        raise CocktailError(
+            f"{path}: no saved result: download the artifact of the pull_request run into work-dir first"
+        ) from None
+    except ValidationError as error:
+        raise CocktailError(f"{path}: not a cocktail-bot result ({error.error_count()} problems)") from None
+    run = env.event.get("workflow_run") or {}
+    if result.pr_number is None or not result.head_sha or result.head_sha != run.get("head_sha"):
+        raise CocktailError(
+            f"{path}: the saved result is for commit {result.head_sha}, but the triggering run built "
+            f"{run.get('head_sha')}: refusing to comment"
+        )
+    if result.repository != env.repository:
+        raise CocktailError(f"{path}: the saved result is for {result.repository}, not {env.repository}")
+    return result
+
+
+def _outputs(result: ActionResult, report_path: Path) -> dict[str, str]:
+    publish = result.report.publish if result.report else None
+    return {
+        "repo": publish.repo_id if publish else "",
+        "revision": publish.revision if publish else "",
+        "commit-url": (publish.commit_url or "") if publish else "",
+        "report-path": str(report_path),
+        "status": result.status,
+    }
+
+
+def _comment(env: ActionEnv, result: ActionResult, body: str, *, verify_head: bool) -> None:
+    if result.pr_number is None or not env.comment:
+        return
+    if not env.github_token or not env.repository:
+        logger.warning("no github-token or GITHUB_REPOSITORY: the pull request comment is skipped")
+        return
+    client = github.connect(env.github_token, env.api_url)
+    if verify_head and github.pull_head_sha(client, env.repository, result.pr_number) != result.head_sha:
+        raise CocktailError(
+            f"pull request #{result.pr_number} has moved on from {result.head_sha}: "
+            "not commenting an outdated report"
+        )
+    github.upsert_comment(
+        client, env.repository, result.pr_number, body, github.comment_marker(result.manifest_path)
+    )
+
+
+def run_action(environ: Mapping[str, str]) -> int:
+    """The whole step; returns its exit code (non-zero when the build failed or could not be reported)."""
+    env = read_env(environ)
+    github.mask_secrets([env.hf_token, env.github_token], sys.stdout)
+    if env.hf_token:  # huggingface_hub reads it from the environment, for sources and publishing alike
+        os.environ["HF_TOKEN"] = env.hf_token
+    decision = decide(env)
+    logger.info("event %s, mode %s: %s", env.event_name, env.mode, decision.mode)
+    from_artifact = decision.mode == "comment"
+    # The commenting run of the fork-safe pair succeeds once it has commented; the build run shows failures.
+    result, exit_code = (load_saved_result(env), 0) if from_artifact else execute(env, decision)
+
+    summary, body = render(result)
+    env.work_dir.mkdir(parents=True, exist_ok=True)
+    report_path = env.work_dir / REPORT_FILE
+    report_path.write_text(summary, encoding="utf-8")
+    if not from_artifact:
+        (env.work_dir / RESULT_FILE).write_text(result.model_dump_json(indent=2), encoding="utf-8")
+    if env.summary_path:
+        github.write_summary(env.summary_path, summary)
+    if env.output_path:
+        github.write_outputs(env.output_path, _outputs(result, report_path))
+    _comment(env, result, body, verify_head=from_artifact)
+    if result.status == "failure" and not from_artifact:
+        print(f"error: {result.error}", file=sys.stderr)
+    return exit_code

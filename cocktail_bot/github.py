@@ -1,0 +1,161 @@
+"""GitHub edges of the Action: the one PR comment, the job summary, step outputs and secret masking.
+
+The comment is found by a hidden marker AND by its author being the token's own user, so the bot never edits a
+comment someone else wrote (even one that quotes the marker). Everything here is either a pure function over
+text or a thin call through PyGithub; rendering the report lives in :mod:`cocktail_bot.comment`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from cocktail_bot.errors import RemoteError
+
+logger = logging.getLogger(__name__)
+
+MAX_COMMENT_CHARS = 65536  # GitHub rejects longer issue comment bodies with 422
+MAX_SUMMARY_BYTES = 1024 * 1024  # GitHub's limit for one step's job summary
+# A GitHub App installation token (the workflow's GITHUB_TOKEN) may not call GET /user; it comments as this.
+INSTALLATION_BOT_LOGIN = "github-actions[bot]"
+
+
+def comment_marker(manifest_path: str) -> str:
+    """The hidden first line tying a comment to one manifest, so two manifests in a repo get two comments."""
+    return f"<!-- cocktail-bot:{manifest_path} -->"
+
+
+def fit_comment(full: str, without_card: str, *, summary_url: str, limit: int = MAX_COMMENT_CHARS) -> str:
+    """The longest form of the comment GitHub accepts: as is, else without the card, else cut with a link.
+
+    The marker is at the top, so cutting from the end keeps the comment findable.
+    """
+    if len(full) <= limit:
+        return full
+    if len(without_card) <= limit:
+        return without_card
+    notice = (
+        "\n\n---\n**Truncated**: the comment exceeded GitHub's limit; the full report is in the "
+        f"[job summary]({summary_url}).\n"
+    )
+    cut = without_card[: limit - len(notice) - 8]
+    cut = cut[: cut.rfind("\n")] if "\n" in cut else cut
+    if cut.count("```") % 2:  # do not leave the notice inside an open code block
+        cut += "\n```"
+    return cut + notice
+
+
+def fit_summary(markdown: str, *, limit: int = MAX_SUMMARY_BYTES) -> str:
+    """Job summaries over 1 MiB are refused by the runner; keep the head and say so."""
+    data = markdown.encode()
+    if len(data) <= limit:
+        return markdown
+    notice = (
+        "\n\n**Truncated**: the report exceeded the 1 MiB job summary limit; `report-path` has all of it.\n"
+    )
+    return data[: limit - len(notice.encode()) - 8].decode(errors="ignore") + notice
+
+
+def mask_command(secret: str) -> str:
+    """The workflow command that makes the runner hide ``secret`` in logs (escaped as the toolkit does)."""
+    escaped = secret.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return f"::add-mask::{escaped}"
+
+
+def mask_secrets(secrets: list[str | None], stream: IO[str]) -> None:
+    """Ask the runner to mask every non-empty secret: the mask command is where alone a token is printed."""
+    for secret in secrets:
+        if secret:
+            print(mask_command(secret), file=stream, flush=True)
+
+
+def write_summary(path: str | Path, markdown: str) -> None:
+    """Append to ``GITHUB_STEP_SUMMARY`` (several steps share the file, so never truncate it)."""
+    with open(path, "a", encoding="utf-8") as summary:
+        summary.write(fit_summary(markdown))
+        summary.write("\n")
+
+
+def format_outputs(outputs: Mapping[str, str]) -> str:
+    """``GITHUB_OUTPUT`` lines: ``name=value``, or the heredoc form with a random delimiter if multi-line."""
+    lines = []
+    for name, value in outputs.items():
+        if "\n" in value or "\r" in value:
+            delimiter = f"ghadelimiter_{uuid.uuid4()}"
+            lines.append(f"{name}<<{delimiter}\n{value}\n{delimiter}\n")
+        else:
+            lines.append(f"{name}={value}\n")
+    return "".join(lines)
+
+
+def write_outputs(path: str | Path, outputs: Mapping[str, str]) -> None:
+    with open(path, "a", encoding="utf-8") as output_file:
+        output_file.write(format_outputs(outputs))
+
+
+@dataclass(frozen=True)
+class CommentResult:
+    id: int
+    url: str
+    created: bool
+
+
+def connect(token: str, api_url: str):
+    """A PyGithub client for ``GITHUB_API_URL`` (github.com, GHES, or a test server)."""
+    from github import Auth, Github
+
+    return Github(auth=Auth.Token(token), base_url=api_url.rstrip("/"), timeout=30)
+
+
+def token_login(client) -> str:
+    """The login the token comments as: ``GET /user``, or the Actions bot for an installation token (403)."""
+    from github import GithubException
+
+    try:
+        return client.get_user().login
+    except GithubException as error:
+        if error.status == 403:
+            return INSTALLATION_BOT_LOGIN
+        raise RemoteError(
+            f"GitHub refused GET /user ({error.status}): check the github-token input"
+        ) from error
+
+
+def upsert_comment(client, repository: str, number: int, body: str, marker: str) -> CommentResult:
+    """Edit the token user's own comment carrying ``marker`` on PR ``number``, or create it; nobody else's."""
+    from github import GithubException
+
+    login = token_login(client)
+    try:
+        issue = client.get_repo(repository).get_issue(number)
+        for comment in issue.get_comments():
+            if comment.user.login == login and marker in (comment.body or ""):
+                comment.edit(body)
+                logger.info("updated comment %s", comment.html_url)
+                return CommentResult(comment.id, comment.html_url, created=False)
+        comment = issue.create_comment(body)
+    except GithubException as error:
+        message = error.data.get("message") if isinstance(error.data, dict) else error.data
+        raise RemoteError(
+            f"GitHub refused to comment on {repository}#{number} ({error.status}: {message}): give the "
+            "workflow 'permissions: pull-requests: write' (and issues: write), or pass a github-token that "
+            "may comment"
+        ) from error
+    logger.info("created comment %s", comment.html_url)
+    return CommentResult(comment.id, comment.html_url, created=True)
+
+
+def pull_head_sha(client, repository: str, number: int) -> str:
+    """The PR's current head commit, to check that a report from an artifact belongs to it."""
+    from github import GithubException
+
+    try:
+        return client.get_repo(repository).get_pull(number).head.sha
+    except GithubException as error:
+        raise RemoteError(
+            f"GitHub could not find pull request {repository}#{number} ({error.status})"
+        ) from error

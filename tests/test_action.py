@@ -1,0 +1,508 @@
+"""`cocktail action` as a runner runs it: a subprocess with a synthetic event payload and the standard GitHub
+environment, against the local GitHub server (PyGithub via GITHUB_API_URL) and the local Hub server
+(HF_ENDPOINT).
+
+Plus the pure parts: reading the environment, deciding the mode, rendering and capping the comment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cocktail_bot import action, github
+from cocktail_bot.comment import ActionResult, render
+from cocktail_bot.errors import CocktailError
+from cocktail_bot.report import EvalResult, OutputReport, PublishReport, Report, SourceReport, StepReport
+from tests.conftest import GITHUB_APP_TOKEN, GITHUB_REPOSITORY, GITHUB_TOKEN
+from tests.github_server import parse_outputs
+
+HEAD_SHA = "1f" * 20
+HUB_REPO = "cocktail-tester/tiny-cocktail"
+MARKER = github.comment_marker("cocktail.yml")
+MANIFEST = f"""\
+version: 1
+name: tiny-cocktail
+type: decoder
+models:
+  - {{id: ./models/a, weight: 0.7}}
+  - {{id: ./models/b, weight: 0.3}}
+output:
+  repo: {HUB_REPO}
+  license: apache-2.0
+"""
+
+
+# --- a checkout and a runner --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkout(tmp_path: Path, tiny_llamas: list[Path]) -> Path:
+    """A repository as actions/checkout leaves it: the manifest and two tiny Llamas it merges."""
+    root = tmp_path / "checkout"
+    (root / ".git").mkdir(parents=True)
+    for name, model in zip("ab", tiny_llamas, strict=False):
+        shutil.copytree(model, root / "models" / name)
+    (root / "cocktail.yml").write_text(MANIFEST)
+    return root
+
+
+def pr_event(number: int = 7, *, head_repo: str = GITHUB_REPOSITORY) -> dict:
+    repo = {"full_name": GITHUB_REPOSITORY, "default_branch": "main"}
+    return {
+        "action": "synchronize",
+        "number": number,
+        "pull_request": {
+            "number": number,
+            "head": {"sha": HEAD_SHA, "ref": "tune-weights", "repo": {"full_name": head_repo}},
+            "base": {"sha": "0" * 40, "ref": "main", "repo": repo},
+        },
+        "repository": repo,
+    }
+
+
+class Runner:
+    """Runs `cocktail action` in a subprocess with a fresh runner environment per call."""
+
+    def __init__(self, tmp_path: Path, checkout: Path, github_server) -> None:
+        self.tmp_path, self.checkout, self.github_server = tmp_path, checkout, github_server
+        self.calls = 0
+
+    def __call__(self, event_name: str, event: dict, *, ref: str = "refs/pull/7/merge", **inputs: str):
+        self.calls += 1
+        run_dir = self.tmp_path / f"run-{self.calls}"
+        run_dir.mkdir()
+        (run_dir / "event.json").write_text(json.dumps(event))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "INPUT_", "RUNNER_"))}
+        env.update(
+            {
+                "GITHUB_ACTIONS": "true",
+                "GITHUB_EVENT_NAME": event_name,
+                "GITHUB_EVENT_PATH": str(run_dir / "event.json"),
+                "GITHUB_REPOSITORY": GITHUB_REPOSITORY,
+                "GITHUB_SHA": "9" * 40,
+                "GITHUB_REF": ref,
+                "GITHUB_SERVER_URL": "https://github.com",
+                "GITHUB_API_URL": self.github_server.url,
+                "GITHUB_RUN_ID": str(4200 + self.calls),
+                "GITHUB_OUTPUT": str(run_dir / "output"),
+                "GITHUB_STEP_SUMMARY": str(run_dir / "summary.md"),
+                "RUNNER_TEMP": str(run_dir / "temp"),
+                "INPUT_MANIFEST": "cocktail.yml",
+                "INPUT_MODE": "auto",
+                "INPUT_GITHUB_TOKEN": GITHUB_TOKEN,
+                "INPUT_COMMENT": "true",
+                "INPUT_WORK_DIR": str(run_dir / "work"),
+            }
+        )
+        env.update({f"INPUT_{name.upper()}": value for name, value in inputs.items()})
+        done = subprocess.run(
+            [sys.executable, "-m", "cocktail_bot", "action"],
+            cwd=self.checkout,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        done.run_dir = run_dir  # type: ignore[attr-defined]
+        done.outputs = (
+            parse_outputs((run_dir / "output").read_text()) if (run_dir / "output").exists() else {}
+        )
+        summary = run_dir / "summary.md"
+        done.summary = summary.read_text() if summary.exists() else ""  # type: ignore[attr-defined]
+        return done
+
+
+@pytest.fixture
+def run(tmp_path, checkout, github_server, hub_server) -> Runner:
+    github_server.add_pull(GITHUB_REPOSITORY, 7, head_sha=HEAD_SHA)
+    return Runner(tmp_path, checkout, github_server)
+
+
+def comments(github_server):
+    return github_server.state.comments_on(GITHUB_REPOSITORY, 7)
+
+
+# --- end to end ---------------------------------------------------------------------------------------------
+
+
+def test_pr_builds_publishes_a_preview_and_keeps_one_comment(run, github_server, hub_server):
+    hub_server.create_repo(HUB_REPO)
+    theirs = github_server.add_comment(GITHUB_REPOSITORY, 7, "reviewer", f"quoting the bot: {MARKER}")
+
+    first = run("pull_request", pr_event(), hf_token=hub_server.write_token)
+    assert first.returncode == 0, first.stderr
+    second = run("pull_request", pr_event(), hf_token=hub_server.write_token)
+    assert second.returncode == 0, second.stderr
+
+    # one comment by the bot, created then edited; the reviewer's comment carrying the marker untouched
+    mine = [c for c in comments(github_server) if c.login == "cocktail-bot"]
+    assert len(mine) == 1 and mine[0].edits == 1
+    assert theirs.body == f"quoting the bot: {MARKER}" and theirs.edits == 0
+    body = mine[0].body
+    assert body.startswith(MARKER + "\n## 🍸 cocktail-bot: tiny-cocktail preview published")
+    for expected in (
+        "### Sources",
+        "`./models/a`",
+        "| `./models/a` | 0.7000 |",
+        "### Build",
+        "Hub pull request:",
+        "[workflow run](https://github.com/acme/recipes/actions/runs/4202)",
+        "<details><summary>Model card (README.md)</summary>",
+        "base_model_relation: merge",
+    ):
+        assert expected in body
+
+    # the preview is a Hub pull request, main is untouched
+    pr_refs = [r for r in hub_server.repos[HUB_REPO].pull_requests.values()]
+    assert pr_refs and hub_server.files(HUB_REPO, "main").keys() == {".gitattributes"}
+    outputs = second.outputs
+    assert outputs["repo"] == HUB_REPO and outputs["revision"].startswith("refs/pr/")
+    assert outputs["commit-url"].startswith(hub_server.endpoint) or outputs["commit-url"].startswith(
+        "https://"
+    )
+    assert outputs["status"] == "success"
+    assert Path(outputs["report-path"]).read_text() == second.summary.rstrip("\n") + "\n"
+    assert second.summary.startswith(MARKER) and "base_model_relation: merge" in second.summary
+
+    # tokens are only ever printed inside the mask command
+    for done in (first, second):
+        assert done.stdout.count(hub_server.write_token) == 1
+        assert f"::add-mask::{hub_server.write_token}" in done.stdout
+        assert f"::add-mask::{GITHUB_TOKEN}" in done.stdout
+        assert hub_server.write_token not in done.stderr and GITHUB_TOKEN not in done.stderr
+
+
+def test_push_to_default_branch_publishes_to_main(run, github_server, hub_server):
+    event = {
+        "ref": "refs/heads/main",
+        "after": "9" * 40,
+        "repository": {"full_name": GITHUB_REPOSITORY, "default_branch": "main"},
+    }
+    done = run("push", event, ref="refs/heads/main", hf_token=hub_server.write_token)
+    assert done.returncode == 0, done.stderr
+    assert done.outputs["repo"] == HUB_REPO and done.outputs["revision"] == "main"
+    assert "model.safetensors" in hub_server.files(HUB_REPO, "main")
+    assert comments(github_server) == []  # no PR, no comment
+    assert "published" in done.summary and "### Hub" in done.summary
+
+
+def test_fork_pr_only_plans_and_says_why(run, github_server, hub_server):
+    """With the workflow's own GITHUB_TOKEN, an installation token (403 on GET /user): the bot comments."""
+    done = run(
+        "pull_request",
+        pr_event(head_repo="stranger/recipes"),
+        hf_token=hub_server.write_token,
+        github_token=GITHUB_APP_TOKEN,
+    )
+    assert done.returncode == 0, done.stderr
+    assert HUB_REPO not in hub_server.repos  # nothing published, not even the repo created
+    assert not any(r.method != "GET" for r in hub_server.requests)
+    [comment] = comments(github_server)
+    assert comment.login == "github-actions[bot]"
+    assert "planned (not built)" in comment.body and action.FORK_REASON in comment.body
+    assert done.outputs["status"] == "planned" and done.outputs["repo"] == ""
+    assert action.FORK_REASON in done.summary
+
+
+def test_failure_comments_the_error_and_fails_the_step(run, github_server, checkout):
+    (checkout / "cocktail.yml").write_text(MANIFEST.replace("./models/b", "./models/missing"))
+    done = run("pull_request", pr_event(), hf_token="hf_unused")
+    assert done.returncode == 2
+    [comment] = comments(github_server)
+    assert comment.body.startswith(MARKER + "\n## ❌ cocktail-bot: cocktail.yml failed")
+    message = (
+        "cocktail.yml has 1 problem:\n"
+        "cocktail.yml:6: models[1].id: model folder './models/missing' not found "
+        f"(looked at {checkout / 'models' / 'missing'})"
+    )
+    assert f"```text\n{message}\n```" in comment.body and "**What to do:**" in comment.body
+    assert done.outputs["status"] == "failure" and done.outputs["repo"] == ""
+    assert done.summary.startswith(MARKER) and message in done.summary
+    assert done.stderr.endswith(f"error: {message}\n") and "Traceback" not in done.stderr
+
+
+def test_remote_code_model_is_refused_and_the_comment_says_so(run, github_server, checkout):
+    config = checkout / "models" / "b" / "config.json"
+    data = json.loads(config.read_text())
+    data["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    config.write_text(json.dumps(data))
+    done = run("pull_request", pr_event(), hf_token="hf_unused", mode="plan")
+    assert done.returncode == 2, done.stderr
+    [comment] = comments(github_server)
+    assert "## ❌ cocktail-bot: cocktail.yml failed" in comment.body
+    assert (
+        "needs custom code to load (its config.json has an auto_map (AutoModelForCausalLM))" in comment.body
+    )
+    assert "never runs code from a model" in comment.body
+
+
+def test_big_card_is_left_out_of_the_comment_but_kept_in_the_summary(
+    run, github_server, checkout, hub_server
+):
+    padding = "".join(
+        f"# note {i}: {'x' * 90}\n" for i in range(800)
+    )  # ~80 kB of manifest, shown in the card
+    (checkout / "cocktail.yml").write_text(MANIFEST.replace(f"  repo: {HUB_REPO}\n", "") + padding)
+    done = run("pull_request", pr_event(), hf_token=hub_server.write_token)
+    assert done.returncode == 0, done.stderr
+    [comment] = comments(github_server)
+    assert len(comment.body) <= github.MAX_COMMENT_CHARS
+    assert "<details>" not in comment.body and "left out of this comment" in comment.body
+    assert action.NO_REPO_REASON in comment.body  # auto mode without output.repo builds only
+    assert "<details><summary>Model card" in done.summary and len(done.summary) > github.MAX_COMMENT_CHARS
+
+
+def workflow_run_event(head_sha: str) -> dict:
+    return {
+        "action": "completed",
+        "workflow_run": {
+            "head_sha": head_sha,
+            "event": "pull_request",
+            "html_url": "https://github.com/acme/recipes/actions/runs/1",
+        },
+        "repository": {"full_name": GITHUB_REPOSITORY, "default_branch": "main"},
+    }
+
+
+def test_fork_safe_pair_comments_from_the_saved_result(run, github_server, hub_server):
+    """pull_request (no secrets, no write token) builds and saves its result; workflow_run comments it."""
+    build = run("pull_request", pr_event(head_repo="stranger/recipes"), mode="build", comment="false")
+    assert build.returncode == 0, build.stderr
+    assert comments(github_server) == []
+    downloaded = build.run_dir.parent / "downloaded-artifact"
+    downloaded.mkdir()
+    shutil.copy(build.run_dir / "work" / action.RESULT_FILE, downloaded)
+
+    done = run("workflow_run", workflow_run_event(HEAD_SHA), ref="refs/heads/main", work_dir=str(downloaded))
+
+    assert done.returncode == 0, done.stderr
+    [comment] = comments(github_server)
+    assert "tiny-cocktail built" in comment.body and "### Build" in comment.body
+    assert (
+        "[workflow run](https://github.com/acme/recipes/actions/runs/4201)" in comment.body
+    )  # the build's run
+
+
+def test_saved_result_must_match_the_triggering_run(tmp_path):
+    result = ActionResult(
+        status="success",
+        mode="build",
+        manifest_path="cocktail.yml",
+        repository=GITHUB_REPOSITORY,
+        pr_number=7,
+        head_sha=HEAD_SHA,
+    )
+    (tmp_path / action.RESULT_FILE).write_text(result.model_dump_json())
+    env = env_with_event(
+        "workflow_run",
+        workflow_run_event(HEAD_SHA),
+        GITHUB_REPOSITORY=GITHUB_REPOSITORY,
+        INPUT_WORK_DIR=str(tmp_path),
+    )
+    assert action.load_saved_result(env) == result
+    stale = env_with_event(
+        "workflow_run",
+        workflow_run_event("2e" * 20),
+        GITHUB_REPOSITORY=GITHUB_REPOSITORY,
+        INPUT_WORK_DIR=str(tmp_path),
+    )
+    with pytest.raises(
+        CocktailError,
+        match=rf"the saved result is for commit {HEAD_SHA}, but the triggering run "
+        rf"built {'2e' * 20}: refusing to comment$",
+    ):
+        action.load_saved_result(stale)
+    other_repo = env_with_event(
+        "workflow_run",
+        workflow_run_event(HEAD_SHA),
+        GITHUB_REPOSITORY="evil/repo",
+        INPUT_WORK_DIR=str(tmp_path),
+    )
+    with pytest.raises(CocktailError, match=rf"the saved result is for {GITHUB_REPOSITORY}, not evil/repo$"):
+        action.load_saved_result(other_repo)
+    (tmp_path / action.RESULT_FILE).write_text('{"status": "rm -rf"}')
+    with pytest.raises(
+        CocktailError, match=r"cocktail-result.json: not a cocktail-bot result \(\d+ problems\)$"
+    ):
+        action.load_saved_result(env)
+
+
+# --- pure parts ---------------------------------------------------------------------------------------------
+
+
+def env_with_event(event_name: str, event: dict, **extra: str) -> action.ActionEnv:
+    env = action.read_env({"GITHUB_EVENT_NAME": event_name, "INPUT_HF_TOKEN": "hf_x", **extra})
+    return action.ActionEnv(**{**env.__dict__, "event": event})
+
+
+@pytest.mark.parametrize(
+    ("event_name", "event", "extra", "expected"),
+    [
+        ("pull_request", pr_event(), {}, action.Decision("publish", "preview", None, 7)),
+        (
+            "pull_request",
+            pr_event(head_repo="fork/x"),
+            {},
+            action.Decision("plan", None, action.FORK_REASON, 7),
+        ),
+        (
+            "pull_request",
+            pr_event(head_repo="fork/x"),
+            {"INPUT_MODE": "publish"},
+            action.Decision("plan", None, action.FORK_REASON, 7),
+        ),
+        (
+            "pull_request",
+            pr_event(head_repo="fork/x"),
+            {"INPUT_MODE": "build"},
+            action.Decision("build", None, None, 7),
+        ),
+        (
+            "pull_request",
+            pr_event(),
+            {"INPUT_HF_TOKEN": ""},
+            action.Decision("plan", None, action.NO_TOKEN_REASON, 7),
+        ),
+        (
+            "pull_request",
+            pr_event(),
+            {"INPUT_HF_TOKEN": "", "HF_OIDC_RESOURCE": "o/m"},
+            action.Decision("publish", "preview", None, 7),
+        ),
+        ("pull_request", pr_event(), {"INPUT_MODE": "plan"}, action.Decision("plan", None, None, 7)),
+        (
+            "push",
+            {"repository": {"default_branch": "main"}},
+            {"GITHUB_REF": "refs/heads/main"},
+            action.Decision("publish", "main"),
+        ),
+        (
+            "push",
+            {"repository": {"default_branch": "main"}},
+            {"GITHUB_REF": "refs/heads/dev"},
+            action.Decision("build"),
+        ),
+        (
+            "workflow_dispatch",
+            {"repository": {"default_branch": "main"}},
+            {"GITHUB_REF": "refs/heads/dev", "INPUT_MODE": "publish"},
+            action.Decision("publish", "main"),
+        ),
+        ("workflow_run", {"workflow_run": {}}, {}, action.Decision("comment")),
+    ],
+)
+def test_decide(event_name, event, extra, expected):
+    assert action.decide(env_with_event(event_name, event, **extra)) == expected
+
+
+def test_read_env_defaults_and_errors(tmp_path):
+    env = action.read_env({"RUNNER_TEMP": str(tmp_path)})
+    assert (env.manifest, env.mode, env.comment, env.work_dir) == (
+        "cocktail.yml",
+        "auto",
+        True,
+        tmp_path / "cocktail",
+    )
+    assert env.api_url == "https://api.github.com" and env.run_url is None
+    with pytest.raises(
+        CocktailError, match=r"^input mode must be one of auto, plan, build, publish, not 'deploy'$"
+    ):
+        action.read_env({"INPUT_MODE": "deploy"})
+    with pytest.raises(CocktailError, match=r"^input comment must be true or false, not 'maybe'$"):
+        action.read_env({"INPUT_COMMENT": "maybe"})
+    with pytest.raises(
+        CocktailError, match=r"^GITHUB_EVENT_PATH .*missing\.json: cannot read the event payload"
+    ):
+        action.read_env({"GITHUB_EVENT_PATH": str(tmp_path / "missing.json")})
+
+
+def big_report(sources: int) -> Report:
+    labels = [f"org/model-{i:05d}-{'long-name-' * 8}" for i in range(sources)]
+    return Report(
+        name="huge",
+        model_type="decoder",
+        tool_version="0.1.0",
+        manifest_path="cocktail.yml",
+        manifest_sha256="ab" * 32,
+        manifest_text="version: 1\n",
+        sources=[
+            SourceReport(
+                label=label,
+                repo_id=label,
+                requested_revision="main",
+                resolved_revision="c" * 40,
+                path="/tmp/x",
+                license="mit",
+            )
+            for label in labels
+        ],
+        steps=[
+            StepReport(
+                name="merge",
+                models=labels,
+                weights_mode="uniform",
+                weights=[1 / sources] * sources,
+                dtype="float32",
+            )
+        ],
+        evals=[
+            EvalResult(eval_set="general", model=m, loss=1.5, examples=5) for m in [*labels[:3], "merged"]
+        ],
+        output=OutputReport(
+            path="/tmp/out", files={"model.safetensors": "d" * 64}, total_bytes=123_456_789, dtype="float32"
+        ),
+        seconds=75.2,
+        peak_rss_bytes=2_500_000_000,
+        publish=PublishReport(
+            repo_id="org/huge",
+            revision="refs/pr/3",
+            commit_sha="e" * 40,
+            commit_url="https://huggingface.co/org/huge/commit/" + "e" * 40,
+            pr_url="https://huggingface.co/org/huge/discussions/3",
+            repo_url="https://huggingface.co/org/huge",
+        ),
+    )
+
+
+def result_for(report: Report) -> ActionResult:
+    return ActionResult(
+        status="success",
+        mode="publish",
+        manifest_path="cocktail.yml",
+        report=report,
+        repository=GITHUB_REPOSITORY,
+        pr_number=7,
+        head_sha=HEAD_SHA,
+        run_url="https://github.com/acme/recipes/actions/runs/5",
+    )
+
+
+def test_comment_shows_every_part_of_the_report():
+    summary, comment = render(result_for(big_report(3)))
+    assert comment == summary
+    name = f"org/model-00000-{'long-name-' * 8}"
+    for expected in (
+        f"| [{name}](https://huggingface.co/{name}/tree/{'c' * 40})",
+        "### Evaluation: sources vs merged",
+        "| **merged** | 1.5000 |",
+        "123.5 MB",
+        "1 min 15 s",
+        "2.5 GB",
+        "[https://huggingface.co/org/huge/discussions/3]",
+        "Model card (README.md)",
+    ):
+        assert expected in comment
+
+
+def test_comment_over_the_limit_is_truncated_with_a_link_to_the_summary():
+    summary, comment = render(result_for(big_report(150)))
+    assert len(summary) > github.MAX_COMMENT_CHARS >= len(comment)
+    assert comment.startswith(MARKER) and "Model card" not in comment
+    assert comment.endswith("[job summary](https://github.com/acme/recipes/actions/runs/5).\n")

@@ -40,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(message)s",
         stream=sys.stderr,
     )
+    # One line per HTTP request drowns the messages a user acts on; their failures surface as our errors.
+    for chatty in ("httpx", "httpcore", "urllib3"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         return int(args.handler(args) or 0)
     except CocktailError as error:

@@ -42,7 +42,7 @@ class StepReport(BaseModel):
     examples: str | None = Field(None, description="example file the weights were computed from")
     temperature: float | None = None
     method: str = "linear"
-    method_params: dict[str, float | int | str | None] = Field(default_factory=dict)
+    method_params: dict[str, bool | float | int | str | None] = Field(default_factory=dict)
     base: str | None = Field(None, description="label of the model that config, tokenizer and modules come from")
     dtype: str
     seconds: float = 0.0

@@ -1,0 +1,108 @@
+"""What the merge methods cost beside LM-Cocktail's `linear`, through the same streaming engine.
+
+The case: three Llama models of SmolLM2-1.7B's shapes cut to one decoder layer (random bf16, ~330 MB each,
+the largest tensor the tied 49152 x 2048 embedding), generated once by ``bench/make_llama_case.py``'s writer
+into ``bench/work/methods-llama-1l``. Every method merges in its own subprocess, which reports its wall time
+and its peak RSS (``ru_maxrss``), so one run cannot inflate the next one's numbers:
+
+* ``linear``: the three models, weights 0.2 / 0.3 / 0.5;
+* task-vector methods: model-0 as the base and models 1 and 2 as task vectors, weights 0.6 / 0.4, density 0.5
+  where the method sparsifies;
+* ``slerp``: model-0 (base) to model-1, t = 0.5 (two inputs instead of three).
+
+    python bench/bench_methods.py              # prints a Markdown table
+    python bench/bench_methods.py --repeat 3   # best of three runs per method
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's bench/ and cocktail_bot
+
+from bench.make_llama_case import smollm2_config, write_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CASE = ROOT / "bench" / "work" / "methods-llama-1l"
+MODELS = [CASE / f"model-{seed}" for seed in range(3)]
+
+RUNS = {
+    "linear": dict(sources=MODELS, weights=[0.2, 0.3, 0.5], base=None, params={}),
+    "task_arithmetic": dict(sources=MODELS[1:], weights=[0.6, 0.4], base=MODELS[0], params={}),
+    "ties": dict(sources=MODELS[1:], weights=[0.6, 0.4], base=MODELS[0], params={"density": 0.5}),
+    "dare_linear": dict(sources=MODELS[1:], weights=[0.6, 0.4], base=MODELS[0], params={"density": 0.5}),
+    "dare_ties": dict(sources=MODELS[1:], weights=[0.6, 0.4], base=MODELS[0], params={"density": 0.5}),
+    "slerp": dict(sources=MODELS[1:2], weights=[1.0], base=MODELS[0], params={"t": 0.5}),
+}
+
+CHILD = """
+import json, resource, sys, time
+from cocktail_bot.engine import merge
+run = json.loads(sys.argv[1])
+started = time.perf_counter()
+merge(run["sources"], run["weights"], run["output"], model_type="decoder", base=run["base"],
+      method=run["method"], method_params=run["params"], progress=False)
+seconds = time.perf_counter() - started
+print(json.dumps({"seconds": seconds, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def make_case() -> None:
+    config = smollm2_config(layers=1)
+    for seed, folder in enumerate(MODELS):
+        if not (folder / "model.safetensors").is_file():
+            write_model(folder, config, seed)
+
+
+def run_once(method: str) -> dict:
+    """One merge in a fresh interpreter; its own wall time and peak RSS."""
+    spec = RUNS[method]
+    output = CASE / f"out-{method}"
+    payload = {
+        "sources": [str(path) for path in spec["sources"]],
+        "weights": spec["weights"],
+        "base": str(spec["base"]) if spec["base"] else None,
+        "method": method,
+        "params": spec["params"],
+        "output": str(output),
+    }
+    command = [sys.executable, "-c", CHILD, json.dumps(payload)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    finally:
+        shutil.rmtree(output, ignore_errors=True)
+    if done.returncode:
+        raise SystemExit(f"{method} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per method; the fastest is reported")
+    parser.add_argument("--methods", nargs="+", default=list(RUNS), choices=list(RUNS))
+    args = parser.parse_args()
+    make_case()
+    size = sum((path / "model.safetensors").stat().st_size for path in MODELS) / 3
+    print(f"three models of {size / 1e6:.0f} MB each (bf16), output bf16\n")
+    print("| method | inputs read | wall time (s) | vs linear | peak RSS (MB) |")
+    print("| --- | --- | --- | --- | --- |")
+    linear_seconds = None
+    for method in args.methods:
+        runs = [run_once(method) for _ in range(args.repeat)]
+        best = min(runs, key=lambda run: run["seconds"])
+        peak = max(run["peak_rss_kb"] for run in runs) / 1024
+        if method == "linear":
+            linear_seconds = best["seconds"]
+        ratio = f"{best['seconds'] / linear_seconds:.2f}x" if linear_seconds else "-"
+        inputs = len(RUNS[method]["sources"]) + (RUNS[method]["base"] is not None)
+        print(f"| `{method}` | {inputs} | {best['seconds']:.2f} | {ratio} | {peak:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -193,15 +193,27 @@ def _run_pipeline(env: ActionEnv, decision: Decision) -> tuple[Report, Decision]
         return pipeline.plan_manifest(env.manifest, provenance=origin, token=env.hf_token), decision
     if decision.publish and env.mode == "auto" and not load_manifest(env.manifest).output.repo:
         decision = Decision("build", reason=NO_REPO_REASON, pr_number=decision.pr_number)
+    preview = decision.publish == "preview"
     report = pipeline.run_manifest(
         env.manifest,
         env.work_dir / MODEL_DIR,
         publish=decision.publish is not None,
-        create_pr=decision.publish == "preview",
+        create_pr=preview,
+        pr_title=preview_pr_title(env, decision) if preview else None,
         provenance=origin,
         token=env.hf_token,
     )
     return report, decision
+
+
+def preview_pr_title(env: ActionEnv, decision: Decision) -> str | None:
+    """The key of a GitHub pull request's one Hub preview PR, updated on every push (like the one comment).
+
+    Per manifest too, as the comment is, so two manifests publishing to one Hub repo keep apart.
+    """
+    if not env.repository or decision.pr_number is None:
+        return None
+    return f"cocktail-bot preview: {env.repository}#{decision.pr_number} ({env.manifest})"
 
 
 def execute(env: ActionEnv, decision: Decision) -> tuple[ActionResult, int]:

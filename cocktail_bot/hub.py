@@ -11,6 +11,10 @@
   calls it does not retry (repo creation, model info, the commit itself) are retried here with backoff. A
   retried publish recomputes the difference, and the commit is pinned to the parent it was computed against
   (``parent_commit``).
+* **One preview PR per key**: with ``pr_title`` the change goes to the OPEN Hub pull request of that exact
+  title, opened by the token's own user against the same branch, as a new commit on its ``refs/pr/N``; only
+  when there is none is one opened. A preview republished on every push of a GitHub PR so stays one Hub PR
+  with one link, and a retry after a lost answer finds the PR it opened instead of opening another.
 * **Tokens**: ``token=`` or ``HF_TOKEN``; or keyless OIDC trusted publishing, which ``huggingface_hub``
   performs itself when ``HF_OIDC_RESOURCE`` (the repo id) is set in a GitHub Actions job with ``permissions:
   id-token: write``. A token is never printed, logged or put in a report or an error message.
@@ -26,10 +30,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from cocktail_bot.errors import CocktailError, RemoteError
 from cocktail_bot.report import PublishReport
+
+if TYPE_CHECKING:
+    from huggingface_hub import DiscussionWithDetails
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +244,7 @@ def publish_folder(
     private: bool = False,
     revision: str | None = None,
     create_pr: bool = False,
+    pr_title: str | None = None,
     commit_message: str,
     commit_description: str | None = None,
     token: str | None = None,
@@ -244,9 +252,10 @@ def publish_folder(
 ) -> PublishReport:
     """Make ``revision`` (a branch, default ``main``) of ``repo_id`` hold exactly the files of ``folder``.
 
-    Creates the repo (and the branch) when missing. With ``create_pr`` the change is proposed as a Hub pull
-    request against ``revision`` instead. Raises ``RemoteError`` with one actionable message on permanent
-    failures.
+    Creates the repo (and the branch) when missing. With ``create_pr`` the change is proposed as a new Hub
+    pull request against ``revision`` instead. With ``pr_title`` (implies ``create_pr``) it goes to the open
+    pull request of that title opened by the token's user against ``revision``, opened with that title when
+    there is none. Raises ``RemoteError`` with one actionable message on permanent failures.
     """
     from huggingface_hub import HfApi
 
@@ -267,7 +276,8 @@ def publish_folder(
                 repo_id,
                 branch,
                 private=private,
-                create_pr=create_pr,
+                create_pr=create_pr or pr_title is not None,
+                pr_title=pr_title,
                 message=commit_message,
                 description=commit_description,
                 token=token,
@@ -298,6 +308,7 @@ def _publish_once(
     *,
     private: bool,
     create_pr: bool,
+    pr_title: str | None,
     message: str,
     description: str | None,
     token: str,
@@ -306,8 +317,10 @@ def _publish_once(
     from huggingface_hub.errors import RevisionNotFoundError
 
     repo_url = str(api.create_repo(repo_id, private=private, exist_ok=True, token=token))
+    pr = _own_open_pull_request(api, repo_id, branch, pr_title, token) if pr_title is not None else None
+    target = pr.git_reference if pr is not None else branch
     try:
-        info = api.model_info(repo_id, revision=branch, files_metadata=True, token=token)
+        info = api.model_info(repo_id, revision=target, files_metadata=True, token=token)
     except RevisionNotFoundError:
         if create_pr:
             raise
@@ -320,13 +333,14 @@ def _publish_once(
     remote = {s.rfilename: (s.lfs.sha256 if s.lfs else None, s.blob_id) for s in info.siblings or []}
     upload, delete = plan_changes(local, remote)
     if not upload and not delete:
-        logger.info("%s@%s already holds these %d files: no new commit", repo_id, branch, len(local))
+        logger.info("%s@%s already holds these %d files: no new commit", repo_id, target, len(local))
         return PublishReport(
             repo_id=repo_id,
-            revision=branch,
+            revision=target,
             commit_sha=info.sha,
             repo_url=repo_url,
             commit_url=f"{api.endpoint}/{repo_id}/commit/{info.sha}",
+            pr_url=pr.url if pr is not None else None,
             changed=False,
         )
     size = sum(local[name].size for name in upload)
@@ -336,28 +350,63 @@ def _publish_once(
         size / 1e6,
         len(delete),
         repo_id,
-        " as a pull request" if create_pr else f"@{branch}",
+        f"@{target}" if pr is not None or not create_pr else " as a new pull request",
     )
     operations = [
         CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(local[name].path)) for name in upload
     ]
     operations += [CommitOperationDelete(path_in_repo=name) for name in delete]
+    opening = create_pr and pr is None
+    if opening and pr_title is not None:
+        # The Hub titles a pull request opened by a commit with the commit message, and describes it with the
+        # commit description: the title is the key, the description keeps the message.
+        description = "\n\n".join(part for part in (message, description) if part)
+        message = pr_title
     commit = api.create_commit(
         repo_id,
         operations,
         commit_message=message,
         commit_description=description,
-        revision=branch,
-        create_pr=create_pr,
+        revision=target,
+        create_pr=opening,
         parent_commit=info.sha,
         token=token,
     )
     return PublishReport(
         repo_id=repo_id,
-        revision=commit.pr_revision or branch,
+        revision=commit.pr_revision or target,
         commit_sha=commit.oid,
         commit_url=commit.commit_url,
-        pr_url=commit.pr_url,
+        pr_url=commit.pr_url or (pr.url if pr is not None else None),
         repo_url=repo_url,
         changed=True,
     )
+
+
+def _own_open_pull_request(
+    api, repo_id: str, branch: str, title: str, token: str
+) -> DiscussionWithDetails | None:
+    """The oldest open pull request titled ``title`` against ``branch`` that the token's own user opened.
+
+    Someone else's pull request with the same title is never written to, nor a closed or merged one.
+    """
+    me = api.whoami(token=token, cache=True)["name"]
+    candidates = sorted(
+        (
+            discussion
+            for discussion in api.get_repo_discussions(
+                repo_id, author=me, discussion_type="pull_request", discussion_status="open", token=token
+            )
+            if discussion.is_pull_request
+            and discussion.status == "open"
+            and discussion.author == me
+            and discussion.title == title
+        ),
+        key=lambda discussion: discussion.num,
+    )
+    for discussion in candidates:
+        details = api.get_discussion_details(repo_id, discussion.num, token=token)
+        if details.target_branch in (branch, f"refs/heads/{branch}"):
+            logger.info("updating %s (%s)", details.url, title)
+            return details
+    return None

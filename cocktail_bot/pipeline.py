@@ -77,9 +77,11 @@ def run_manifest(
     device: str | None = None,
     progress: bool = True,
     create_pr: bool = False,
+    pr_title: str | None = None,
 ) -> Report:
     """Build the manifest's model into ``out`` (and publish it when ``publish`` and ``output.repo`` say so;
-    ``create_pr`` proposes it as a Hub pull request, the Action's preview of a GitHub pull request).
+    ``create_pr`` proposes it as a new Hub pull request; ``pr_title`` updates the open one of that title, the
+    Action's one preview per GitHub pull request; see ``hub.publish_folder``).
 
     Writes ``out``: the model files, ``README.md`` (the card), ``cocktail.lock``, ``report.json`` and
     ``report.md``; and the lock beside the manifest (``lock_path``; default ``<manifest>.lock``), unless
@@ -132,7 +134,14 @@ def run_manifest(
         publish_error = None
         if publish:
             publish_error = publish_output(
-                final, manifest, report, provenance, token=token, endpoint=endpoint, create_pr=create_pr
+                final,
+                manifest,
+                report,
+                provenance,
+                token=token,
+                endpoint=endpoint,
+                create_pr=create_pr,
+                pr_title=pr_title,
             )
         write_report(final, report)
         _move_into_place(final, out, work)
@@ -435,9 +444,10 @@ def publish_output(
     token: str | None,
     endpoint: str | None,
     create_pr: bool = False,
+    pr_title: str | None = None,
 ) -> CocktailError | None:
     """Publish the model folder (model, card, lock); a failure is kept in the report and returned, not raised,
-    so that the complete build still lands in --out. ``create_pr`` proposes it as a Hub pull request."""
+    so that the complete build still lands in --out. For ``create_pr``/``pr_title`` see ``publish_folder``."""
     from cocktail_bot.hub import publish_folder
 
     assert manifest.output.repo is not None
@@ -455,6 +465,7 @@ def publish_output(
             token=token,
             endpoint=endpoint,
             create_pr=create_pr,
+            pr_title=pr_title,
         )
     except CocktailError as error:
         report.status, report.error = "failure", str(error)

@@ -5,13 +5,14 @@ Implemented from the client's source (``hf_api.py``, ``file_download.py``, ``_co
 whole file set of its parent, branches, tags and pull-request refs point at commits, and reading at any
 revision returns that revision's files. Uploads take the legacy LFS path (``HF_HUB_DISABLE_XET=1``): preupload
 decides regular or LFS, LFS batch hands out upload/verify URLs on this server, and the NDJSON commit
-references the uploaded objects.
+references the uploaded objects. Pull requests are opened by a commit with ``create_pr`` or through the
+discussions API (listed page by page, with details, closed and reopened), and take commits at ``refs/pr/N``.
 
 Errors carry the ``X-Error-Code`` / ``X-Error-Message`` headers the client maps to its exceptions
 (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``). Tokens: a write token, a read-only token (writes
-get 403) and tokens minted by the OIDC exchange (``POST /oauth/token``). Private repos need a token of their
-namespace. ``fail(route, status, times)`` makes the next requests of a route fail (status 0 drops the
-connection).
+get 403), another user's write token and tokens minted by the OIDC exchange (``POST /oauth/token``). Private
+repos need a token of their namespace. ``fail(route, status, times)`` makes the next requests of a route fail
+(status 0 drops the connection).
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ import yaml
 
 WRITE_TOKEN = "hf_test_write_token"
 READ_TOKEN = "hf_test_read_token"
+OTHER_TOKEN = "hf_test_other_token"  # another user, who may write to the organisation too
 USER = "cocktail-tester"
+OTHER_USER = "someone-else"
 ORG = "cocktail"
+DISCUSSIONS_PER_PAGE = 50
 
 LFS_PATTERNS = (
     "*.safetensors",
@@ -105,11 +109,16 @@ class Commit:
 
 @dataclass
 class PullRequest:
+    """A Hub pull request: ``refs/pr/N`` points at ``head``; ``events`` are what its page shows, in order."""
+
     num: int
     title: str
     base: str
     head: str
     status: str = "open"
+    author: str = USER
+    created_at: str = field(default_factory=lambda: _iso_now())
+    events: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -186,7 +195,9 @@ class HubServer:
         self.tokens: dict[str, Token] = {
             WRITE_TOKEN: Token(USER, frozenset({USER, ORG}), write=True),
             READ_TOKEN: Token(USER, frozenset({USER, ORG}), write=False),
+            OTHER_TOKEN: Token(OTHER_USER, frozenset({OTHER_USER, ORG}), write=True),
         }
+        self.discussions_per_page = DISCUSSIONS_PER_PAGE
         self.oidc_subject_tokens: dict[str, str] = {}  # id token -> the resource it may be exchanged for
         self.requests: list[Request] = []
         self._failures: list[list[Any]] = []  # [route, method, status, remaining, error code]
@@ -345,6 +356,28 @@ class HubServer:
         repo.commits[sha] = Commit(sha, parent, files, title, description, author)
         return sha
 
+    def _open_pull_request(
+        self, repo: Repo, title: str, description: str, base: str, author: str
+    ) -> PullRequest:
+        """A new pull request against branch ``base``, its ref at the base's head, its description the first
+        comment (as on the Hub)."""
+        num = max([0, *repo.pull_requests]) + 1
+        pr = PullRequest(num, title, base, repo.branches[base], author=author)
+        pr.events.append(
+            self._event("comment", author, edited=False, hidden=False, latest={"raw": description})
+        )
+        repo.pull_requests[num] = pr
+        return pr
+
+    def _event(self, kind: str, author: str, **data: Any) -> dict[str, Any]:
+        return {
+            "id": f"{next(self._counter):024x}",
+            "type": kind,
+            "createdAt": _iso_now(),
+            "author": {"name": author},
+            "data": data,
+        }
+
     def _take_failure(self, route: str, method: str) -> tuple[int, str | None] | None:
         with self._lock:
             for failure in self._failures:
@@ -379,6 +412,11 @@ def _route(method: str, parts: list[str]) -> tuple[str, str | None, dict[str, st
             return "refs", repo_id, {}
         if kind in ("branch", "preupload", "commit") and len(rest) == 2:
             return kind, repo_id, {"revision": rest[1]}
+        if kind == "discussions" and len(rest) == 1:
+            return ("create_discussion" if method == "POST" else "discussions"), repo_id, {}
+        if kind == "discussions" and rest[1].isdigit() and len(rest) <= 3:
+            route = "discussion_status" if rest[2:] == ["status"] else "discussion_details"
+            return route, repo_id, {"num": rest[1]}
     if n == 6 and parts[1].endswith(".git") and parts[2:] == ["info", "lfs", "objects", "batch"]:
         return "lfs_batch", f"{parts[0]}/{parts[1][:-4]}", {}
     if n == 4 and parts[0] == "lfs-upload":
@@ -753,24 +791,26 @@ class _Handler(BaseHTTPRequestHandler):
                         del tree[name]
                 else:
                     raise HubError(400, f"unsupported commit operation {key!r}")
+            author = caller.user if caller else USER
             sha = self.hub._new_commit(
-                repo,
-                base,
-                tree,
-                header.get("summary", ""),
-                header.get("description", ""),
-                caller.user if caller else USER,
+                repo, base, tree, header.get("summary", ""), header.get("description", ""), author
             )
             pr_url = None
             if create_pr:
-                num = max([0, *repo.pull_requests]) + 1
                 branch = revision.removeprefix("refs/heads/")
-                repo.pull_requests[num] = PullRequest(num, header.get("summary", ""), branch, sha)
-                pr_url = f"{self.hub.endpoint}/{repo_id}/discussions/{num}"
+                pr = self.hub._open_pull_request(
+                    repo, header.get("summary", ""), header.get("description", ""), branch, author
+                )
+                pr_url = f"{self.hub.endpoint}/{repo_id}/discussions/{pr.num}"
             elif revision.startswith("refs/pr/"):
-                repo.pull_requests[int(revision[8:])].head = sha
+                pr = repo.pull_requests[int(revision[8:])]
             else:
                 repo.branches[revision.removeprefix("refs/heads/")] = sha
+            if create_pr or revision.startswith("refs/pr/"):
+                pr.head = sha
+                pr.events.append(
+                    self.hub._event("commit", author, subject=header.get("summary", ""), oid=sha)
+                )
         self._json(
             {
                 "success": True,
@@ -833,3 +873,104 @@ class _Handler(BaseHTTPRequestHandler):
         if entry.lfs:
             headers.update({"X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": str(entry.size)})
         self._send(200, entry.data, headers, content_type="application/octet-stream")
+
+    # -- pull requests (the Hub's discussions API; this Hub hosts pull requests only) ------------------------
+
+    def _pull_request_json(self, repo: Repo, pr: PullRequest) -> dict[str, Any]:
+        return {
+            "num": pr.num,
+            "title": pr.title,
+            "status": pr.status,
+            "author": {"name": pr.author},
+            "createdAt": pr.created_at,
+            "isPullRequest": True,
+            "pinned": False,
+            "numComments": sum(e["type"] == "comment" for e in pr.events),
+            "repo": {"name": repo.repo_id, "type": "model"},
+        }
+
+    def _pull_request(self, repo: Repo, params: dict) -> PullRequest:
+        pr = repo.pull_requests.get(int(params["num"]))
+        if pr is None:
+            raise HubError(404, "Discussion not found")
+        return pr
+
+    def _discussions(self, *, repo_id: str, query: dict, token: str | None, **_: Any) -> None:
+        """Page ``p`` of the pull requests matching ``type``, ``status`` and ``author``, newest first."""
+        repo = self._readable(repo_id, token)
+        if query.get("type", "all") not in ("all", "pull_request", "discussion"):
+            raise HubError(400, f"invalid type {query['type']!r}")
+        status = query.get("status", "all")
+        with self.hub._lock:
+            matching = [
+                self._pull_request_json(repo, pr)
+                for pr in sorted(repo.pull_requests.values(), key=lambda pr: -pr.num)
+                if query.get("type") != "discussion"
+                and status in ("all", pr.status)
+                and query.get("author") in (None, pr.author)
+            ]
+        size = self.hub.discussions_per_page
+        start = int(query.get("p", 0)) * size
+        self._json({"discussions": matching[start : start + size], "count": len(matching), "start": start})
+
+    def _discussion_details(
+        self, *, repo_id: str, params: dict, query: dict, token: str | None, **_: Any
+    ) -> None:
+        repo = self._readable(repo_id, token)
+        with self.hub._lock:
+            pr = self._pull_request(repo, params)
+            details = self._pull_request_json(repo, pr)
+            base_files = repo.commits[repo.branches[pr.base]].files
+            head_files = repo.commits[pr.head].files
+            changed = sorted(
+                name
+                for name in base_files.keys() | head_files.keys()
+                if base_files.get(name) != head_files.get(name)
+            )
+            details.update(
+                events=list(pr.events),
+                changes={"base": f"refs/heads/{pr.base}"},
+                filesWithConflicts=[],
+            )
+        if query.get("diff"):
+            details["diff"] = "".join(f"diff --git a/{name} b/{name}\n" for name in changed)
+        self._json(details)
+
+    def _create_discussion(self, *, repo_id: str, body: bytes, token: str | None, **_: Any) -> None:
+        """Anyone who can read a repo may open a pull request; opened empty, it is a draft (as on the Hub)."""
+        repo = self._readable(repo_id, token)
+        caller = self._caller(token)
+        if caller is None:
+            raise HubError(401, "You must be authenticated to open a pull request")
+        payload = json.loads(body or b"{}")
+        if not payload.get("pullRequest"):
+            raise HubError(400, "this test Hub only hosts pull requests, not discussions")
+        title = payload.get("title", "").strip()
+        if not 3 <= len(title) <= 200:
+            raise HubError(400, "title must be 3 to 200 characters long")
+        with self.hub._lock:
+            pr = self.hub._open_pull_request(repo, title, payload.get("description", ""), "main", caller.user)
+            pr.status = "draft"
+        self._json(
+            {"num": pr.num, "pullRequest": True, "url": f"{self.hub.endpoint}/{repo_id}/discussions/{pr.num}"}
+        )
+
+    def _discussion_status(
+        self, *, repo_id: str, params: dict, body: bytes, token: str | None, **_: Any
+    ) -> None:
+        """Its author or a writer of the repo may close or reopen a pull request."""
+        repo = self._readable(repo_id, token)
+        caller = self._caller(token)
+        new_status = json.loads(body or b"{}").get("status")
+        if new_status not in ("open", "closed"):
+            raise HubError(400, "status must be 'open' or 'closed'")
+        with self.hub._lock:
+            pr = self._pull_request(repo, params)
+            if caller is None or caller.user != pr.author:
+                self._check_write(repo.namespace, token)
+            if pr.status == "merged":
+                raise HubError(400, "a merged pull request cannot change status")
+            pr.status = new_status
+            event = self.hub._event("status-change", caller.user if caller else USER, status=new_status)
+            pr.events.append(event)
+        self._json({"newStatus": event})

@@ -159,11 +159,18 @@ def test_pr_builds_publishes_a_preview_and_keeps_one_comment(run, github_server,
     ):
         assert expected in body
 
-    # the preview is a Hub pull request, main is untouched
-    pr_refs = [r for r in hub_server.repos[HUB_REPO].pull_requests.values()]
-    assert pr_refs and hub_server.files(HUB_REPO, "main").keys() == {".gitattributes"}
+    # the preview is ONE Hub pull request for this GitHub PR, updated by the second run, linked from the
+    # one comment; main is untouched
+    repo = hub_server.repos[HUB_REPO]
+    assert list(repo.pull_requests) == [1]
+    preview = repo.pull_requests[1]
+    assert preview.title == "cocktail-bot preview: acme/recipes#7 (cocktail.yml)" and preview.status == "open"
+    assert f"{hub_server.endpoint}/{HUB_REPO}/discussions/1" in body
+    assert [e["type"] for e in preview.events] == ["comment", "commit", "commit"]  # the run URL changed
+    assert hub_server.files(HUB_REPO, "main").keys() == {".gitattributes"}
+    assert first.outputs["revision"] == "refs/pr/1"
     outputs = second.outputs
-    assert outputs["repo"] == HUB_REPO and outputs["revision"].startswith("refs/pr/")
+    assert outputs["repo"] == HUB_REPO and outputs["revision"] == "refs/pr/1"
     assert outputs["commit-url"].startswith(hub_server.endpoint) or outputs["commit-url"].startswith(
         "https://"
     )

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from huggingface_hub import snapshot_download
+from huggingface_hub import CommitOperationAdd, HfApi, snapshot_download
 from huggingface_hub.utils import _auth
 
 from cocktail_bot import hub
@@ -97,6 +97,101 @@ def test_create_pr_proposes_the_change_and_leaves_main_alone(hub_server, model, 
         hub_server.files(REPO, "refs/pr/1")["model.safetensors"] == (model / "model.safetensors").read_bytes()
     )
     assert hub_server.repos[REPO].pull_requests[1].base == "main"
+
+
+# --- one preview pull request per key (pr_title) ------------------------------------------------------------
+
+KEY = "cocktail-bot preview: acme/recipes#7 (cocktail.yml)"
+
+
+def pr_commits(hub_server, num: int) -> list[str]:
+    """The commits the Hub shows on a pull request's page, read back with the real client."""
+    details = HfApi().get_discussion_details(REPO, num, token=hub_server.write_token)
+    return [event.oid for event in details.events if event.type == "commit"]
+
+
+def test_a_keyed_preview_updates_its_one_hub_pull_request(hub_server, model, tiny_llamas):
+    main = publish(model, hub_server)
+    shutil.copyfile(tiny_llamas[1] / "model.safetensors", model / "model.safetensors")
+    first = publish(model, hub_server, pr_title=KEY)
+    pr_url = f"{hub_server.endpoint}/{REPO}/discussions/1"
+    assert first.changed and first.revision == "refs/pr/1" and first.pr_url == pr_url
+    (model / "README.md").write_text("# merged, second push\n")
+    second = publish(model, hub_server, pr_title=KEY)
+    assert second.changed and second.revision == "refs/pr/1" and second.pr_url == pr_url
+    again = publish(model, hub_server, pr_title=KEY)  # identical to the PR's head: no commit
+    assert not again.changed and again.commit_sha == second.commit_sha
+    assert again.revision == "refs/pr/1" and again.pr_url == pr_url
+
+    repo = hub_server.repos[REPO]
+    assert list(repo.pull_requests) == [1]
+    pr = repo.pull_requests[1]
+    assert (pr.title, pr.author, pr.status, pr.base) == (KEY, "cocktail-tester", "open", "main")
+    assert pr_commits(hub_server, 1) == [first.commit_sha, second.commit_sha]
+    assert repo.commits[second.commit_sha].parent == first.commit_sha
+    assert repo.commits[second.commit_sha].title == "Publish merged (cocktail.yml)"
+    assert len(hub_server.seen("commit")) == 3  # main, then the two pushes to refs/pr/1
+    assert hub_server.head(REPO) == main.commit_sha  # main untouched
+    assert {n: d for n, d in hub_server.files(REPO, "refs/pr/1").items() if n != ".gitattributes"} == (
+        folder_bytes(model)
+    )
+    description = HfApi().get_discussion_details(REPO, 1, token=hub_server.write_token).events[0].content
+    assert description == "Publish merged (cocktail.yml)"  # the title is the key, the message describes it
+
+
+def test_another_key_opens_its_own_pull_request_and_paging_finds_the_first(hub_server, model):
+    hub_server.discussions_per_page = 1  # newest first: PR 1 is on the last page
+    first = publish(model, hub_server, pr_title=KEY)
+    other = publish(model, hub_server, pr_title="cocktail-bot preview: acme/recipes#8 (cocktail.yml)")
+    third = publish(model, hub_server, pr_title="cocktail-bot preview: acme/recipes#9 (cocktail.yml)")
+    assert [first.revision, other.revision, third.revision] == ["refs/pr/1", "refs/pr/2", "refs/pr/3"]
+    hub_server.requests.clear()
+    (model / "README.md").write_text("# merged, second push\n")
+    again = publish(model, hub_server, pr_title=KEY)
+    assert again.changed and again.revision == "refs/pr/1"
+    assert len(hub_server.seen("discussions")) == 3 and len(hub_server.repos[REPO].pull_requests) == 3
+    assert pr_commits(hub_server, 2) == [other.commit_sha]
+
+
+def test_a_closed_preview_pull_request_is_not_reused(hub_server, model):
+    first = publish(model, hub_server, pr_title=KEY)
+    HfApi().change_discussion_status(REPO, 1, "closed", token=hub_server.write_token)
+    second = publish(model, hub_server, pr_title=KEY)
+    assert second.changed and second.revision == "refs/pr/2"
+    assert second.pr_url == f"{hub_server.endpoint}/{REPO}/discussions/2"
+    assert hub_server.head(REPO, "refs/pr/1") == first.commit_sha
+    assert pr_commits(hub_server, 1) == [first.commit_sha]
+
+
+def test_someone_elses_pull_request_with_the_same_title_is_not_reused(hub_server, model):
+    from tests.hub_server import OTHER_TOKEN
+
+    hub_server.create_repo(REPO)
+    theirs = HfApi().create_commit(
+        REPO, [CommitOperationAdd("notes.md", b"mine")], commit_message=KEY, create_pr=True, token=OTHER_TOKEN
+    )
+    assert hub_server.repos[REPO].pull_requests[1].author == "someone-else"
+    report = publish(model, hub_server, pr_title=KEY)
+    assert (
+        report.revision == "refs/pr/2" and hub_server.repos[REPO].pull_requests[2].author == "cocktail-tester"
+    )
+    assert hub_server.head(REPO, "refs/pr/1") == theirs.oid
+
+
+def test_a_pull_request_against_another_branch_is_not_reused(hub_server, model):
+    hub_server.create_repo(REPO)
+    hub_server.branch(REPO, "dev")
+    on_dev = publish(model, hub_server, revision="dev", pr_title=KEY)
+    on_main = publish(model, hub_server, pr_title=KEY)
+    assert (on_dev.revision, on_main.revision) == ("refs/pr/1", "refs/pr/2")
+    assert hub_server.repos[REPO].pull_requests[1].base == "dev"
+
+
+def test_a_keyed_preview_identical_to_the_branch_opens_no_pull_request(hub_server, model):
+    main = publish(model, hub_server)
+    report = publish(model, hub_server, pr_title=KEY)
+    assert not report.changed and report.revision == "main" and report.pr_url is None
+    assert report.commit_sha == main.commit_sha and hub_server.repos[REPO].pull_requests == {}
 
 
 def test_a_new_branch_is_created_from_main(hub_server, model):

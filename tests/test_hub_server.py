@@ -121,3 +121,54 @@ def test_injected_failures_hit_only_the_next_matching_requests(hub_server, api):
     with pytest.raises(HfHubHTTPError):
         api.model_info(REPO)
     assert api.model_info(REPO).sha == hub_server.head(REPO)
+
+
+def test_pull_requests_are_listed_by_page_detailed_closed_and_take_commits_on_their_ref(hub_server, api):
+    from tests.hub_server import OTHER_TOKEN
+
+    api.create_repo(REPO)
+    hub_server.discussions_per_page = 2
+    mine = api.create_commit(
+        REPO,
+        [CommitOperationAdd("a.txt", b"a")],
+        commit_message="mine",
+        commit_description="why",
+        create_pr=True,
+    )
+    theirs = HfApi(endpoint=hub_server.endpoint, token=OTHER_TOKEN).create_pull_request(REPO, "theirs")
+    api.create_commit(REPO, [CommitOperationAdd("c.txt", b"c")], commit_message="third", create_pr=True)
+    listed = list(api.get_repo_discussions(REPO, discussion_type="pull_request"))  # two pages
+    assert [(d.num, d.title, d.author, d.status) for d in listed] == [
+        (3, "third", "cocktail-tester", "open"),
+        (2, "theirs", "someone-else", "draft"),
+        (1, "mine", "cocktail-tester", "open"),
+    ]
+    assert (
+        theirs.num == 2 and theirs.git_reference == "refs/pr/2" and theirs.target_branch == "refs/heads/main"
+    )
+    by_me = api.get_repo_discussions(REPO, author="cocktail-tester", discussion_status="open")
+    assert [d.num for d in by_me] == [3, 1]
+
+    update = api.create_commit(
+        REPO, [CommitOperationAdd("b.txt", b"b")], commit_message="update", revision="refs/pr/1"
+    )
+    assert update.pr_url is None and hub_server.head(REPO, "refs/pr/1") == update.oid
+    assert hub_server.files(REPO, "refs/pr/1").keys() == {".gitattributes", "a.txt", "b.txt"}
+    assert "a.txt" not in hub_server.files(REPO)
+    api.change_discussion_status(REPO, 1, "closed", comment="superseded")
+    details = api.get_discussion_details(REPO, 1)
+    assert (details.status, details.target_branch, details.url) == (
+        "closed",
+        "refs/heads/main",
+        f"{hub_server.endpoint}/{REPO}/discussions/1",
+    )
+    assert [e.type for e in details.events] == ["comment", "commit", "commit", "status-change"]
+    assert details.events[0].content == "why" and details.events[2].oid == update.oid
+    assert details.diff == "diff --git a/a.txt b/a.txt\ndiff --git a/b.txt b/b.txt\n"
+    assert [d.num for d in api.get_repo_discussions(REPO, discussion_status="open")] == [3]
+    with pytest.raises(HfHubHTTPError) as error:  # only its author or a writer may close a pull request
+        HfApi(endpoint=hub_server.endpoint, token=hub_server.read_token).change_discussion_status(
+            REPO, 2, "closed"
+        )
+    assert error.value.response.status_code == 403
+    assert mine.pr_num == 1

@@ -100,3 +100,19 @@ def test_revision_and_create_pr_exclude_each_other(model, capsys):
         main(["publish", str(model), "--repo", "cocktail/x", "--revision", "dev", "--create-pr"])
     assert exit_.value.code == 2
     assert "argument --create-pr: not allowed with argument --revision" in capsys.readouterr().err
+
+
+def test_publish_with_a_pr_title_updates_one_hub_pull_request(hub_server, model, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", hub_server.write_token)
+    argv = ["publish", str(model), "--repo", "cocktail/llama-cocktail", "--pr-title", "nightly preview"]
+    assert main(argv) == 0
+    (model / "README.md").write_text("# changed\n")
+    assert main(argv) == 0
+    repo = hub_server.repos["cocktail/llama-cocktail"]
+    assert list(repo.pull_requests) == [1] and repo.pull_requests[1].title == "nightly preview"
+    head = repo.pull_requests[1].head
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"published to {hub_server.endpoint}/cocktail/llama-cocktail/discussions/1 "
+        f"(refs/pr/1): {hub_server.endpoint}/cocktail/llama-cocktail/commit/{head}"
+    )
+    assert hub_server.files("cocktail/llama-cocktail", "refs/pr/1")["README.md"] == b"# changed\n"

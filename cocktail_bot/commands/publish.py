@@ -27,7 +27,13 @@ def register(subparsers) -> None:
         "--revision", metavar="BRANCH", help="branch to commit to (created when missing; main)"
     )
     target.add_argument(
-        "--create-pr", action="store_true", help="open a Hub pull request against main instead"
+        "--create-pr", action="store_true", help="open a new Hub pull request against main instead"
+    )
+    target.add_argument(
+        "--pr-title",
+        metavar="TITLE",
+        help="commit to the open Hub pull request titled TITLE that this token's user opened against main "
+        "(opened when there is none), so that republishing updates one pull request",
     )
     parser.add_argument(
         "--message", metavar="M", help="commit message (default: 'Publish DIR with cocktail-bot')"
@@ -45,12 +51,14 @@ def handle(args: argparse.Namespace) -> int:
         private=args.private,
         revision=args.revision,
         create_pr=args.create_pr,
+        pr_title=args.pr_title,
         commit_message=message,
     )
     if not report.changed:
         print(f"unchanged: {report.repo_id}@{report.revision} already has these files: {report.commit_url}")
     elif report.pr_url:
-        print(f"opened {report.pr_url} ({report.revision}): {report.commit_url}")
+        verb = "published to" if args.pr_title else "opened"  # --pr-title opens one only the first time
+        print(f"{verb} {report.pr_url} ({report.revision}): {report.commit_url}")
     else:
         print(report.commit_url)
     return 0

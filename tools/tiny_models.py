@@ -61,7 +61,7 @@ def make_bert_tokenizer(folder: Path) -> BertTokenizerFast:
     vocab += [word for word in WORDS if word not in vocab]
     vocab_file = folder / "vocab.txt"
     vocab_file.write_text("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    return BertTokenizerFast(vocab=str(vocab_file), do_lower_case=True)  # transformers 5 reads `vocab`
 
 
 def llama_config(vocab_size: int, **overrides) -> LlamaConfig:

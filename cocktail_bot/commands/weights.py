@@ -1,12 +1,86 @@
-"""`cocktail weights` (placeholder until its issue lands: replace this whole module)."""
+"""`cocktail weights`: each model's loss on a few examples of the target task, and the weights it gives."""
 
-from cocktail_bot.errors import CocktailError
+from __future__ import annotations
+
+import argparse
+import json
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("weights", help="(not yet available)")
+    parser = subparsers.add_parser(
+        "weights",
+        help="compute merge weights from a few examples of the target task",
+        description="Compute each model's loss on the examples and the weights softmax(-loss / T), as "
+        "LM-Cocktail does. MODEL is a local folder or a Hugging Face Hub reference (org/name or "
+        "org/name@revision). Example "
+        'files are a JSON list or JSONL: decoder {"input", "output"}; encoder and reranker '
+        '{"query", "pos": [...], "neg": [...]}.',
+    )
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="models of one architecture")
+    parser.add_argument(
+        "--type",
+        dest="model_type",
+        required=True,
+        choices=["decoder", "encoder", "reranker"],
+        help="kind of model: decoder (causal LM), encoder (embeddings), reranker (cross-encoder)",
+    )
+    parser.add_argument("--examples", required=True, metavar="FILE", help="example file (JSON list or JSONL)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=5.0,
+        help="softmax temperature: lower favours the best model more (default 5)",
+    )
+    parser.add_argument(
+        "--max-input-length",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="longest input in tokens, further capped by each model's limit (default 2048)",
+    )
+    parser.add_argument(
+        "--neg-number",
+        type=int,
+        default=7,
+        metavar="K",
+        help="negatives sampled per encoder/reranker example (default 7)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=2, metavar="B", help="examples per forward pass (default 2)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the negative sampling (default 0)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N"
+    )
+    parser.add_argument("--json", action="store_true", help='print {"models", "losses", "weights"} as JSON')
     parser.set_defaults(handler=handle)
 
 
-def handle(args) -> int:
-    raise CocktailError("'cocktail weights' is not available yet")
+def handle(args: argparse.Namespace) -> int:
+    from cocktail_bot.api import resolve_model_folders
+    from cocktail_bot.examples import load_examples
+    from cocktail_bot.weights import compute_weights
+
+    examples = load_examples(
+        args.examples, args.model_type
+    )  # a bad file fails before any model is downloaded
+    result = compute_weights(
+        resolve_model_folders(args.models),
+        args.model_type,
+        examples,
+        temperature=args.temperature,
+        max_input_length=args.max_input_length,
+        neg_number=args.neg_number,
+        batch_size=args.batch_size,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps({"models": args.models, "losses": result.losses, "weights": result.weights}))
+        return 0
+    width = max(len(model) for model in args.models)
+    print(f"{'model':<{width}}  {'loss':>10}  {'weight':>8}")
+    for model, loss, weight in zip(args.models, result.losses, result.weights, strict=True):
+        print(f"{model:<{width}}  {loss:>10.4f}  {weight:>8.4f}")
+    return 0

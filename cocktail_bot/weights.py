@@ -1,0 +1,83 @@
+"""Example-based merge weights: ``softmax(-loss_i / temperature)`` over each model's loss on a few examples.
+
+A model that already does the target task well has a low loss and gets a large weight; a helper model that
+does not help gets a small one. The temperature sets how sharply the best model dominates (LM_Cocktail's
+default, 5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cocktail_bot.errors import CocktailError
+from cocktail_bot.examples import load_examples
+from cocktail_bot.model_types import ModelType
+
+DEFAULT_SEED = 0
+
+
+@dataclass(frozen=True)
+class WeightsResult:
+    models: list[str]
+    losses: list[float]
+    weights: list[float]
+
+
+def softmax_weights(losses: Sequence[float], temperature: float) -> list[float]:
+    """``softmax(-loss / temperature)``, computed stably; a non-finite loss or temperature is refused."""
+    if not temperature > 0 or not math.isfinite(temperature):
+        raise CocktailError(f"temperature must be a positive number, got {temperature}")
+    if not losses:
+        raise CocktailError("no losses to turn into weights: give at least one model")
+    for index, loss in enumerate(losses):
+        if not math.isfinite(loss):
+            raise CocktailError(f"the loss of model {index} is {loss}: weights cannot be computed from it")
+    best = min(losses)
+    scaled = [math.exp(-(loss - best) / temperature) for loss in losses]
+    total = sum(scaled)
+    return [value / total for value in scaled]
+
+
+def compute_weights(
+    models: Sequence[str | Path],
+    model_type: ModelType | str,
+    examples: str | Path | Sequence[Mapping],
+    temperature: float = 5.0,
+    max_input_length: int = 2048,
+    neg_number: int = 7,
+    batch_size: int = 2,
+    device: str = "auto",
+    seed: int = DEFAULT_SEED,
+    progress: bool = True,
+) -> WeightsResult:
+    """Losses of each model (local folders of one architecture) on ``examples`` and the weights they give.
+
+    ``examples`` is an example file (JSON list or JSONL) or the records themselves. Negatives are sampled with
+    ``seed``, so the same inputs always give the same weights.
+    """
+    from cocktail_bot.scoring import score_models
+
+    model_type = ModelType.parse(model_type)
+    if not temperature > 0:
+        raise CocktailError(f"temperature must be a positive number, got {temperature}")
+    records = load_examples(examples, model_type)
+    scores = score_models(
+        models,
+        model_type,
+        {"examples": records},
+        max_input_length=max_input_length,
+        neg_number=neg_number,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+        progress=progress,
+    )
+    losses = [score["examples"].loss for score in scores]
+    labels = [str(model) for model in models]
+    for label, loss in zip(labels, losses, strict=True):
+        if not math.isfinite(loss):
+            raise CocktailError(f"the loss of {label} on the examples is {loss}: check the model's weights")
+    return WeightsResult(models=labels, losses=losses, weights=softmax_weights(losses, temperature))

@@ -1,12 +1,73 @@
-"""`cocktail mix` (placeholder until its issue lands: replace this whole module)."""
+"""`cocktail mix`: merge models with given weights into a folder, streaming tensor by tensor."""
 
-from cocktail_bot.errors import CocktailError
+from __future__ import annotations
+
+import argparse
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("mix", help="(not yet available)")
+    parser = subparsers.add_parser(
+        "mix",
+        help="merge models with given weights into a new model folder",
+        description="Merge models of one architecture as sum(w_i * theta_i), streaming tensor by tensor. "
+        "MODEL is a "
+        "local folder or a Hugging Face Hub reference (org/name or org/name@revision).",
+    )
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="models to merge (the first is the base)")
+    parser.add_argument(
+        "--weights",
+        nargs="+",
+        type=float,
+        required=True,
+        metavar="W",
+        help="one weight per model; for the linear method they must sum to 1",
+    )
+    parser.add_argument(
+        "--type",
+        dest="model_type",
+        required=True,
+        choices=["decoder", "encoder", "reranker"],
+        help="kind of model: decoder (causal LM), encoder (embeddings), reranker (cross-encoder)",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (must not exist unless --force)"
+    )
+    parser.add_argument("--dtype", help="output dtype: bfloat16, float16 or float32 (default: the base's)")
+    parser.add_argument(
+        "--shard-size", default="5GB", help="largest output file, e.g. 5GB or 500MB (default 5GB)"
+    )
+    parser.add_argument(
+        "--base",
+        metavar="MODEL",
+        help="model whose config, tokenizer and modules are copied (default: the first MODEL)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    parser.add_argument(
+        "--device", default="cpu", help="where the arithmetic runs: cpu (default), cuda, cuda:N"
+    )
     parser.set_defaults(handler=handle)
 
 
-def handle(args) -> int:
-    raise CocktailError("'cocktail mix' is not available yet")
+def handle(args: argparse.Namespace) -> int:
+    from cocktail_bot.api import resolve_model_folders
+    from cocktail_bot.engine import check_arguments, merge
+
+    check_arguments(args.models, args.weights, base=args.base, dtype=args.dtype, shard_size=args.shard_size)
+    folders = resolve_model_folders(args.models)
+    base = resolve_model_folders([args.base])[0] if args.base else None
+    result = merge(
+        folders,
+        args.weights,
+        args.out,
+        model_type=args.model_type,
+        base=base,
+        dtype=args.dtype,
+        shard_size=args.shard_size,
+        device=args.device,
+        force=args.force,
+    )
+    print(
+        f"wrote {result.output} ({result.total_bytes / 1e9:.2f} GB, {result.dtype}, "
+        f"{len(result.files)} files) in {result.seconds:.1f} s"
+    )
+    return 0

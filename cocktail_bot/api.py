@@ -1,0 +1,118 @@
+"""Drop-in replacements for ``LM_Cocktail``'s functions, backed by the streaming engine.
+
+Same names, signatures and results as LM_Cocktail 0.0.4: each returns the merged model loaded with
+transformers (``AutoModelForCausalLM``, ``AutoModel`` or ``AutoModelForSequenceClassification``) and writes it
+to ``output_path`` when one is given. Unlike LM_Cocktail, a merge never holds every model in memory, the
+output is written atomically, and an encoder keeps its base's sentence-transformers modules (its pooling)
+instead of being rewritten to CLS pooling. Model names that are not local folders are Hugging Face Hub
+references, downloaded and pinned first.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from cocktail_bot.engine import check_arguments, merge
+from cocktail_bot.model_types import ModelType, load_transformers_model
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_model_folders(model_names_or_paths: Sequence[str | Path]) -> list[Path]:
+    """Local folders as they are; anything else is a Hub reference resolved to a pinned local snapshot."""
+    folders = []
+    for reference in model_names_or_paths:
+        if Path(reference).is_dir():
+            folders.append(Path(reference))
+        else:
+            from cocktail_bot.sources import resolve_source
+
+            folders.append(Path(resolve_source(str(reference)).path))
+    return folders
+
+
+def _mix_and_load(
+    model_names_or_paths: Sequence[str | Path],
+    model_type: str,
+    weights: Sequence[float],
+    output_path: str | Path | None,
+):
+    kind = ModelType.parse(model_type)
+    check_arguments(list(model_names_or_paths), weights)
+    folders = resolve_model_folders(model_names_or_paths)
+    for name, weight in zip(model_names_or_paths, weights, strict=False):
+        logger.info("weight for %s: %s", name, weight)
+    if output_path is not None:
+        output = Path(output_path)
+        if output.exists():
+            logger.warning("replacing the existing %s with the merged model (as LM_Cocktail does)", output)
+        merge(folders, weights, output, model_type=kind, force=True)
+        return load_transformers_model(output, kind)
+    with tempfile.TemporaryDirectory(prefix="cocktail-") as scratch:
+        output = Path(scratch, "merged")
+        merge(folders, weights, output, model_type=kind)
+        return load_transformers_model(output, kind)
+
+
+def mix_models(
+    model_names_or_paths: list[str], model_type: str, weights: list[float], output_path: str = None
+):
+    """Merge models with the given weights (one per model, summing to 1) and return the merged model.
+
+    ``model_type`` is ``decoder``, ``encoder`` or ``reranker``; ``output_path``, when given, receives the
+    merged model with the first model's config, tokenizer and sentence-transformers modules.
+    """
+    return _mix_and_load(model_names_or_paths, model_type, weights, output_path)
+
+
+def mix_models_by_layers(
+    model_names_or_paths: list[str], model_type: str, weights: list[float], output_path: str = None
+):
+    """LM_Cocktail's low-memory variant; the engine always streams, so this is ``mix_models``."""
+    return _mix_and_load(model_names_or_paths, model_type, weights, output_path)
+
+
+def mix_models_with_data(
+    model_names_or_paths: list[str],
+    model_type: str,
+    example_data: list[dict] | None = None,
+    temperature: float = 5.0,
+    batch_size: int = 2,
+    max_input_length: int = 2048,
+    neg_number: int = 7,
+    output_path: str = None,
+    *,
+    example_ata: list[dict] | None = None,
+):
+    """Merge models with weights ``softmax(-loss / temperature)`` from their losses on ``example_data``.
+
+    ``example_data`` is a list of records (or an example file); ``example_ata=`` is accepted too, as
+    LM_Cocktail 0.0.4 spells it, so existing code runs unchanged. Rerankers work as well (LM_Cocktail refuses
+    them). The weights are printed as LM_Cocktail prints them; the merged model is returned and, with
+    ``output_path``, saved.
+    """
+    from cocktail_bot.errors import CocktailError
+    from cocktail_bot.weights import compute_weights
+
+    if example_data is not None and example_ata is not None:
+        raise CocktailError("both example_data and example_ata were given: pass the examples once")
+    examples = example_data if example_data is not None else example_ata
+    if examples is None:
+        raise CocktailError("no examples: pass example_data (a list of records or an example file)")
+    folders = resolve_model_folders(model_names_or_paths)
+    result = compute_weights(
+        folders,
+        model_type,
+        examples,
+        temperature=temperature,
+        max_input_length=max_input_length,
+        neg_number=neg_number,
+        batch_size=batch_size,
+    )
+    print("***weight for each model***: ")
+    for name, weight in zip(model_names_or_paths, result.weights, strict=True):
+        print(name, weight)
+    return _mix_and_load(folders, model_type, result.weights, output_path)

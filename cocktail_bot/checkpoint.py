@@ -1,0 +1,287 @@
+"""Read a model folder's weights tensor by tensor, never a whole model at once.
+
+safetensors files are read by offset: the header (8 bytes of little-endian length, then JSON) gives each
+tensor's byte range, and ``os.preadv`` copies just that range into a fresh buffer. Nothing is memory-mapped,
+so pages of the input files live in the kernel's page cache, not in the process's resident memory, and peak
+RSS stays a small multiple of the largest tensor read. Pickle checkpoints (``pytorch_model.bin``) are only
+opened with ``torch.load(weights_only=True)``, memory-mapped where the format allows it, and with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cocktail_bot.errors import CocktailError
+
+logger = logging.getLogger(__name__)
+
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_FILE = "pytorch_model.bin"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+WEIGHT_FILES = (SAFETENSORS_INDEX, SAFETENSORS_FILE, PICKLE_INDEX, PICKLE_FILE)
+
+# safetensors dtype codes <-> torch dtypes (the format is little-endian, like the hosts torch supports here).
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "U16": torch.uint16,
+    "U32": torch.uint32,
+    "U64": torch.uint64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_CODES: dict[torch.dtype, str] = {dtype: code for code, dtype in DTYPES.items()}
+
+MAX_HEADER_BYTES = 100_000_000
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        count = 1
+        for size in self.shape:
+            count *= size
+        return count
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """Where one tensor lives in a safetensors file."""
+
+    file: Path
+    info: TensorInfo
+    start: int  # absolute byte offset of the tensor's first byte in the file
+
+
+def has_weights(folder: Path) -> bool:
+    return any((Path(folder) / name).is_file() for name in WEIGHT_FILES)
+
+
+def read_safetensors_header(path: Path) -> tuple[int, dict]:
+    """Return (offset of the data section, header dict) of a safetensors file, validating the layout."""
+    try:
+        with open(path, "rb") as file:
+            prefix = file.read(8)
+            if len(prefix) != 8:
+                raise ValueError("file is shorter than the 8-byte header length")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > MAX_HEADER_BYTES:
+                raise ValueError(f"header length {length} is implausible")
+            raw = file.read(length)
+            if len(raw) != length:
+                raise ValueError("file ends inside the header")
+            header = json.loads(raw)
+            if not isinstance(header, dict):
+                raise ValueError("header is not a JSON object")
+            size = os.fstat(file.fileno()).st_size
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise CocktailError(
+            f"{path} is not a readable safetensors file ({error}): re-download or re-save it"
+        ) from None
+    data_start = 8 + length
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = entry.get("data_offsets", (None, None))
+        if entry.get("dtype") not in DTYPES or begin is None or not 0 <= begin <= end <= size - data_start:
+            raise CocktailError(
+                f"{path} has a malformed entry for tensor {name!r}: re-download or re-save it"
+            )
+    return data_start, header
+
+
+def _safetensors_entries(path: Path) -> dict[str, _Entry]:
+    data_start, header = read_safetensors_header(path)
+    entries = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        info = TensorInfo(DTYPES[entry["dtype"]], tuple(entry["shape"]))
+        begin, end = entry["data_offsets"]
+        if end - begin != info.nbytes:
+            raise CocktailError(
+                f"{path}: tensor {name!r} has {end - begin} bytes but its shape needs {info.nbytes}"
+            )
+        entries[name] = _Entry(path, info, data_start + begin)
+    return entries
+
+
+def _index_files(folder: Path, index_name: str) -> list[Path]:
+    """The shard files an index names, each checked to exist."""
+    index_path = folder / index_name
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CocktailError(
+            f"{index_path} is not a valid weights index ({error!r}): re-download the model"
+        ) from None
+    files = []
+    for shard in sorted(set(weight_map.values())):
+        path = folder / shard
+        if not path.is_file():
+            raise CocktailError(
+                f"{index_path} names the shard {shard}, which is missing: download the complete model"
+            )
+        files.append(path)
+    return files
+
+
+def _read_exact(fd: int, buffer: memoryview, offset: int) -> None:
+    """Fill ``buffer`` from ``fd`` at ``offset``; preadv may return short counts, so loop."""
+    done = 0
+    total = len(buffer)
+    while done < total:
+        count = os.preadv(fd, [buffer[done:]], offset + done)
+        if count <= 0:
+            raise CocktailError(f"unexpected end of file while reading {total} bytes at offset {offset}")
+        done += count
+
+
+def _load_pickle(path: Path) -> object:
+    """``torch.load`` limited to tensors and plain containers; memory-mapped unless the format is legacy."""
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CocktailError(
+            f"{path} holds objects other than tensors, and loading it could run code: refused; "
+            "convert the model to safetensors where you trust it"
+        ) from None
+    except (OSError, EOFError, RuntimeError) as error:
+        raise CocktailError(f"cannot read {path} ({str(error).splitlines()[0]}): re-download it") from None
+
+
+class Checkpoint:
+    """The weights of one model folder, readable tensor by tensor (use as a context manager)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise CocktailError(f"model folder {self.folder} does not exist: check the path")
+        self._entries: dict[str, _Entry] = {}
+        self._pickled: dict[str, torch.Tensor] = {}
+        self._fds: dict[Path, int] = {}
+        if (self.folder / SAFETENSORS_INDEX).is_file():
+            files = _index_files(self.folder, SAFETENSORS_INDEX)
+        elif (self.folder / SAFETENSORS_FILE).is_file():
+            files = [self.folder / SAFETENSORS_FILE]
+        elif (self.folder / PICKLE_INDEX).is_file() or (self.folder / PICKLE_FILE).is_file():
+            self._load_pickles()
+            files = []
+        else:
+            raise CocktailError(
+                f"no model weights in {self.folder}: expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, "
+                f"{PICKLE_FILE} or {PICKLE_INDEX}"
+            )
+        for path in files:
+            for name, entry in _safetensors_entries(path).items():
+                if name in self._entries:
+                    raise CocktailError(
+                        f"tensor {name!r} appears in two shards of {self.folder}: re-save the model"
+                    )
+                self._entries[name] = entry
+        self.names: list[str] = sorted(self._entries or self._pickled)
+
+    def _load_pickles(self) -> None:
+        files = (
+            _index_files(self.folder, PICKLE_INDEX)
+            if (self.folder / PICKLE_INDEX).is_file()
+            else [self.folder / PICKLE_FILE]
+        )
+        logger.warning(
+            "%s has pickle weights (%s): loading them with torch.load(weights_only=True); "
+            "convert the model to safetensors for faster, memory-bounded merges",
+            self.folder,
+            ", ".join(path.name for path in files),
+        )
+        for path in files:
+            state = _load_pickle(path)
+            if not isinstance(state, dict):
+                raise CocktailError(f"{path} does not hold a state dict: convert it to safetensors")
+            self._pickled.update(
+                {name: value for name, value in state.items() if isinstance(value, torch.Tensor)}
+            )
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._pickled.clear()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries or name in self._pickled
+
+    def info(self, name: str) -> TensorInfo:
+        if name in self._entries:
+            return self._entries[name].info
+        tensor = self._tensor(name)
+        return TensorInfo(tensor.dtype, tuple(tensor.shape))
+
+    def read(self, name: str) -> torch.Tensor:
+        """The whole tensor, in its stored dtype and shape, in memory this process owns."""
+        info = self.info(name)
+        return self.read_flat(name, 0, info.numel).view(info.shape)
+
+    def read_flat(self, name: str, start: int, count: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Elements ``[start, start + count)`` of the flattened tensor, into ``out`` if given.
+
+        Reading big tensors in chunks like this keeps a merge's memory independent of tensor size.
+        """
+        info = self.info(name)
+        if out is None:
+            out = torch.empty(count, dtype=info.dtype)
+        elif out.dtype != info.dtype or out.numel() != count:
+            raise ValueError(
+                f"buffer for {name!r} must hold {count} {info.dtype}, not {out.numel()} {out.dtype}"
+            )
+        if name not in self._entries:
+            return out.copy_(self._tensor(name).reshape(-1)[start : start + count])
+        entry = self._entries[name]
+        if count:
+            view = memoryview(out.view(torch.uint8).numpy())
+            _read_exact(self._fd(entry.file), view, entry.start + start * info.dtype.itemsize)
+        return out
+
+    def _tensor(self, name: str) -> torch.Tensor:
+        try:
+            return self._pickled[name]
+        except KeyError:
+            raise CocktailError(f"{self.folder} has no tensor named {name!r}") from None
+
+    def _fd(self, path: Path) -> int:
+        if path not in self._fds:
+            self._fds[path] = os.open(path, os.O_RDONLY)
+        return self._fds[path]

@@ -1,0 +1,488 @@
+"""The streaming merge: check everything, then read, merge and write one tensor (or chunk) at a time.
+
+Peak memory is a small multiple of one chunk (linear merges) or of the largest tensor (other methods),
+whatever the model size or the number of models. Inputs are read by offset into reused buffers (see
+``checkpoint``). Linear merges sum in float64 and cast once to the output dtype, which keeps every value
+within one ulp of the exact sum (float32 sums can lose more where terms cancel); other methods get float32
+tensors (float64 for float64 inputs), as ``methods`` expects. Results are appended to safetensors files whose
+headers were written first (see ``shards``). Reading, arithmetic and writing overlap (see ``overlap``).
+Everything lands in a temporary folder beside the output, renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from cocktail_bot.checkpoint import Checkpoint, TensorInfo
+from cocktail_bot.errors import CocktailError
+from cocktail_bot.methods import MergeMethod, get_method
+from cocktail_bot.model_files import copy_files, file_sha256, support_files, weight_dirs
+from cocktail_bot.model_types import ModelType
+from cocktail_bot.overlap import PREFETCH, BufferPool, Task, run_tasks
+from cocktail_bot.shards import Shard, ShardWriter, parse_size, plan_shards, write_index
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+}
+# Elements per chunk of a linear merge, summed over the models: bounds memory whatever the model count.
+CHUNK_ELEMENTS = 16 * 2**20
+BLOCK_ELEMENTS = 2**18  # float64 scratch of 2 MB: fits in a core's cache
+# Threads summing a chunk's blocks (torch releases the GIL). Half the cores, as reading, writing and hashing
+# need the rest; on 2 cores the caller's thread alone does the sums.
+SUM_WORKERS = max(1, min(8, (os.cpu_count() or 1) // 2))
+MAX_LISTED = 8
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    output: Path
+    files: dict[str, str]  # relative POSIX path -> sha256 of every output file
+    total_bytes: int
+    dtype: str
+    seconds: float
+
+
+def parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    try:
+        return DTYPES[str(value).lower().removeprefix("torch.")]
+    except KeyError:
+        raise CocktailError(
+            f"unknown dtype {value!r}: use one of bfloat16, float16, float32, float64"
+        ) from None
+
+
+def _split(items: range, parts: int) -> list[range]:
+    """``items`` in at most ``parts`` contiguous, nearly equal ranges."""
+    size = -(-len(items) // parts) if items else 1
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _listed(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:MAX_LISTED])
+    return shown + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
+
+
+class _Merge:
+    """One merge's opened checkpoints, validated plan and execution (built only through ``merge``)."""
+
+    def __init__(
+        self,
+        sources: list[Path],
+        merged: list[int],
+        weights: list[float],
+        base: Path,
+        method: MergeMethod,
+        dtype: torch.dtype | None,
+        device: torch.device,
+        stack: ExitStack,
+    ) -> None:
+        self.sources, self.base, self.method = sources, base, method
+        # the models whose tensors the method combines (methods with a base leave it out) and their weights
+        self.merged = merged
+        self.weights = [weights[index] for index in merged]
+        self.dtype, self.device = dtype, device
+        self.base_index = next(
+            (i for i, path in enumerate(sources) if path.resolve() == base.resolve()), None
+        )
+        self.dirs = weight_dirs(base)
+        # checkpoints[dir] = (one per source..., base) ; the base shares a source's checkpoint when it is one
+        self.checkpoints: dict[str, list[Checkpoint]] = {}
+        for relative in self.dirs:
+            opened = [stack.enter_context(Checkpoint(path / relative)) for path in sources]
+            base_checkpoint = (
+                opened[self.base_index]
+                if self.base_index is not None
+                else stack.enter_context(Checkpoint(base / relative))
+            )
+            self.checkpoints[relative] = [*opened, base_checkpoint]
+        self._check()
+        self._workers = stack.enter_context(ThreadPoolExecutor(SUM_WORKERS, "cocktail-sum"))
+
+    def _models(self, relative: str) -> list[tuple[str, Checkpoint]]:
+        labels = [str(path / relative) for path in self.sources] + [str(self.base / relative)]
+        return list(zip(labels, self.checkpoints[relative], strict=True))
+
+    def _check(self) -> None:
+        """Every model must have the base's tensors, with the base's shapes and kinds (float or not)."""
+        problems = []
+        for relative in self.dirs:
+            *others, (base_label, base) = self._models(relative)
+            expected = set(base.names)
+            for label, checkpoint in others:
+                missing = sorted(expected - set(checkpoint.names))
+                extra = sorted(set(checkpoint.names) - expected)
+                if missing or extra:
+                    parts = ([f"missing {_listed(missing)}"] if missing else []) + (
+                        [f"extra {_listed(extra)}"] if extra else []
+                    )
+                    problems.append(f"{label}: {'; '.join(parts)}")
+            if problems:
+                raise CocktailError(
+                    f"the models do not have the same tensors as the base {base_label}:\n  "
+                    + "\n  ".join(problems)
+                )
+            for name in base.names:
+                wanted = base.info(name)
+                for label, checkpoint in others:
+                    info = checkpoint.info(name)
+                    if info.shape != wanted.shape:
+                        raise CocktailError(
+                            f"tensor {name!r} has shape {list(info.shape)} in {label} but "
+                            f"{list(wanted.shape)} in the base {base_label}: these models have different "
+                            "architectures and cannot be merged"
+                        )
+                    if info.dtype.is_floating_point != wanted.dtype.is_floating_point:
+                        raise CocktailError(
+                            f"tensor {name!r} is {info.dtype} in {label} but {wanted.dtype} in the base "
+                            f"{base_label}: re-save one of the models"
+                        )
+
+    def output_dtype_name(self) -> str:
+        if self.dtype is not None:
+            return str(self.dtype).removeprefix("torch.")
+        sizes: dict[torch.dtype, int] = {}
+        base = self.checkpoints[self.dirs[0]][-1]
+        for name in base.names:
+            info = base.info(name)
+            if info.dtype.is_floating_point:
+                sizes[info.dtype] = sizes.get(info.dtype, 0) + info.nbytes
+        return str(max(sizes, key=sizes.get) if sizes else torch.float32).removeprefix("torch.")
+
+    def shards(self, relative: str, max_bytes: int) -> list[Shard]:
+        base = self.checkpoints[relative][-1]
+        planned = []
+        for name in base.names:
+            info = base.info(name)
+            dtype = self.dtype if self.dtype is not None and info.dtype.is_floating_point else info.dtype
+            planned.append((name, TensorInfo(dtype, info.shape)))
+        return plan_shards(planned, max_bytes)
+
+    def allocate_pools(self) -> list[BufferPool]:
+        """Reused buffers for linear chunks: inputs (read ahead), float64 scratch, outputs (written later)."""
+        step = self.chunk_elements()
+        count = len(self.merged)
+        widest = max(
+            (c.info(n).dtype.itemsize for cs in self.checkpoints.values() for c in cs for n in c.names),
+            default=1,
+        )
+        self.inputs = BufferPool(count * (PREFETCH + 1), step * widest)
+        self._scratch = [
+            tuple(torch.empty(BLOCK_ELEMENTS, dtype=torch.float64) for _ in range(2))
+            for _ in range(SUM_WORKERS)
+        ]
+        widest_output = max(widest, self.dtype.itemsize if self.dtype is not None else 1)
+        self.outputs = BufferPool(PREFETCH + 2, step * widest_output)
+        return [self.inputs, self.outputs]
+
+    def chunk_elements(self) -> int:
+        return max(1, CHUNK_ELEMENTS // len(self.merged))
+
+    def tasks(self, relative: str, shard: Shard, write: Callable[[torch.Tensor], None]) -> Iterator[Task]:
+        checkpoints = self.checkpoints[relative]
+        sources, base = [checkpoints[index] for index in self.merged], checkpoints[-1]
+        for name, out in shard.tensors:
+            if not out.dtype.is_floating_point:
+                yield Task(
+                    out.nbytes,
+                    lambda n=name: [c.read(n) for c in checkpoints],
+                    lambda tensors, n=name: (self._non_float(relative, n, tensors), None),
+                    write,
+                )
+            elif self.method.name == "linear":
+                step = self.chunk_elements()
+                for start in range(0, out.numel, step):
+                    count = min(step, out.numel - start)
+                    yield Task(
+                        count * out.dtype.itemsize,
+                        lambda n=name, s=start, k=count: self._read_chunk(sources, n, s, k),
+                        lambda chunks, d=out.dtype: self._linear(chunks, d),
+                        write,
+                    )
+            else:
+                wanted = [*sources, base] if self.method.needs_base else sources
+                yield Task(
+                    out.nbytes,
+                    lambda n=name, cs=wanted: [c.read(n) for c in cs],
+                    lambda tensors, n=name, d=out.dtype: (self._by_method(n, tensors, d), None),
+                    write,
+                )
+
+    def _read_chunk(self, sources: list[Checkpoint], name: str, start: int, count: int) -> list[torch.Tensor]:
+        chunks = []
+        for checkpoint in sources:
+            dtype = checkpoint.info(name).dtype
+            chunks.append(
+                checkpoint.read_flat(name, start, count, self.inputs.take(count * dtype.itemsize, dtype))
+            )
+        return chunks
+
+    def _linear(
+        self, chunks: list[torch.Tensor], dtype: torch.dtype
+    ) -> tuple[torch.Tensor, Callable[[], None]]:
+        """sum(w_i * x_i) accumulated model by model in float64, with the same steps as ``Linear.merge``."""
+        count = chunks[0].numel()
+        result = self.outputs.take(count * dtype.itemsize, dtype)
+        if self.device.type == "cpu":
+            groups = _split(range(0, count, BLOCK_ELEMENTS), len(self._scratch))
+            if len(groups) == 1:
+                self._sum_blocks(chunks, result, groups[0], self._scratch[0])
+            else:
+                done = [
+                    self._workers.submit(self._sum_blocks, chunks, result, group, scratch)
+                    for group, scratch in zip(groups, self._scratch, strict=False)
+                ]
+                for future in done:
+                    future.result()
+        else:  # move the inputs as stored (fewer bytes), widen them on the device
+            total = chunks[0].to(self.device).double().mul_(self.weights[0])
+            for chunk, weight in zip(chunks[1:], self.weights[1:], strict=True):
+                total.add_(chunk.to(self.device).double(), alpha=weight)
+            result.copy_(total.to(dtype))
+        for chunk in chunks:
+            self.inputs.give(chunk)
+        return result, lambda: self.outputs.give(result)
+
+    def _sum_blocks(
+        self,
+        chunks: list[torch.Tensor],
+        result: torch.Tensor,
+        starts: range,
+        scratch: tuple[torch.Tensor, torch.Tensor],
+    ) -> None:
+        """One worker's share of a chunk, block by block so that the float64 scratch stays in the core's
+        cache: the chunk is read from memory once and written once, instead of once per step of the sum."""
+        for start in starts:
+            end = min(start + BLOCK_ELEMENTS, result.numel())
+            total, term = scratch[0][: end - start], scratch[1][: end - start]
+            total.copy_(chunks[0][start:end]).mul_(self.weights[0])
+            for chunk, weight in zip(chunks[1:], self.weights[1:], strict=True):
+                term.copy_(chunk[start:end])
+                total.add_(term, alpha=weight)
+            result[start:end].copy_(total)
+
+    def _by_method(self, name: str, tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        """Any other method sees whole tensors (it may need a tensor-wide statistic)."""
+        wide_dtype = (
+            torch.float64 if any(tensor.dtype == torch.float64 for tensor in tensors) else torch.float32
+        )
+        wide = [tensor.to(self.device, wide_dtype) for tensor in tensors]
+        base = wide.pop() if self.method.needs_base else None
+        return self.method.merge(wide, self.weights, base, key=name).to(dtype).cpu()
+
+    def _non_float(self, relative: str, name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Integer and bool buffers cannot be averaged: keep the base's, and say where sources disagree."""
+        *others, base = tensors
+        labels = [label for label, _ in self._models(relative)]
+        differing = [
+            label for label, tensor in zip(labels[:-1], others, strict=True) if not torch.equal(tensor, base)
+        ]
+        if differing:
+            logger.warning(
+                "tensor %r (%s) differs between the base %s and %s: keeping the base's values",
+                name,
+                base.dtype,
+                labels[-1],
+                ", ".join(differing),
+            )
+        return base
+
+
+def _check_output(output: Path, models: Sequence[Path], force: bool) -> None:
+    for model in models:
+        if model.resolve() == output.resolve() or output.resolve() in model.resolve().parents:
+            raise CocktailError(
+                f"the output folder {output} holds the model {model}: choose another output folder"
+            )
+    if output.exists() and not force:
+        raise CocktailError(
+            f"the output folder {output} already exists: choose another one or pass --force to replace it"
+        )
+
+
+@contextmanager
+def _single_threaded_kernels() -> Iterator[None]:
+    """One torch thread for the arithmetic: the reader and writer threads need the other cores, and
+    memory-bound kernels split across busy cores wait on each other (2 threads on 2 cores: 5x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _usable_device(device: str) -> torch.device:
+    try:
+        torch_device = torch.device(device)
+        torch.empty(1, device=torch_device)
+    except (RuntimeError, AssertionError) as error:
+        raise CocktailError(f"device {device!r} is not usable here ({error}): use --device cpu") from None
+    return torch_device
+
+
+def _update_config_dtype(folder: Path, dtype: torch.dtype) -> None:
+    """With --dtype, config.json must say so, or transformers would load the model in the base's dtype."""
+    path = folder / "config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    name = str(dtype).removeprefix("torch.")
+    changed = {key: name for key in ("torch_dtype", "dtype") if key in config and config[key] != name}
+    if changed:
+        config.update(changed)
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _replace(temporary: Path, output: Path) -> None:
+    """Move the finished model into place; an existing output (--force) is swapped out, then deleted."""
+    if not output.exists():
+        os.replace(temporary, output)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+    os.replace(output, trash / output.name)
+    os.replace(temporary, output)
+    shutil.rmtree(trash)
+
+
+def check_arguments(
+    models: Sequence[Hashable],
+    weights: Sequence[float],
+    *,
+    base: Hashable | None = None,
+    method: str = "linear",
+    method_params: dict[str, Any] | None = None,
+    dtype: str | torch.dtype | None = None,
+    shard_size: str | int = "5GB",
+) -> tuple[MergeMethod, torch.dtype | None, int]:
+    """The checks that need no model files (run them before downloading anything).
+
+    ``models`` and ``base`` are anything comparable (paths, references): the method needs to know which listed
+    model, if any, is its base.
+    """
+    if not models:
+        raise CocktailError("no models to merge: give at least one model folder")
+    if len(weights) != len(models):
+        raise CocktailError(f"got {len(weights)} weights for {len(models)} models: give one weight per model")
+    merge_method = get_method(method, method_params)
+    merge_method.check_recipe(list(models), [float(weight) for weight in weights], base)
+    return merge_method, parse_dtype(dtype), parse_size(shard_size)
+
+
+def merge(
+    sources: Sequence[str | Path],
+    weights: Sequence[float],
+    output: str | Path,
+    *,
+    model_type: ModelType | str,
+    base: str | Path | None = None,
+    method: str = "linear",
+    method_params: dict[str, Any] | None = None,
+    dtype: str | torch.dtype | None = None,
+    shard_size: str | int = "5GB",
+    device: str = "cpu",
+    force: bool = False,
+    progress: bool = True,
+) -> MergeResult:
+    """Merge model folders into ``output``; every check runs before anything is written."""
+    started = time.perf_counter()
+    ModelType.parse(model_type)
+    paths = [Path(source) for source in sources]
+    weights = [float(weight) for weight in weights]
+    resolved = [path.resolve() for path in paths]
+    merge_method, out_dtype, max_shard_bytes = check_arguments(
+        resolved,
+        weights,
+        base=Path(base).resolve() if base is not None else None,
+        method=method,
+        method_params=method_params,
+        dtype=dtype,
+        shard_size=shard_size,
+    )
+    base_path = Path(base) if base is not None else paths[0]
+    output = Path(output)
+    _check_output(output, [*paths, base_path], force)
+    torch_device = _usable_device(device)
+
+    with ExitStack() as stack:
+        merged = merge_method.split_base(resolved, base_path.resolve())
+        plan = _Merge(paths, merged, weights, base_path, merge_method, out_dtype, torch_device, stack)
+        dtype_name = plan.output_dtype_name()
+        layout = {relative: plan.shards(relative, max_shard_bytes) for relative in plan.dirs}
+        copied = support_files(base_path)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+        writers: list[ShardWriter] = []
+        try:
+            files = copy_files(base_path, temporary, copied)
+            if out_dtype is not None:
+                _update_config_dtype(temporary, out_dtype)
+                files["config.json"] = file_sha256(temporary / "config.json")
+            parts = []
+            for relative, shards in layout.items():
+                (temporary / relative).mkdir(parents=True, exist_ok=True)
+                write_index(temporary / relative, shards)
+                for shard in shards:
+                    writers.append(ShardWriter(temporary / relative / shard.filename, shard))
+                    parts.append((relative, shard, writers[-1].write))
+            total = sum(shard.nbytes for shards in layout.values() for shard in shards)
+            logger.info(
+                "merging %d models into %s (%s, %.2f GB of tensors, %s)",
+                len(paths),
+                output,
+                dtype_name,
+                total / 1e9,
+                merge_method.name,
+            )
+            with (
+                tqdm(total=total, unit="B", unit_scale=True, desc="merging", disable=not progress) as bar,
+                _single_threaded_kernels(),
+            ):
+                tasks = (
+                    task for relative, shard, write in parts for task in plan.tasks(relative, shard, write)
+                )
+                run_tasks(tasks, bar.update, plan.allocate_pools())
+            for writer in writers:
+                files[writer.path.relative_to(temporary).as_posix()] = writer.finish()
+            writers.clear()
+            for relative, shards in layout.items():
+                if len(shards) > 1:
+                    index = Path(relative, "model.safetensors.index.json").as_posix()
+                    files[index] = file_sha256(temporary / index)
+            _replace(temporary, output)
+        except BaseException:
+            for writer in writers:
+                writer.abort()
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+    files = dict(sorted(files.items()))
+    total_bytes = sum((output / name).stat().st_size for name in files)
+    seconds = time.perf_counter() - started
+    logger.info("wrote %s (%.2f GB) in %.1f s", output, total_bytes / 1e9, seconds)
+    return MergeResult(output, files, total_bytes, dtype_name, seconds)

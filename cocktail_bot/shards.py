@@ -1,0 +1,158 @@
+"""Streaming safetensors output: the header first, then each tensor's bytes in header order.
+
+``safetensors.torch.save_file`` needs a whole shard in memory; a merge of a 70B model cannot afford that.
+Because every output tensor's dtype and shape are known before any arithmetic, the header (and so every
+offset) is written up front and tensor bytes are appended as they are computed, in chunks, hashing the file on
+the way. Layout and JSON serialisation are fixed, so the same tensors always give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cocktail_bot.checkpoint import DTYPE_CODES, SAFETENSORS_FILE, SAFETENSORS_INDEX, TensorInfo
+from cocktail_bot.errors import CocktailError
+
+METADATA = {"format": "pt"}
+_HASHER = ThreadPoolExecutor(1, "cocktail-sha256")
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+
+def parse_size(size: str | int) -> int:
+    """Bytes in a size such as ``5GB`` (10^9, as transformers reads it), ``500MiB`` or ``1000000``."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        value, unit = size, ""
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(size))
+        if not match or match.group(2).upper() not in _UNITS:
+            raise CocktailError(
+                f"invalid shard size {size!r}: use a number of bytes or a size such as 5GB or 500MB"
+            )
+        value, unit = float(match.group(1)), match.group(2).upper()
+    total = int(value * _UNITS[unit])
+    if total <= 0:
+        raise CocktailError(f"invalid shard size {size!r}: it must be positive")
+    return total
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One output file and its tensors, in the order their bytes appear in the file."""
+
+    filename: str
+    tensors: tuple[tuple[str, TensorInfo], ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(info.nbytes for _, info in self.tensors)
+
+
+def plan_shards(tensors: Sequence[tuple[str, TensorInfo]], max_shard_bytes: int) -> list[Shard]:
+    """Split tensors (in name order) into files of at most ``max_shard_bytes``, as transformers does.
+
+    A tensor bigger than the limit gets a file of its own. Within a file, tensors are ordered by decreasing
+    item size then name (as safetensors does) so that every tensor starts at an offset aligned to its dtype.
+    """
+    groups: list[list[tuple[str, TensorInfo]]] = [[]]
+    size = 0
+    for name, info in sorted(tensors, key=lambda item: item[0]):
+        if groups[-1] and size + info.nbytes > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append((name, info))
+        size += info.nbytes
+    count = len(groups)
+    shards = []
+    for number, group in enumerate(groups, start=1):
+        filename = SAFETENSORS_FILE if count == 1 else f"model-{number:05d}-of-{count:05d}.safetensors"
+        ordered = tuple(sorted(group, key=lambda item: (-item[1].dtype.itemsize, item[0])))
+        shards.append(Shard(filename, ordered))
+    return shards
+
+
+def header_bytes(tensors: Sequence[tuple[str, TensorInfo]]) -> bytes:
+    """The 8-byte length and JSON header for tensors stored back to back in this order (padded to 8 bytes)."""
+    header: dict[str, object] = {"__metadata__": METADATA}
+    offset = 0
+    for name, info in tensors:
+        header[name] = {
+            "dtype": DTYPE_CODES[info.dtype],
+            "shape": list(info.shape),
+            "data_offsets": [offset, offset + info.nbytes],
+        }
+        offset += info.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
+def index_json(shards: Sequence[Shard]) -> str:
+    """transformers' ``model.safetensors.index.json`` for a sharded output."""
+    weight_map = {name: shard.filename for shard in shards for name, _ in shard.tensors}
+    index = {
+        "metadata": {"total_size": sum(shard.nbytes for shard in shards)},
+        "weight_map": dict(sorted(weight_map.items())),
+    }
+    return json.dumps(index, indent=2) + "\n"
+
+
+def write_index(folder: Path, shards: Sequence[Shard]) -> None:
+    if len(shards) > 1:
+        (folder / SAFETENSORS_INDEX).write_text(index_json(shards))
+
+
+class ShardWriter:
+    """Writes one safetensors file sequentially, checking that exactly the planned bytes arrive; hashes it."""
+
+    def __init__(self, path: Path, shard: Shard) -> None:
+        self.path = path
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by finish(), which the engine always reaches or aborts
+        self._hash = hashlib.sha256()
+        self._remaining = shard.nbytes
+        self._emit(header_bytes(shard.tensors))
+
+    def _emit(self, data: bytes | memoryview) -> None:
+        """Write and hash at once (both release the GIL): hashing at 1-2 GB/s would otherwise slow writing."""
+        hashed = _HASHER.submit(self._hash.update, data)
+        try:
+            self._file.write(data)
+        finally:
+            hashed.result()
+
+    def write(self, values: torch.Tensor) -> None:
+        """Append the next chunk of tensor data (any dtype; its raw little-endian bytes are written)."""
+        data = memoryview(values.contiguous().reshape(-1).view(torch.uint8).numpy())
+        if len(data) > self._remaining:
+            raise RuntimeError(f"{self.path}: more tensor bytes than the header declares")
+        self._remaining -= len(data)
+        self._emit(data)
+
+    def finish(self) -> str:
+        """Close the file and return its sha256 (hex)."""
+        self._file.close()
+        if self._remaining:
+            raise RuntimeError(f"{self.path}: {self._remaining} planned bytes were never written")
+        return self._hash.hexdigest()
+
+    def abort(self) -> None:
+        self._file.close()

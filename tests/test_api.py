@@ -1,0 +1,112 @@
+"""`from cocktail_bot import mix_models` behaves like LM_Cocktail 0.0.4's, on real tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cocktail_bot import mix_models, mix_models_by_layers
+from cocktail_bot.errors import CocktailError
+
+
+def weighted_sum(folders: list[Path], weights: list[float]) -> dict[str, torch.Tensor]:
+    states = [load_file(folder / "model.safetensors") for folder in folders]
+    return {
+        name: sum(w * state[name].double() for w, state in zip(weights, states, strict=True))
+        for name in states[0]
+    }
+
+
+def assert_state_close(model: torch.nn.Module, expected: dict[str, torch.Tensor]) -> None:
+    state = model.state_dict()
+    for name, value in expected.items():
+        torch.testing.assert_close(state[name].double(), value, rtol=2**-23, atol=1e-12)
+
+
+def test_mix_models_returns_the_decoder_and_writes_it(tiny_llamas, tmp_path):
+    output = tmp_path / "mixed_llm"
+    model = mix_models(
+        [str(path) for path in tiny_llamas],
+        model_type="decoder",
+        weights=[0.5, 0.3, 0.2],
+        output_path=str(output),
+    )
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert_state_close(model, weighted_sum(tiny_llamas, [0.5, 0.3, 0.2]))
+    assert (output / "model.safetensors").is_file() and (output / "tokenizer.json").is_file()
+
+
+def test_without_output_path_nothing_is_left_behind(tiny_llamas, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    model = mix_models(tiny_llamas[:2], "decoder", [0.5, 0.5])
+    assert_state_close(model, weighted_sum(tiny_llamas[:2], [0.5, 0.5]))
+    assert not list(tmp_path.iterdir())
+
+
+def test_encoder_returns_automodel_and_keeps_mean_pooling(tiny_encoders, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    output = tmp_path / "mixed_embedder"
+    model = mix_models(tiny_encoders, "encoder", [0.4, 0.6], output_path=output)
+    assert type(model).__name__ == "BertModel"
+    assert json.loads((output / "1_Pooling/config.json").read_text()) == json.loads(
+        (tiny_encoders[0] / "1_Pooling/config.json").read_text()
+    )
+    assert SentenceTransformer(str(output), device="cpu")[1].pooling_mode == "mean"
+
+
+def test_reranker_returns_sequence_classifier(tiny_rerankers):
+    model = mix_models(tiny_rerankers, "reranker", [0.3, 0.7])
+    assert type(model).__name__ == "BertForSequenceClassification"
+    assert_state_close(model, weighted_sum(tiny_rerankers, [0.3, 0.7]))
+
+
+def test_mix_models_by_layers_gives_the_same_model(tiny_llamas, tmp_path):
+    by_layers = mix_models_by_layers(tiny_llamas, "decoder", [0.2, 0.3, 0.5], output_path=tmp_path / "a")
+    whole = mix_models(tiny_llamas, "decoder", [0.2, 0.3, 0.5], output_path=tmp_path / "b")
+    for (name, left), (_, right) in zip(
+        by_layers.state_dict().items(), whole.state_dict().items(), strict=True
+    ):
+        assert torch.equal(left, right), name
+
+
+def test_existing_output_path_is_replaced_like_lm_cocktail(tiny_llamas, tmp_path):
+    output = tmp_path / "out"
+    mix_models(tiny_llamas[:2], "decoder", [0.9, 0.1], output_path=output)
+    model = mix_models(tiny_llamas[:2], "decoder", [0.1, 0.9], output_path=output)
+    assert_state_close(model, weighted_sum(tiny_llamas[:2], [0.1, 0.9]))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+
+
+def test_agrees_with_lm_cocktail(tiny_llamas, tmp_path):
+    lm_cocktail = pytest.importorskip("LM_Cocktail")
+    weights = [0.5, 0.3, 0.2]
+    theirs = lm_cocktail.mix_models([str(path) for path in tiny_llamas], "decoder", weights)
+    ours = mix_models(tiny_llamas, "decoder", weights)
+    exact = weighted_sum(tiny_llamas, weights)
+    for name, value in ours.state_dict().items():
+        torch.testing.assert_close(value, theirs.state_dict()[name], rtol=1e-6, atol=1e-7)
+        # ours is within an ulp of the exact sum; theirs (float32 accumulation) may be further off
+        assert (value.double() - exact[name]).abs().max() <= (
+            theirs.state_dict()[name].double() - exact[name]
+        ).abs().max()
+
+
+def test_bad_weights_fail_before_loading(tiny_llamas):
+    with pytest.raises(CocktailError, match="got 1 weights for 2 models: give one weight per model"):
+        mix_models(tiny_llamas[:2], "decoder", [1.0])
+    with pytest.raises(CocktailError, match="unknown model type 'llm'"):
+        mix_models(tiny_llamas[:2], "llm", [0.5, 0.5])
+
+
+def test_hub_references_are_downloaded_then_merged(hub_server, tiny_llamas, tmp_path):
+    hub_server.commit_folder("cocktail/tiny-llama", tiny_llamas[1])
+    model = mix_models([str(tiny_llamas[0]), "cocktail/tiny-llama"], "decoder", [0.5, 0.5])
+    assert_state_close(model, weighted_sum(tiny_llamas[:2], [0.5, 0.5]))

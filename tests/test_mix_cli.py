@@ -1,0 +1,106 @@
+"""`cocktail mix` end to end: arguments, output, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from cocktail_bot.cli import main
+
+
+def mix(*models: Path | str, weights=("0.5", "0.5"), extra=()) -> list[str]:
+    return ["mix", *map(str, models), "--weights", *weights, "--type", "decoder", *extra]
+
+
+def test_mix_writes_the_merged_model(tiny_llamas, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(mix(*tiny_llamas, weights=("0.2", "0.3", "0.5"), extra=("--out", str(out)))) == 0
+    merged = load_file(out / "model.safetensors")
+    states = [load_file(path / "model.safetensors") for path in tiny_llamas]
+    name = "model.layers.0.mlp.up_proj.weight"
+    expected = (
+        0.2 * states[0][name].double() + 0.3 * states[1][name].double() + 0.5 * states[2][name].double()
+    )
+    torch.testing.assert_close(merged[name].double(), expected, rtol=2**-23, atol=0)
+    assert f"wrote {out} (" in capsys.readouterr().out
+
+
+def test_dtype_shard_size_and_base_options(tiny_llamas, tiny_llama_bf16, tmp_path):
+    out = tmp_path / "out"
+    options = (
+        "--out",
+        str(out),
+        "--dtype",
+        "bfloat16",
+        "--shard-size",
+        "40KB",
+        "--base",
+        str(tiny_llama_bf16),
+    )
+    assert main(mix(*tiny_llamas[:2], extra=options)) == 0
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 1
+    assert {t.dtype for f in files for t in load_file(out / f).values()} == {torch.bfloat16}
+    assert (out / "config.json").read_text() == (tiny_llama_bf16 / "config.json").read_text()
+
+
+def test_existing_output_needs_force(tiny_llamas, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(mix(*tiny_llamas[:2], extra=("--out", str(out)))) == 2
+    assert capsys.readouterr().err == (
+        f"error: the output folder {out} already exists: choose another one or pass --force to replace it\n"
+    )
+    assert list(out.iterdir()) == []
+    assert main(mix(*tiny_llamas[:2], extra=("--out", str(out), "--force"))) == 0
+    assert (out / "model.safetensors").is_file()
+
+
+def test_weight_count_error(tiny_llamas, tmp_path, capsys):
+    code = main(mix(*tiny_llamas, weights=("0.5", "0.5"), extra=("--out", str(tmp_path / "out"))))
+    assert code == 2
+    assert capsys.readouterr().err == "error: got 2 weights for 3 models: give one weight per model\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_model_folder_error(tiny_llamas, tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert main(mix(tiny_llamas[0], missing, extra=("--out", str(tmp_path / "out")))) == 2
+    # not a folder, so a Hub reference: sources.resolve_source explains what it expected
+    assert (
+        capsys.readouterr().err
+        == f"error: model folder {missing} does not exist (a Hub repo is named org/name)\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_subprocess_error_has_no_traceback(tiny_llamas, tmp_path):
+    args = mix(*tiny_llamas[:2], weights=("0.7", "0.7"), extra=("--out", str(tmp_path / "out")))
+    done = subprocess.run(
+        [sys.executable, "-m", "cocktail_bot", *args],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and "sum to 1" in done.stderr and "1.4" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_mix_accepts_hub_references(hub_server, tiny_llamas, tmp_path):
+    hub_server.commit_folder("cocktail/tiny-llama", tiny_llamas[1])
+    out = tmp_path / "out"
+    assert main(mix(tiny_llamas[0], "cocktail/tiny-llama@main", extra=("--out", str(out)))) == 0
+    merged = load_file(out / "model.safetensors")
+    first, second = (load_file(path / "model.safetensors") for path in tiny_llamas[:2])
+    name = "lm_head.weight"
+    expected = 0.5 * first[name].double() + 0.5 * second[name].double()
+    torch.testing.assert_close(merged[name].double(), expected, rtol=2**-23, atol=0)

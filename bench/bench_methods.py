@@ -82,8 +82,9 @@ def run_once(method: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per method; the fastest is reported")
     parser.add_argument("--methods", nargs="+", default=list(RUNS), choices=list(RUNS))
     args = parser.parse_args()

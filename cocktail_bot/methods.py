@@ -83,7 +83,12 @@ class Parameter:
 
 LAMBDA = Parameter("lambda", float, 1.0, "scales the merged task vector before it is added to the base")
 DENSITY = Parameter(
-    "density", float, 1.0, "fraction of each task vector's entries kept", minimum=0.0, maximum=1.0,
+    "density",
+    float,
+    1.0,
+    "fraction of each task vector's entries kept",
+    minimum=0.0,
+    maximum=1.0,
     exclusive_minimum=True,
 )
 RESCALE = Parameter("rescale", bool, None, "rescale each sparsified task vector to its original L1 norm")
@@ -149,7 +154,9 @@ class MergeMethod:
     def paper_url(self) -> str | None:
         """A link to the paper for the card (arXiv or DOI)."""
         scheme, _, identifier = self.paper.partition(":")
-        return {"arXiv": f"https://arxiv.org/abs/{identifier}", "doi": f"https://doi.org/{identifier}"}.get(scheme)
+        return {"arXiv": f"https://arxiv.org/abs/{identifier}", "doi": f"https://doi.org/{identifier}"}.get(
+            scheme
+        )
 
     def check_base(self, base: Hashable | None) -> None:
         """Raise CocktailError if this method needs a base model and none is named."""
@@ -169,8 +176,9 @@ class MergeMethod:
             return list(range(len(models)))
         return [index for index, model in enumerate(models) if model != base]
 
-    def check_recipe(self, models: Sequence[Hashable], weights: Sequence[float] | None,
-                     base: Hashable | None) -> None:
+    def check_recipe(
+        self, models: Sequence[Hashable], weights: Sequence[float] | None, base: Hashable | None
+    ) -> None:
         """Every check that can run before a tensor is read, on the recipe's models as listed (base included).
 
         ``weights`` are one per listed model, or None where they are not known yet (computed from examples).
@@ -192,8 +200,14 @@ class MergeMethod:
         _check_finite(weights)
         self.check_models(len(weights))
 
-    def merge(self, tensors: Sequence[torch.Tensor], weights: Sequence[float], base: torch.Tensor | None,
-              *, key: str) -> torch.Tensor:
+    def merge(
+        self,
+        tensors: Sequence[torch.Tensor],
+        weights: Sequence[float],
+        base: torch.Tensor | None,
+        *,
+        key: str,
+    ) -> torch.Tensor:
         """Merge one tensor. ``key`` is the tensor's name (seeds per-tensor randomness such as DARE's masks).
 
         Inputs are never modified; the result is a new tensor in the inputs' dtype.
@@ -266,8 +280,9 @@ def _rescaled(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.T
     return masked.mul_(before / after)
 
 
-def keep_largest(delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator | None = None
-                 ) -> torch.Tensor:
+def keep_largest(
+    delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """TIES' trim step (mergekit's sparsify 'magnitude'): keep the ``density`` fraction of largest magnitude.
 
     ``delta`` is masked in place (it is the caller's own task vector); ``generator`` is unused.
@@ -291,8 +306,9 @@ def keep_largest(delta: torch.Tensor, density: float, rescale: bool, generator: 
     return _rescaled(delta, mask.reshape(delta.shape), rescale)
 
 
-def drop_randomly(delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator | None
-                  ) -> torch.Tensor:
+def drop_randomly(
+    delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator | None
+) -> torch.Tensor:
     """DARE's drop step (mergekit's sparsify 'random'): keep each entry with probability ``density``.
 
     ``delta`` is masked in place (it is the caller's own task vector).
@@ -345,8 +361,9 @@ class TaskArithmetic(MergeMethod):
                 "task vectors to merge"
             )
 
-    def _task_vectors(self, tensors: Sequence[torch.Tensor], base: torch.Tensor, key: str
-                      ) -> Iterator[torch.Tensor]:
+    def _task_vectors(
+        self, tensors: Sequence[torch.Tensor], base: torch.Tensor, key: str
+    ) -> Iterator[torch.Tensor]:
         """Each model's task vector, sparsified, in the models' order (one generator per tensor)."""
         generator = None
         if self.sparsification == "random" and self.params["density"] < 1:
@@ -359,8 +376,9 @@ class TaskArithmetic(MergeMethod):
             yield delta
 
     @staticmethod
-    def _elect_signs(task_vectors: Iterator[torch.Tensor], weight: torch.Tensor, normalize: bool
-                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _elect_signs(
+        task_vectors: Iterator[torch.Tensor], weight: torch.Tensor, normalize: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """TIES' sign election (mergekit's 'sum' consensus) over weighted task vectors.
 
         Returns the sum of the entries that agree with the sign of their column's total, and the sum of those
@@ -416,7 +434,10 @@ class Ties(TaskArithmetic):
 
     name: str = "ties"
     parameters: ClassVar[tuple[Parameter, ...]] = (
-        DENSITY, LAMBDA, _normalize(True), dataclasses.replace(RESCALE, default=False),
+        DENSITY,
+        LAMBDA,
+        _normalize(True),
+        dataclasses.replace(RESCALE, default=False),
     )
     title: ClassVar[str] = "TIES-Merging, Yadav et al. 2023"
     paper: ClassVar[str] = "arXiv:2306.01708"
@@ -430,7 +451,11 @@ class DareLinear(TaskArithmetic):
 
     name: str = "dare_linear"
     parameters: ClassVar[tuple[Parameter, ...]] = (
-        DENSITY, LAMBDA, _normalize(False), dataclasses.replace(RESCALE, default=True), SEED,
+        DENSITY,
+        LAMBDA,
+        _normalize(False),
+        dataclasses.replace(RESCALE, default=True),
+        SEED,
     )
     title: ClassVar[str] = "DARE, Yu et al. 2024"
     paper: ClassVar[str] = "arXiv:2311.03099"

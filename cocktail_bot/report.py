@@ -14,7 +14,9 @@ from pydantic import BaseModel, Field
 class SourceReport(BaseModel):
     """One input model, pinned."""
 
-    label: str = Field(description="how the manifest names it: 'org/name', 'org/name@rev', './path' or 'step:NAME'")
+    label: str = Field(
+        description="how the manifest names it: 'org/name', 'org/name@rev', './path' or 'step:NAME'"
+    )
     repo_id: str | None = Field(None, description="Hub repo id; None for local folders and step outputs")
     requested_revision: str | None = None
     resolved_revision: str | None = Field(None, description="commit sha the revision resolved to")
@@ -38,12 +40,16 @@ class StepReport(BaseModel):
     models: list[str] = Field(description="labels of the step's sources, in order")
     weights_mode: Literal["explicit", "uniform", "examples"]
     weights: list[float]
-    losses: list[float] | None = Field(None, description="example losses per model, when weights came from examples")
+    losses: list[float] | None = Field(
+        None, description="example losses per model, when weights came from examples"
+    )
     examples: str | None = Field(None, description="example file the weights were computed from")
     temperature: float | None = None
     method: str = "linear"
     method_params: dict[str, bool | float | int | str | None] = Field(default_factory=dict)
-    base: str | None = Field(None, description="label of the model that config, tokenizer and modules come from")
+    base: str | None = Field(
+        None, description="label of the model that config, tokenizer and modules come from"
+    )
     dtype: str
     seconds: float = 0.0
 
@@ -72,7 +78,9 @@ class PublishReport(BaseModel):
     commit_url: str | None = None
     pr_url: str | None = Field(None, description="Hub pull request of a preview")
     repo_url: str
-    changed: bool = Field(True, description="False when identical files were already there and no commit was made")
+    changed: bool = Field(
+        True, description="False when identical files were already there and no commit was made"
+    )
 
 
 class Provenance(BaseModel):

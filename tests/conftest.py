@@ -23,18 +23,25 @@ def llama_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_llamas(model_cache: Path, llama_tokenizer) -> list[Path]:
     """Three tiny Llama causal LMs of one architecture, differently initialised, float32, single-file."""
-    return [tiny_models.save_llama(model_cache / f"llama-{seed}", seed, tokenizer=llama_tokenizer) for seed in (0, 1, 2)]
+    return [
+        tiny_models.save_llama(model_cache / f"llama-{seed}", seed, tokenizer=llama_tokenizer)
+        for seed in (0, 1, 2)
+    ]
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_sharded(model_cache: Path, llama_tokenizer) -> Path:
     """A tiny Llama saved in several safetensors shards with an index."""
-    return tiny_models.save_llama(model_cache / "llama-sharded", 3, tokenizer=llama_tokenizer, max_shard_size="20KB")
+    return tiny_models.save_llama(
+        model_cache / "llama-sharded", 3, tokenizer=llama_tokenizer, max_shard_size="20KB"
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_bf16(model_cache: Path, llama_tokenizer) -> Path:
-    return tiny_models.save_llama(model_cache / "llama-bf16", 4, tokenizer=llama_tokenizer, dtype=torch.bfloat16)
+    return tiny_models.save_llama(
+        model_cache / "llama-bf16", 4, tokenizer=llama_tokenizer, dtype=torch.bfloat16
+    )
 
 
 @pytest.fixture(scope="session")
@@ -130,8 +137,10 @@ def trained_decoders(model_cache: Path, llama_tokenizer) -> dict[str, Path]:
     from tools import tiny_tasks
 
     base = tiny_models.save_llama(model_cache / "task-llama-base", 0, tokenizer=llama_tokenizer)
-    trained = {task: tiny_tasks.train_decoder(base, model_cache / f"task-llama-{task}", task)
-               for task in ("sentiment", "topic")}
+    trained = {
+        task: tiny_tasks.train_decoder(base, model_cache / f"task-llama-{task}", task)
+        for task in ("sentiment", "topic")
+    }
     return {"base": base, **trained}
 
 
@@ -141,8 +150,10 @@ def trained_encoders(model_cache: Path) -> dict[str, Path]:
     from tools import tiny_tasks
 
     base = tiny_models.save_bert_encoder(model_cache / "task-encoder-base", 0)
-    trained = {task: tiny_tasks.train_encoder(base, model_cache / f"task-encoder-{task}", task)
-               for task in ("animal", "object")}
+    trained = {
+        task: tiny_tasks.train_encoder(base, model_cache / f"task-encoder-{task}", task)
+        for task in ("animal", "object")
+    }
     return {"base": base, **trained}
 
 
@@ -152,6 +163,8 @@ def trained_rerankers(model_cache: Path) -> dict[str, Path]:
     from tools import tiny_tasks
 
     base = tiny_models.save_bert_reranker(model_cache / "task-reranker-base", 0)
-    trained = {task: tiny_tasks.train_reranker(base, model_cache / f"task-reranker-{task}", task)
-               for task in ("animal", "object")}
+    trained = {
+        task: tiny_tasks.train_reranker(base, model_cache / f"task-reranker-{task}", task)
+        for task in ("animal", "object")
+    }
     return {"base": base, **trained}

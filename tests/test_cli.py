@@ -6,7 +6,9 @@ from cocktail_bot.cli import main
 
 
 def test_version_from_console_script_and_module(capsys):
-    out = subprocess.run([sys.executable, "-m", "cocktail_bot", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "cocktail_bot", "--version"], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == f"cocktail-bot {__version__}"
 
 

@@ -36,8 +36,9 @@ def test_task_arithmetic_adds_weighted_task_vectors_to_the_base():
     assert merge("task_arithmetic").tolist() == [2.5, 3.75, 0.25, 2.75]
     assert merge("task_arithmetic", {"lambda": 2}).tolist() == [4.0, 6.5, -0.5, 4.5]
     # normalize divides by the weights' sum, 2.5
-    torch.testing.assert_close(merge("task_arithmetic", {"normalize": True}),
-                               torch.tensor([1.6, 2.1, 0.7, 1.7]))
+    torch.testing.assert_close(
+        merge("task_arithmetic", {"normalize": True}), torch.tensor([1.6, 2.1, 0.7, 1.7])
+    )
 
 
 def test_task_arithmetic_with_the_base_listed_reproduces_linear():
@@ -145,10 +146,17 @@ def test_slerp_follows_the_arc_between_the_base_and_the_other_model():
     torch.testing.assert_close(slerp([1.0, 0.0], [0.0, 1.0], 1.0), torch.tensor([0.0, 1.0]))
 
 
-@pytest.mark.parametrize("name, params", [
-    ("linear", {}), ("task_arithmetic", {}), ("ties", {"density": 0.5}), ("dare_linear", {"density": 0.5}),
-    ("dare_ties", {"density": 0.5}), ("slerp", {"t": 0.3}),
-])
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("linear", {}),
+        ("task_arithmetic", {}),
+        ("ties", {"density": 0.5}),
+        ("dare_linear", {"density": 0.5}),
+        ("dare_ties", {"density": 0.5}),
+        ("slerp", {"t": 0.3}),
+    ],
+)
 def test_methods_keep_inputs_and_dtype(name, params):
     generator = torch.Generator().manual_seed(0)
     count = 1 if name == "slerp" else 2
@@ -180,8 +188,10 @@ def test_parameters_get_mergekit_defaults_and_are_described():
     assert method.paper_url == "https://arxiv.org/abs/2306.01708"
     linear = "linear (LM-Cocktail weighted average, Xiao et al. 2023, arXiv:2311.13534)"
     assert get_method("linear").describe() == linear
-    assert [get_method(name, {"t": 0}).needs_base if name == "slerp" else get_method(name).needs_base
-            for name in METHODS] == [False, True, True, True, True, True]
+    assert [
+        get_method(name, {"t": 0}).needs_base if name == "slerp" else get_method(name).needs_base
+        for name in METHODS
+    ] == [False, True, True, True, True, True]
 
 
 def test_base_is_not_a_task_vector():
@@ -198,56 +208,124 @@ VALID = "linear, task_arithmetic, ties, dare_linear, dare_ties, slerp"
 TIES = "merge method 'ties': parameter"
 
 
-@pytest.mark.parametrize("name, params, message", [
-    ("tie", {}, f"unknown merge method 'tie'; did you mean 'ties'? (valid: {VALID})"),
-    ("average", {}, f"unknown merge method 'average' (valid: {VALID})"),
-    ("ties", {"densty": 0.5},
-     "unknown parameter 'densty' for merge method 'ties'; did you mean 'density'? "
-     "(valid: density, lambda, normalize, rescale)"),
-    ("task_arithmetic", {"density": 0.5},
-     "unknown parameter 'density' for merge method 'task_arithmetic' (valid: lambda, normalize)"),
-    ("linear", {"normalize": True},
-     "unknown parameter 'normalize' for merge method 'linear' (it takes no parameters)"),
-    ("ties", {"density": 0}, "merge method 'ties': parameter 'density' must be a number in (0, 1], got 0"),
-    ("dare_ties", {"density": 1.5},
-     "merge method 'dare_ties': parameter 'density' must be a number in (0, 1], got 1.5"),
-    ("ties", {"density": "0.5"}, f"{TIES} 'density' must be a number in (0, 1], got '0.5'"),
-    ("ties", {"density": True}, f"{TIES} 'density' must be a number in (0, 1], got True"),
-    ("ties", {"lambda": float("nan")}, f"{TIES} 'lambda' must be a finite number, got nan"),
-    ("ties", {"normalize": "yes"}, f"{TIES} 'normalize' must be true or false, got 'yes'"),
-    ("ties", {"normalize": 1}, f"{TIES} 'normalize' must be true or false, got 1"),
-    ("dare_linear", {"seed": -1},
-     "merge method 'dare_linear': parameter 'seed' must be an integer >= 0, got -1"),
-    ("dare_linear", {"seed": 1.5},
-     "merge method 'dare_linear': parameter 'seed' must be an integer >= 0, got 1.5"),
-    ("slerp", {}, "merge method 'slerp' needs the parameter 't' (a number in [0, 1]: interpolation factor: "
-                  "0 gives the base, 1 the other model)"),
-    ("slerp", {"t": 1.2}, "merge method 'slerp': parameter 't' must be a number in [0, 1], got 1.2"),
-])
+@pytest.mark.parametrize(
+    "name, params, message",
+    [
+        ("tie", {}, f"unknown merge method 'tie'; did you mean 'ties'? (valid: {VALID})"),
+        ("average", {}, f"unknown merge method 'average' (valid: {VALID})"),
+        (
+            "ties",
+            {"densty": 0.5},
+            "unknown parameter 'densty' for merge method 'ties'; did you mean 'density'? "
+            "(valid: density, lambda, normalize, rescale)",
+        ),
+        (
+            "task_arithmetic",
+            {"density": 0.5},
+            "unknown parameter 'density' for merge method 'task_arithmetic' (valid: lambda, normalize)",
+        ),
+        (
+            "linear",
+            {"normalize": True},
+            "unknown parameter 'normalize' for merge method 'linear' (it takes no parameters)",
+        ),
+        (
+            "ties",
+            {"density": 0},
+            "merge method 'ties': parameter 'density' must be a number in (0, 1], got 0",
+        ),
+        (
+            "dare_ties",
+            {"density": 1.5},
+            "merge method 'dare_ties': parameter 'density' must be a number in (0, 1], got 1.5",
+        ),
+        ("ties", {"density": "0.5"}, f"{TIES} 'density' must be a number in (0, 1], got '0.5'"),
+        ("ties", {"density": True}, f"{TIES} 'density' must be a number in (0, 1], got True"),
+        ("ties", {"lambda": float("nan")}, f"{TIES} 'lambda' must be a finite number, got nan"),
+        ("ties", {"normalize": "yes"}, f"{TIES} 'normalize' must be true or false, got 'yes'"),
+        ("ties", {"normalize": 1}, f"{TIES} 'normalize' must be true or false, got 1"),
+        (
+            "dare_linear",
+            {"seed": -1},
+            "merge method 'dare_linear': parameter 'seed' must be an integer >= 0, got -1",
+        ),
+        (
+            "dare_linear",
+            {"seed": 1.5},
+            "merge method 'dare_linear': parameter 'seed' must be an integer >= 0, got 1.5",
+        ),
+        (
+            "slerp",
+            {},
+            "merge method 'slerp' needs the parameter 't' (a number in [0, 1]: interpolation factor: "
+            "0 gives the base, 1 the other model)",
+        ),
+        ("slerp", {"t": 1.2}, "merge method 'slerp': parameter 't' must be a number in [0, 1], got 1.2"),
+    ],
+)
 def test_bad_methods_and_parameters(name, params, message):
     with pytest.raises(CocktailError) as error:
         get_method(name, params)
     assert str(error.value) == message and error.value.exit_code == 2
 
 
-@pytest.mark.parametrize("name, params, models, weights, base, message", [
-    ("ties", {}, ["a", "b"], [0.5, 0.5], None,
-     "merge method 'ties' needs a base model, the one its task vectors are measured from: "
-     "name it with `base`"),
-    ("slerp", {"t": 0.5}, ["a", "b", "c"], None, "a",
-     "merge method 'slerp' merges exactly two models, the base (t=0) and one other (t=1), but got 2 models "
-     "besides the base"),
-    ("slerp", {"t": 0.5}, ["a", "b"], [0.5, 0.5], "c",
-     "merge method 'slerp' merges exactly two models, the base (t=0) and one other (t=1), but got 2 models "
-     "besides the base"),
-    ("dare_ties", {}, ["base"], [1.0], "base",
-     "merge method 'dare_ties' needs at least one model besides the base: add the models whose task vectors "
-     "to merge"),
-    ("task_arithmetic", {}, ["base", "a"], [0.5, float("inf")], "base",
-     "weights must be finite numbers, got [inf]"),
-    ("linear", {}, ["a", "b"], [0.5, 0.6], None,
-     "linear merge weights must sum to 1 (within 1e-6), but [0.5, 0.6] sums to 1.1"),
-])
+@pytest.mark.parametrize(
+    "name, params, models, weights, base, message",
+    [
+        (
+            "ties",
+            {},
+            ["a", "b"],
+            [0.5, 0.5],
+            None,
+            "merge method 'ties' needs a base model, the one its task vectors are measured from: "
+            "name it with `base`",
+        ),
+        (
+            "slerp",
+            {"t": 0.5},
+            ["a", "b", "c"],
+            None,
+            "a",
+            "merge method 'slerp' merges exactly two models, the base (t=0) and one other (t=1), but got 2 models "
+            "besides the base",
+        ),
+        (
+            "slerp",
+            {"t": 0.5},
+            ["a", "b"],
+            [0.5, 0.5],
+            "c",
+            "merge method 'slerp' merges exactly two models, the base (t=0) and one other (t=1), but got 2 models "
+            "besides the base",
+        ),
+        (
+            "dare_ties",
+            {},
+            ["base"],
+            [1.0],
+            "base",
+            "merge method 'dare_ties' needs at least one model besides the base: add the models whose task vectors "
+            "to merge",
+        ),
+        (
+            "task_arithmetic",
+            {},
+            ["base", "a"],
+            [0.5, float("inf")],
+            "base",
+            "weights must be finite numbers, got [inf]",
+        ),
+        (
+            "linear",
+            {},
+            ["a", "b"],
+            [0.5, 0.6],
+            None,
+            "linear merge weights must sum to 1 (within 1e-6), but [0.5, 0.6] sums to 1.1",
+        ),
+    ],
+)
 def test_bad_recipes(name, params, models, weights, base, message):
     with pytest.raises(CocktailError) as error:
         get_method(name, params).check_recipe(models, weights, base)
@@ -263,15 +341,34 @@ def test_elementwise_methods_give_the_same_result_chunk_by_chunk():
     """The engine may stream `elementwise` methods in chunks, as it does for linear."""
     generator = torch.Generator().manual_seed(2)
     base, *models = torch.randn(3, 1000, generator=generator)
-    cases = [("linear", {}), ("task_arithmetic", {}), ("ties", {}), ("ties", {"density": 0.5}),
-             ("dare_linear", {}), ("dare_linear", {"density": 0.5}), ("dare_ties", {"density": 0.5}),
-             ("slerp", {"t": 0.5})]
+    cases = [
+        ("linear", {}),
+        ("task_arithmetic", {}),
+        ("ties", {}),
+        ("ties", {"density": 0.5}),
+        ("dare_linear", {}),
+        ("dare_linear", {"density": 0.5}),
+        ("dare_ties", {"density": 0.5}),
+        ("slerp", {"t": 0.5}),
+    ]
     for name, params in cases:
         method = get_method(name, params)
         inputs, weights = (models[:1], [1.0]) if name == "slerp" else (models, [0.25, 0.75])
         whole = method.merge(inputs, weights, base, key="w")
-        chunked = torch.cat([method.merge([m[i:i + 100] for m in inputs], weights, base[i:i + 100], key="w")
-                             for i in range(0, 1000, 100)])
+        chunked = torch.cat(
+            [
+                method.merge([m[i : i + 100] for m in inputs], weights, base[i : i + 100], key="w")
+                for i in range(0, 1000, 100)
+            ]
+        )
         assert torch.equal(whole, chunked) == method.elementwise, (name, params)
     assert [get_method(name, params).elementwise for name, params in cases] == [
-        True, True, True, False, True, False, False, False]
+        True,
+        True,
+        True,
+        False,
+        True,
+        False,
+        False,
+        False,
+    ]

@@ -31,8 +31,9 @@ def test_defaults_are_mergekits(name):
         assert registry.get(name).spec.reference_url == get_method(name).paper_url
 
 
-def mergekit_merge(name: str, params: dict, base: torch.Tensor, models: list[torch.Tensor],
-                   weights: list[float], key: str) -> torch.Tensor:
+def mergekit_merge(
+    name: str, params: dict, base: torch.Tensor, models: list[torch.Tensor], weights: list[float], key: str
+) -> torch.Tensor:
     """mergekit's own method on one tensor group, DARE's global generator set as ours starts for ``key``."""
     group = TensorGroup.from_tensors([base, *models], base_index=0, name=key)
     parameters = {k: v for k, v in params.items() if k != "seed"}
@@ -85,8 +86,9 @@ def test_slerp_matches_mergekit(t, offset):
 # --- end to end: our engine and mergekit's run_merge on the same model folders ---
 
 
-def run_mergekit(method: str, base: Path, models: list[Path], weights: list[float], params: dict,
-                 output: Path) -> dict[str, torch.Tensor]:
+def run_mergekit(
+    method: str, base: Path, models: list[Path], weights: list[float], params: dict, output: Path
+) -> dict[str, torch.Tensor]:
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
@@ -97,29 +99,48 @@ def run_mergekit(method: str, base: Path, models: list[Path], weights: list[floa
     if method == "slerp":
         entries += [{"model": str(model)} for model in models]
     else:
-        entries += [{"model": str(model), "parameters": {"weight": weight, **per_model}}
-                    for model, weight in zip(models, weights, strict=True)]
-    config = {"merge_method": method, "base_model": str(base), "models": entries, "dtype": "float32",
-              "parameters": shared}
+        entries += [
+            {"model": str(model), "parameters": {"weight": weight, **per_model}}
+            for model, weight in zip(models, weights, strict=True)
+        ]
+    config = {
+        "merge_method": method,
+        "base_model": str(base),
+        "models": entries,
+        "dtype": "float32",
+        "parameters": shared,
+    }
     run_merge(MergeConfiguration.model_validate(config), str(output), MergeOptions(quiet=True, random_seed=0))
     return load_file(output / "model.safetensors")
 
 
-def run_ours(method: str, base: Path, models: list[Path], weights: list[float], params: dict,
-             output: Path) -> dict[str, torch.Tensor]:
-    merge(models, weights, output, model_type="decoder", base=base, method=method, method_params=params,
-          progress=False)
+def run_ours(
+    method: str, base: Path, models: list[Path], weights: list[float], params: dict, output: Path
+) -> dict[str, torch.Tensor]:
+    merge(
+        models,
+        weights,
+        output,
+        model_type="decoder",
+        base=base,
+        method=method,
+        method_params=params,
+        progress=False,
+    )
     return load_file(output / "model.safetensors")
 
 
 @pytest.mark.parametrize("base_listed", [False, True], ids=["base-apart", "base-listed"])
-@pytest.mark.parametrize("method, params", [
-    ("task_arithmetic", {"lambda": 0.9}),
-    ("task_arithmetic", {"normalize": True}),
-    ("ties", {"density": 0.5}),
-    ("dare_ties", {"density": 1.0, "normalize": True}),
-    ("slerp", {"t": 0.3}),
-])
+@pytest.mark.parametrize(
+    "method, params",
+    [
+        ("task_arithmetic", {"lambda": 0.9}),
+        ("task_arithmetic", {"normalize": True}),
+        ("ties", {"density": 0.5}),
+        ("dare_ties", {"density": 1.0, "normalize": True}),
+        ("slerp", {"t": 0.3}),
+    ],
+)
 def test_engine_matches_mergekit_on_tiny_llamas(tiny_llamas, tmp_path, method, params, base_listed):
     """The base is never a task vector: listed among the models (its weight unused) or not, as in mergekit."""
     base, *others = tiny_llamas
@@ -138,8 +159,10 @@ def test_engine_dare_keeps_or_drops_each_entry_like_mergekit(tiny_llamas, tmp_pa
     base's plus the weighted task vector's, in both, and about `density` of them are kept."""
     base, other, _ = tiny_llamas
     params = {"density": 0.5, "rescale": False}
-    outputs = [run("dare_linear", base, [other], [0.8], params, tmp_path / run.__name__)
-               for run in (run_ours, run_mergekit)]
+    outputs = [
+        run("dare_linear", base, [other], [0.8], params, tmp_path / run.__name__)
+        for run in (run_ours, run_mergekit)
+    ]
     before, after = load_file(base / "model.safetensors"), load_file(other / "model.safetensors")
     for merged in outputs:
         kept = total = 0

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -49,15 +49,21 @@ def make_llama_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
     )
     tokenizer.train_from_iterator(corpus() * 4, trainer=trainer)
     bos = tokenizer.token_to_id("<s>")
-    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 def make_bert_tokenizer(folder: Path) -> BertTokenizerFast:
     """A WordPiece tokenizer over WORDS, letters and digits, saved as BERT's vocab.txt."""
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "?", "!", ":"]
-    vocab += list("abcdefghijklmnopqrstuvwxyz0123456789") + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    vocab += list("abcdefghijklmnopqrstuvwxyz0123456789") + [
+        f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"
+    ]
     vocab += [word for word in WORDS if word not in vocab]
     vocab_file = folder / "vocab.txt"
     vocab_file.write_text("\n".join(vocab) + "\n")
@@ -81,8 +87,14 @@ def llama_config(vocab_size: int, **overrides) -> LlamaConfig:
     return LlamaConfig(**settings)
 
 
-def save_llama(folder: Path, seed: int, *, dtype: torch.dtype = torch.float32, max_shard_size: str | None = None,
-               tokenizer: PreTrainedTokenizerFast | None = None) -> Path:
+def save_llama(
+    folder: Path,
+    seed: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    max_shard_size: str | None = None,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+) -> Path:
     """A randomly initialised tiny Llama causal LM with its tokenizer, saved as safetensors."""
     tokenizer = tokenizer or make_llama_tokenizer()
     torch.manual_seed(seed)

@@ -20,14 +20,10 @@ from pathlib import Path
 import torch
 
 from cocktail_bot.errors import CocktailError
+from cocktail_bot.model_files import PICKLE_FILE, PICKLE_INDEX, SAFETENSORS_FILE, SAFETENSORS_INDEX
 
 logger = logging.getLogger(__name__)
 
-SAFETENSORS_FILE = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-PICKLE_FILE = "pytorch_model.bin"
-PICKLE_INDEX = "pytorch_model.bin.index.json"
-WEIGHT_FILES = (SAFETENSORS_INDEX, SAFETENSORS_FILE, PICKLE_INDEX, PICKLE_FILE)
 
 # safetensors dtype codes <-> torch dtypes (the format is little-endian, like the hosts torch supports here).
 DTYPES: dict[str, torch.dtype] = {
@@ -76,10 +72,6 @@ class _Entry:
     file: Path
     info: TensorInfo
     start: int  # absolute byte offset of the tensor's first byte in the file
-
-
-def has_weights(folder: Path) -> bool:
-    return any((Path(folder) / name).is_file() for name in WEIGHT_FILES)
 
 
 def read_safetensors_header(path: Path) -> tuple[int, dict]:

@@ -14,8 +14,15 @@ import json
 import shutil
 from pathlib import Path
 
-from cocktail_bot.checkpoint import WEIGHT_FILES, has_weights
 from cocktail_bot.errors import CocktailError
+
+# Weight files, in the order a folder's checkpoint is looked for. Kept here, free of torch, so that resolving
+# sources and planning stay fast to import.
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_FILE = "pytorch_model.bin"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+WEIGHT_FILES = (SAFETENSORS_INDEX, SAFETENSORS_FILE, PICKLE_INDEX, PICKLE_FILE)
 
 # Files at the top of a model folder that describe the model rather than hold its parameters.
 ROOT_FILE_PATTERNS = (
@@ -37,6 +44,10 @@ ROOT_FILE_PATTERNS = (
     "sentence_*_config.json",
 )
 ROOT_DIRS = ("additional_chat_templates",)
+
+
+def has_weights(folder: Path) -> bool:
+    return any((Path(folder) / name).is_file() for name in WEIGHT_FILES)
 
 
 def module_dirs(base: Path) -> list[str]:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from cocktail_bot.checkpoint import DTYPE_CODES, SAFETENSORS_FILE, SAFETENSORS_INDEX, TensorInfo
+from cocktail_bot.checkpoint import DTYPE_CODES, TensorInfo
 from cocktail_bot.errors import CocktailError
+from cocktail_bot.model_files import SAFETENSORS_FILE, SAFETENSORS_INDEX
 
 METADATA = {"format": "pt"}
 _HASHER = ThreadPoolExecutor(1, "cocktail-sha256")

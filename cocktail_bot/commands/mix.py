@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from cocktail_bot.commands import add_model_type_argument
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "mix",
         help="merge models with given weights into a new model folder",
         description="Merge models of one architecture as sum(w_i * theta_i), streaming tensor by tensor. "
-        "MODEL is a "
-        "local folder or a Hugging Face Hub reference (org/name or org/name@revision).",
+        "MODEL is a local folder or a Hugging Face Hub reference (org/name or org/name@revision).",
     )
     parser.add_argument("models", nargs="+", metavar="MODEL", help="models to merge (the first is the base)")
     parser.add_argument(
@@ -22,13 +23,7 @@ def register(subparsers) -> None:
         metavar="W",
         help="one weight per model; for the linear method they must sum to 1",
     )
-    parser.add_argument(
-        "--type",
-        dest="model_type",
-        required=True,
-        choices=["decoder", "encoder", "reranker"],
-        help="kind of model: decoder (causal LM), encoder (embeddings), reranker (cross-encoder)",
-    )
+    add_model_type_argument(parser)
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="output folder (must not exist unless --force)"
     )

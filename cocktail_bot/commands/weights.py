@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from cocktail_bot.commands import add_model_type_argument
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -17,13 +19,7 @@ def register(subparsers) -> None:
         '{"query", "pos": [...], "neg": [...]}.',
     )
     parser.add_argument("models", nargs="+", metavar="MODEL", help="models of one architecture")
-    parser.add_argument(
-        "--type",
-        dest="model_type",
-        required=True,
-        choices=["decoder", "encoder", "reranker"],
-        help="kind of model: decoder (causal LM), encoder (embeddings), reranker (cross-encoder)",
-    )
+    add_model_type_argument(parser)
     parser.add_argument("--examples", required=True, metavar="FILE", help="example file (JSON list or JSONL)")
     parser.add_argument(
         "--temperature",

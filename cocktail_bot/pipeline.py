@@ -32,8 +32,8 @@ from cocktail_bot.lock import (
     write_lock,
 )
 from cocktail_bot.manifest import Manifest, SourceSpec, StepSpec, load_manifest
-from cocktail_bot.model_types import PIPELINE_TAG, ModelType, is_sentence_transformer
-from cocktail_bot.plan import plan_manifest
+from cocktail_bot.model_types import is_sentence_transformer
+from cocktail_bot.plan import manifest_report, plan_manifest
 from cocktail_bot.report import OutputReport, Provenance, Report, SourceReport, StepReport
 
 logger = logging.getLogger(__name__)
@@ -376,20 +376,13 @@ def build_report(
         )
         for label, source in context.sources.items()
     ]
-    model_type = ModelType.parse(manifest.model_type)
     total = sum((final / name).stat().st_size for name in files)
-    return Report(
-        name=manifest.name,
-        model_type=model_type.value,
-        tool_version=__version__,
-        manifest_path=manifest.relative_path,
-        manifest_sha256=manifest.sha256,
-        manifest_text=manifest.text,
+    return manifest_report(
+        manifest,
         sources=sources,
         steps=steps,
         output=OutputReport(path=str(final), files=files, total_bytes=total, dtype=steps[-1].dtype),
         license=license_,
-        pipeline_tag=PIPELINE_TAG[model_type],
         library_name="sentence-transformers" if is_sentence_transformer(final) else "transformers",
         provenance=provenance,
         reproduce=f"cocktail run {manifest.relative_path} --out {manifest.name} --locked",

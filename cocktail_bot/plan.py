@@ -210,7 +210,6 @@ def plan_manifest(
     """The plan as a Report (status "planned"), for the Action's plan mode and PR comment."""
     manifest = load_manifest(path)
     plan = build_plan(manifest, token=token, endpoint=endpoint)
-    model_type = ModelType.parse(manifest.model_type)
     steps = [
         StepReport(
             name=spec.name,
@@ -237,16 +236,21 @@ def plan_manifest(
         )
         for s in plan.sources
     ]
+    return manifest_report(
+        manifest, status="planned", sources=sources, steps=steps, provenance=provenance or Provenance()
+    )
+
+
+def manifest_report(manifest: Manifest, **fields: Any) -> Report:
+    """A report that names its manifest; a plan and a run each add what they found."""
+    model_type = ModelType.parse(manifest.model_type)
+    fields.setdefault("pipeline_tag", PIPELINE_TAG[model_type])
     return Report(
-        status="planned",
         name=manifest.name,
         model_type=model_type.value,
         tool_version=__version__,
         manifest_path=manifest.relative_path,
         manifest_sha256=manifest.sha256,
         manifest_text=manifest.text,
-        sources=sources,
-        steps=steps,
-        pipeline_tag=PIPELINE_TAG[model_type],
-        provenance=provenance or Provenance(),
+        **fields,
     )

@@ -124,7 +124,8 @@ def test_ci_tests_the_supported_pythons_as_the_readme_installs():
     assert test["strategy"]["matrix"]["python-version"] == ["3.10", "3.11", "3.12"]
     script = "\n".join(step.get("run", "") for step in test["steps"])
     assert script.index("download.pytorch.org/whl/cpu") < script.index("pip install -e '.[test]'")
-    assert "pytest" in script and "ruff check" in ci["jobs"]["lint"]["steps"][-1]["run"]
+    lint = "\n".join(step.get("run", "") for step in ci["jobs"]["lint"]["steps"])
+    assert "pytest" in script and "ruff check ." in lint and "ruff format --check ." in lint
 
 
 def evaluate(value: str, context: dict[str, str]) -> str:

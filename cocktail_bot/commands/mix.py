@@ -60,6 +60,7 @@ def handle(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         device=args.device,
         force=args.force,
+        progress=not args.quiet,
     )
     print(
         f"wrote {result.output} ({result.total_bytes / 1e9:.2f} GB, {result.dtype}, "

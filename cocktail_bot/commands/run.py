@@ -51,7 +51,7 @@ def handle(args) -> int:
         lock_path=args.lock,
         force=args.force,
         device=args.device,
-        progress=not getattr(args, "quiet", False),
+        progress=not args.quiet,
     )
     assert report.output is not None
     print(

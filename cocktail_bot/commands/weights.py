@@ -70,7 +70,7 @@ def handle(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         seed=args.seed,
-        progress=not args.json,
+        progress=not (args.json or args.quiet),
     )
     if args.json:
         print(json.dumps({"models": args.models, "losses": result.losses, "weights": result.weights}))

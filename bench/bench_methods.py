@@ -3,7 +3,8 @@
 The case: three Llama models of SmolLM2-1.7B's shapes cut to one decoder layer (random bf16, ~330 MB each,
 the largest tensor the tied 49152 x 2048 embedding), generated once by ``bench/make_llama_case.py``'s writer
 into ``bench/work/methods-llama-1l``. Every method merges in its own subprocess, which reports its wall time
-and its peak RSS (``ru_maxrss``), so one run cannot inflate the next one's numbers:
+and its peak RSS (``ru_maxrss``), so one run cannot inflate the next one's numbers. The table says which path the
+engine took: ``chunks`` for elementwise methods, ``rows`` (whole tensors) for the others.
 
 * ``linear``: the three models, weights 0.2 / 0.3 / 0.5;
 * task-vector methods: model-0 as the base and models 1 and 2 as task vectors, weights 0.6 / 0.4, density 0.5
@@ -26,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's bench/ and cocktail_bot
 
 from bench.make_llama_case import smollm2_config, write_model  # noqa: E402
+from cocktail_bot.methods import get_method  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE = ROOT / "bench" / "work" / "methods-llama-1l"
@@ -91,8 +93,8 @@ def main() -> None:
     make_case()
     size = sum((path / "model.safetensors").stat().st_size for path in MODELS) / 3
     print(f"three models of {size / 1e6:.0f} MB each (bf16), output bf16\n")
-    print("| method | inputs read | wall time (s) | vs linear | peak RSS (MB) |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| method | inputs read | path | wall time (s) | vs linear | peak RSS (MB) |")
+    print("| --- | --- | --- | --- | --- | --- |")
     linear_seconds = None
     for method in args.methods:
         runs = [run_once(method) for _ in range(args.repeat)]
@@ -102,7 +104,10 @@ def main() -> None:
             linear_seconds = best["seconds"]
         ratio = f"{best['seconds'] / linear_seconds:.2f}x" if linear_seconds else "-"
         inputs = len(RUNS[method]["sources"]) + (RUNS[method]["base"] is not None)
-        print(f"| `{method}` | {inputs} | {best['seconds']:.2f} | {ratio} | {peak:.0f} |", flush=True)
+        path = "chunks" if get_method(method, RUNS[method]["params"]).elementwise else "rows"
+        print(
+            f"| `{method}` | {inputs} | {path} | {best['seconds']:.2f} | {ratio} | {peak:.0f} |", flush=True
+        )
 
 
 if __name__ == "__main__":

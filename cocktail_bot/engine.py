@@ -1,11 +1,15 @@
 """The streaming merge: check everything, then read, merge and write one tensor (or chunk) at a time.
 
-Peak memory is a small multiple of one chunk (linear merges) or of the largest tensor (other methods),
-whatever the model size or the number of models. Inputs are read by offset into reused buffers (see
-``checkpoint``). Linear merges sum in float64 and cast once to the output dtype, which keeps every value
-within one ulp of the exact sum (float32 sums can lose more where terms cancel); other methods get float32
-tensors (float64 for float64 inputs), as ``methods`` expects. Results are appended to safetensors files whose
-headers were written first (see ``shards``). Reading, arithmetic and writing overlap (see ``overlap``).
+Methods whose every output entry depends only on the same entry of the inputs (``MergeMethod.elementwise``:
+linear, task arithmetic, TIES and DARE at density 1) are merged in chunks: peak memory is a small multiple of
+one chunk, whatever the model size or the number of models. The others (sparsification ranks or draws over a
+whole tensor, SLERP takes whole-tensor norms) get each tensor of every input as one row of a single reused
+buffer, widened model by model, and overwrite it in place (``MergeMethod.merge_``): peak memory is that buffer
+(inputs x largest tensor) plus the method's few tensor-sized temporaries. Inputs are read by offset into reused
+buffers (see ``checkpoint``). Linear merges sum in float64 and cast once to the output dtype, which keeps every
+value within one ulp of the exact sum (float32 sums can lose more where terms cancel); other methods get
+float32 values (float64 for float64 inputs), as ``methods`` expects. Results are appended to safetensors files
+whose headers were written first (see ``shards``). Reading, arithmetic and writing overlap (see ``overlap``).
 Everything lands in a temporary folder beside the output, renamed into place only when complete.
 """
 
@@ -49,9 +53,9 @@ DTYPES = {
     "float64": torch.float64,
     "fp64": torch.float64,
 }
-# Elements per chunk of a linear merge, summed over the models: bounds memory whatever the model count.
+# Elements per chunk of an elementwise merge, summed over the inputs: bounds memory whatever the model count.
 CHUNK_ELEMENTS = 16 * 2**20
-BLOCK_ELEMENTS = 2**18  # float64 scratch of 2 MB: fits in a core's cache
+BLOCK_ELEMENTS = 2**18  # per input, a float64 scratch block of 2 MB: close to a core's cache
 # Threads summing a chunk's blocks (torch releases the GIL). Half the cores, as reading, writing and hashing
 # need the rest; on 2 cores the caller's thread alone does the sums.
 SUM_WORKERS = max(1, min(8, (os.cpu_count() or 1) // 2))
@@ -184,29 +188,57 @@ class _Merge:
             planned.append((name, TensorInfo(dtype, info.shape)))
         return plan_shards(planned, max_bytes)
 
+    def _inputs(self, relative: str) -> list[Checkpoint]:
+        """The checkpoints the method reads, in the order ``_apply`` expects: the merged models, then the base
+        if the method needs one."""
+        checkpoints = self.checkpoints[relative]
+        merged = [checkpoints[index] for index in self.merged]
+        return [*merged, checkpoints[-1]] if self.method.needs_base else merged
+
+    def _wide_dtype(self, inputs: list[Checkpoint], name: str) -> torch.dtype:
+        """What the arithmetic runs in: float64 for linear sums (within one ulp of the exact sum) and float64
+        inputs, float32 otherwise (what the methods, like mergekit, compute in)."""
+        if self.method.name == "linear" or any(c.info(name).dtype == torch.float64 for c in inputs):
+            return torch.float64
+        return torch.float32
+
     def allocate_pools(self) -> list[BufferPool]:
-        """Reused buffers for linear chunks: inputs (read ahead), float64 scratch, outputs (written later)."""
+        """Reused buffers: input chunks (read ahead), per-worker scratch blocks, output chunks (written later)
+        and, for methods that are not elementwise, one buffer for a whole tensor of every input."""
         step = self.chunk_elements()
-        count = len(self.merged)
+        count = len(self._inputs(self.dirs[0]))
         widest = max(
             (c.info(n).dtype.itemsize for cs in self.checkpoints.values() for c in cs for n in c.names),
             default=1,
         )
         self.inputs = BufferPool(count * (PREFETCH + 1), step * widest)
         self._scratch = [
-            tuple(torch.empty(BLOCK_ELEMENTS, dtype=torch.float64) for _ in range(2))
+            [torch.empty(BLOCK_ELEMENTS * torch.float64.itemsize, dtype=torch.uint8) for _ in range(count)]
             for _ in range(SUM_WORKERS)
         ]
         widest_output = max(widest, self.dtype.itemsize if self.dtype is not None else 1)
         self.outputs = BufferPool(PREFETCH + 2, step * widest_output)
-        return [self.inputs, self.outputs]
+        pools = [self.inputs, self.outputs]
+        if not self.method.elementwise:
+            largest = max(
+                (
+                    base.info(name).numel * self._wide_dtype(self._inputs(relative), name).itemsize
+                    for relative, (*_, base) in self.checkpoints.items()
+                    for name in base.names
+                    if base.info(name).dtype.is_floating_point
+                ),
+                default=0,
+            )
+            # one, not one per task in flight: a tensor's rows are read once the previous tensor is written
+            self.rows = BufferPool(1, count * largest)
+            pools.append(self.rows)
+        return pools
 
     def chunk_elements(self) -> int:
-        return max(1, CHUNK_ELEMENTS // len(self.merged))
+        return max(1, CHUNK_ELEMENTS // len(self._inputs(self.dirs[0])))
 
     def tasks(self, relative: str, shard: Shard, write: Callable[[torch.Tensor], None]) -> Iterator[Task]:
-        checkpoints = self.checkpoints[relative]
-        sources, base = [checkpoints[index] for index in self.merged], checkpoints[-1]
+        checkpoints, inputs = self.checkpoints[relative], self._inputs(relative)
         for name, out in shard.tensors:
             if not out.dtype.is_floating_point:
                 yield Task(
@@ -215,86 +247,109 @@ class _Merge:
                     lambda tensors, n=name: (self._non_float(relative, n, tensors), None),
                     write,
                 )
-            elif self.method.name == "linear":
+                continue
+            wide = self._wide_dtype(inputs, name)
+            if self.method.elementwise:
                 step = self.chunk_elements()
                 for start in range(0, out.numel, step):
                     count = min(step, out.numel - start)
                     yield Task(
                         count * out.dtype.itemsize,
-                        lambda n=name, s=start, k=count: self._read_chunk(sources, n, s, k),
-                        lambda chunks, d=out.dtype: self._linear(chunks, d),
+                        lambda n=name, s=start, k=count: self._read_chunk(inputs, n, s, k),
+                        lambda chunks, n=name, d=out.dtype, w=wide: self._merge_chunk(n, chunks, d, w),
                         write,
                     )
             else:
-                wanted = [*sources, base] if self.method.needs_base else sources
                 yield Task(
                     out.nbytes,
-                    lambda n=name, cs=wanted: [c.read(n) for c in cs],
-                    lambda tensors, n=name, d=out.dtype: (self._by_method(n, tensors, d), None),
+                    lambda n=name, w=wide: self._read_rows(inputs, n, w),
+                    lambda rows, n=name, d=out.dtype: self._merge_rows(n, rows, d),
                     write,
                 )
 
-    def _read_chunk(self, sources: list[Checkpoint], name: str, start: int, count: int) -> list[torch.Tensor]:
+    def _read_chunk(self, inputs: list[Checkpoint], name: str, start: int, count: int) -> list[torch.Tensor]:
         chunks = []
-        for checkpoint in sources:
+        for checkpoint in inputs:
             dtype = checkpoint.info(name).dtype
             chunks.append(
                 checkpoint.read_flat(name, start, count, self.inputs.take(count * dtype.itemsize, dtype))
             )
         return chunks
 
-    def _linear(
-        self, chunks: list[torch.Tensor], dtype: torch.dtype
+    def _apply(self, name: str, rows: list[torch.Tensor]) -> torch.Tensor:
+        """The method on the engine's own widened copies (``merge_`` may overwrite them)."""
+        if self.method.needs_base:
+            return self.method.merge_(rows[:-1], self.weights, rows[-1], key=name)
+        return self.method.merge_(rows, self.weights, None, key=name)
+
+    def _merge_chunk(
+        self, name: str, chunks: list[torch.Tensor], dtype: torch.dtype, wide: torch.dtype
     ) -> tuple[torch.Tensor, Callable[[], None]]:
-        """sum(w_i * x_i) accumulated model by model in float64, with the same steps as ``Linear.merge``."""
+        """An elementwise method on one chunk of every input, cast once to the output dtype."""
         count = chunks[0].numel()
         result = self.outputs.take(count * dtype.itemsize, dtype)
         if self.device.type == "cpu":
             groups = _split(range(0, count, BLOCK_ELEMENTS), len(self._scratch))
             if len(groups) == 1:
-                self._sum_blocks(chunks, result, groups[0], self._scratch[0])
+                self._merge_blocks(name, chunks, result, groups[0], self._scratch[0], wide)
             else:
                 done = [
-                    self._workers.submit(self._sum_blocks, chunks, result, group, scratch)
+                    self._workers.submit(self._merge_blocks, name, chunks, result, group, scratch, wide)
                     for group, scratch in zip(groups, self._scratch, strict=False)
                 ]
                 for future in done:
                     future.result()
         else:  # move the inputs as stored (fewer bytes), widen them on the device
-            total = chunks[0].to(self.device).double().mul_(self.weights[0])
-            for chunk, weight in zip(chunks[1:], self.weights[1:], strict=True):
-                total.add_(chunk.to(self.device).double(), alpha=weight)
-            result.copy_(total.to(dtype))
+            result.copy_(self._apply(name, [chunk.to(self.device).to(wide) for chunk in chunks]))
         for chunk in chunks:
             self.inputs.give(chunk)
         return result, lambda: self.outputs.give(result)
 
-    def _sum_blocks(
+    def _merge_blocks(
         self,
+        name: str,
         chunks: list[torch.Tensor],
         result: torch.Tensor,
         starts: range,
-        scratch: tuple[torch.Tensor, torch.Tensor],
+        scratch: list[torch.Tensor],
+        wide: torch.dtype,
     ) -> None:
-        """One worker's share of a chunk, block by block so that the float64 scratch stays in the core's
-        cache: the chunk is read from memory once and written once, instead of once per step of the sum."""
+        """One worker's share of a chunk, block by block so that the widened scratch stays near the core: the
+        chunk is read from memory once and written once, instead of once per step of the method."""
         for start in starts:
             end = min(start + BLOCK_ELEMENTS, result.numel())
-            total, term = scratch[0][: end - start], scratch[1][: end - start]
-            total.copy_(chunks[0][start:end]).mul_(self.weights[0])
-            for chunk, weight in zip(chunks[1:], self.weights[1:], strict=True):
-                term.copy_(chunk[start:end])
-                total.add_(term, alpha=weight)
-            result[start:end].copy_(total)
+            rows = [
+                row.view(wide)[: end - start].copy_(chunk[start:end])
+                for row, chunk in zip(scratch, chunks, strict=True)
+            ]
+            result[start:end].copy_(self._apply(name, rows))
 
-    def _by_method(self, name: str, tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-        """Any other method sees whole tensors (it may need a tensor-wide statistic)."""
-        wide_dtype = (
-            torch.float64 if any(tensor.dtype == torch.float64 for tensor in tensors) else torch.float32
-        )
-        wide = [tensor.to(self.device, wide_dtype) for tensor in tensors]
-        base = wide.pop() if self.method.needs_base else None
-        return self.method.merge(wide, self.weights, base, key=name).to(dtype).cpu()
+    def _read_rows(self, inputs: list[Checkpoint], name: str, wide: torch.dtype) -> torch.Tensor:
+        """One tensor of every input, widened model by model into the rows of the reused buffer."""
+        numel = inputs[0].info(name).numel
+        rows = self.rows.take(len(inputs) * numel * wide.itemsize, wide).view(len(inputs), numel)
+        step = self.chunk_elements()
+        for row, checkpoint in zip(rows, inputs, strict=True):
+            dtype = checkpoint.info(name).dtype
+            if dtype == wide:
+                checkpoint.read_flat(name, 0, numel, row)
+                continue
+            for start in range(0, numel, step):
+                count = min(step, numel - start)
+                chunk = checkpoint.read_flat(
+                    name, start, count, self.inputs.take(count * dtype.itemsize, dtype)
+                )
+                row[start : start + count].copy_(chunk)
+                self.inputs.give(chunk)
+        return rows
+
+    def _merge_rows(
+        self, name: str, rows: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, Callable[[], None]]:
+        """A method that needs whole tensors (a tensor-wide statistic); the rows are reused once written, as
+        the result may be one of them."""
+        values = self._apply(name, list(rows.to(self.device))).to(dtype).cpu()
+        return values, lambda: self.rows.give(rows)
 
     def _non_float(self, relative: str, name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
         """Integer and bool buffers cannot be averaged: keep the base's, and say where sources disagree."""

@@ -11,6 +11,9 @@ a method that ``needs_base`` measures task vectors ``theta_i - theta_base`` from
 hold the other models only (a base that the manifest also lists among the models is dropped from them,
 with its weight).
 
+``merge`` is pure; ``merge_`` may overwrite its inputs, which saves the engine a copy of every model's tensor
+(it passes its own float32 copies, rows of one preallocated buffer).
+
 Randomness (DARE's drop masks) comes from a generator seeded per tensor from ``(seed, key)`` with a stable
 hash, so results are reproducible and independent of the order in which tensors are processed; no global
 RNG is used.
@@ -33,6 +36,8 @@ from cocktail_bot.errors import CocktailError
 RESCALE_EPS = 1e-7  # mergekit's sparsify.rescaled_masked_tensor: below this L1 norm a mask is not rescaled
 SLERP_DOT_THRESHOLD = 0.9995  # mergekit's slerp: nearly collinear tensors are interpolated linearly
 SLERP_EPS = 1e-8
+MASK_CHUNK = 2**20  # DARE's uniform draws are made this many at a time, into one reused float32 buffer
+COMBINE_ELEMENTS = 2**18  # entries combined at a time once task vectors are sparsified: small temporaries
 
 
 @dataclass(frozen=True)
@@ -212,6 +217,23 @@ class MergeMethod:
 
         Inputs are never modified; the result is a new tensor in the inputs' dtype.
         """
+        copies = [tensor.clone(memory_format=torch.contiguous_format) for tensor in tensors]
+        base_copy = None if base is None else base.clone(memory_format=torch.contiguous_format)
+        return self.merge_(copies, weights, base_copy, key=key)
+
+    def merge_(
+        self,
+        tensors: Sequence[torch.Tensor],
+        weights: Sequence[float],
+        base: torch.Tensor | None,
+        *,
+        key: str,
+    ) -> torch.Tensor:
+        """``merge`` on contiguous inputs the caller gives up: they may be overwritten, and the result may be
+        one of them.
+
+        The same arithmetic, step for step, as ``merge``: the results are bit-identical.
+        """
         raise NotImplementedError
 
 
@@ -258,8 +280,8 @@ class Linear(MergeMethod):
                 f"linear merge weights must sum to 1 (within 1e-6), but {list(weights)} sums to {total!r}"
             )
 
-    def merge(self, tensors, weights, base, *, key):
-        result = tensors[0] * weights[0]
+    def merge_(self, tensors, weights, base, *, key):
+        result = tensors[0].mul_(weights[0])
         for tensor, weight in zip(tensors[1:], weights[1:], strict=True):
             result.add_(tensor, alpha=weight)
         return result
@@ -290,20 +312,44 @@ def keep_largest(
     Exactly ``max(1, int(density * numel))`` entries are kept, as in mergekit. mergekit ranks them with a full
     argsort (unstable at ties); a selection of the threshold is several times faster on large tensors, and
     entries tied at the threshold are taken by position, as a stable sort would, so results are deterministic.
+    The selection is numpy's in-place introselect on one float32 copy of the magnitudes (``torch.kthvalue``
+    would add a copy of its own and an int64 index per entry, three times the copy again); the mask is then
+    built ``MASK_CHUNK`` entries at a time, so that copy is the only tensor-sized temporary besides the mask.
     """
     if density >= 1:
         return delta
     if delta.numel() == 0:
         return delta.zero_()
     keep = max(1, int(density * delta.numel()))
-    magnitude = delta.abs().reshape(-1).float()  # mergekit ranks float32 magnitudes
-    threshold = torch.kthvalue(magnitude, magnitude.numel() - keep + 1).values
-    mask = magnitude > threshold
-    short = keep - int(mask.sum())
-    if short:
-        mask[torch.nonzero(magnitude == threshold).squeeze(1)[:short]] = True
+    magnitude = _magnitude(delta)  # mergekit ranks float32 magnitudes
+    threshold = _kth_largest_(magnitude, keep)
     del magnitude
+    flat = delta.reshape(-1)
+    parts = [slice(start, start + MASK_CHUNK) for start in range(0, flat.numel(), MASK_CHUNK)]
+    mask = torch.empty(flat.numel(), dtype=torch.bool, device=delta.device)
+    for part in parts:
+        torch.gt(_magnitude(flat[part]), threshold, out=mask[part])
+    short = keep - int(torch.count_nonzero(mask))  # a bool sum would widen to int64
+    for part in parts:
+        if short <= 0:
+            break
+        tied = torch.nonzero(_magnitude(flat[part]) == threshold).squeeze(1)[:short]
+        mask[tied + part.start] = True
+        short -= tied.numel()
     return _rescaled(delta, mask.reshape(delta.shape), rescale)
+
+
+def _kth_largest_(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest entry of a flat tensor; on the CPU, ``values`` is reordered in place."""
+    if values.device.type != "cpu":
+        return torch.kthvalue(values, values.numel() - k + 1).values
+    values.numpy().partition(values.numel() - k)  # the entry of that rank lands at its sorted place
+    return values[values.numel() - k].clone()
+
+
+def _magnitude(delta: torch.Tensor) -> torch.Tensor:
+    """|delta| flattened, in float32."""
+    return delta.abs().reshape(-1).float()
 
 
 def drop_randomly(
@@ -314,12 +360,21 @@ def drop_randomly(
     ``delta`` is masked in place (it is the caller's own task vector).
 
     Uniform float32 draws below ``density``: the same mask as mergekit's ``torch.bernoulli`` of a float32
-    tensor of ``density`` from a generator in the same state (a test checks it), without that tensor.
+    tensor of ``density`` from a generator in the same state (a test checks it), without that tensor. The draws
+    come ``MASK_CHUNK`` at a time into one reused buffer, so only the boolean mask is tensor-sized: a CPU
+    generator gives the same sequence however the draws are split (a CUDA one does not, and its masks were
+    never the CPU's).
     """
     if density >= 1:
         return delta
-    uniform = torch.rand(delta.shape, generator=generator, dtype=torch.float32, device=delta.device)
-    return _rescaled(delta, uniform < density, rescale)
+    mask = torch.empty(delta.numel(), dtype=torch.bool, device=delta.device)
+    uniform = torch.empty(min(MASK_CHUNK, delta.numel()), dtype=torch.float32, device=delta.device)
+    for start in range(0, delta.numel(), MASK_CHUNK):
+        draws = uniform[: min(MASK_CHUNK, delta.numel() - start)]
+        torch.rand(draws.shape, generator=generator, out=draws)
+        torch.lt(draws, density, out=mask[start : start + draws.numel()])
+    del uniform
+    return _rescaled(delta, mask.reshape(delta.shape), rescale)
 
 
 Sparsifier = Callable[[torch.Tensor, float, bool, "torch.Generator | None"], torch.Tensor]
@@ -364,12 +419,13 @@ class TaskArithmetic(MergeMethod):
     def _task_vectors(
         self, tensors: Sequence[torch.Tensor], base: torch.Tensor, key: str
     ) -> Iterator[torch.Tensor]:
-        """Each model's task vector, sparsified, in the models' order (one generator per tensor)."""
+        """Each model's task vector, sparsified, in the models' order (one generator per tensor), computed in
+        place of the model's tensor."""
         generator = None
         if self.sparsification == "random" and self.params["density"] < 1:
             generator = torch.Generator(device=base.device).manual_seed(tensor_seed(self.params["seed"], key))
         for tensor in tensors:
-            delta = tensor - base
+            delta = tensor.sub_(base)
             if self.sparsification is not None:
                 sparsify = SPARSIFIERS[self.sparsification]
                 delta = sparsify(delta, self.params["density"], self.params["rescale"], generator)
@@ -377,47 +433,39 @@ class TaskArithmetic(MergeMethod):
 
     @staticmethod
     def _elect_signs(
-        task_vectors: Iterator[torch.Tensor], weight: torch.Tensor, normalize: bool
+        deltas: list[torch.Tensor], weight: torch.Tensor, normalize: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """TIES' sign election (mergekit's 'sum' consensus) over weighted task vectors.
 
         Returns the sum of the entries that agree with the sign of their column's total, and the sum of those
-        entries' weights (1 where none agree), one model at a time to keep temporaries to one tensor's size.
+        entries' weights (1 where none agree). The task vectors are weighted in place; the column totals'
+        buffer is reused for the result.
         """
-        deltas = None
-        for index, (delta, w) in enumerate(zip(task_vectors, weight, strict=True)):
-            if deltas is None:
-                deltas = delta.new_empty((len(weight), *delta.shape))
-            deltas[index] = delta.mul_(w)
-            del delta
-        positive = deltas.sum(dim=0) >= 0
-        mixed = torch.zeros_like(deltas[0])
-        divisor = torch.zeros_like(deltas[0]) if normalize else None
-        for delta, w in zip(deltas, weight, strict=True):
+        deltas = [delta.mul_(w) for delta, w in zip(deltas, weight, strict=True)]
+        mixed = deltas[0].clone()
+        for delta in deltas[1:]:
+            mixed.add_(delta)
+        positive = mixed >= 0
+        mixed.zero_()
+        divisor = torch.zeros_like(mixed) if normalize else None
+        for delta, w in zip(deltas, weight.tolist(), strict=True):
             agrees = torch.where(positive, delta > 0, delta < 0)
             mixed.add_(delta.mul_(agrees))
             if divisor is not None:
-                divisor.add_(agrees * w)
-            del agrees
-        del deltas, positive
+                divisor.add_(agrees, alpha=w)
         if divisor is not None:
             divisor[divisor == 0] = 1
         return mixed, divisor
 
-    def merge(self, tensors, weights, base, *, key):
-        if base is None:
-            self.check_base(None)
-        weight = torch.tensor(list(weights), dtype=base.dtype, device=base.device)
+    def _combine_(self, deltas: list[torch.Tensor], weight: torch.Tensor, base: torch.Tensor) -> None:
+        """base += the merged task vector, on one slice of the entries (every step here is elementwise)."""
         normalize = self.params["normalize"]
         if self.sign_consensus:
-            mixed, divisor = self._elect_signs(self._task_vectors(tensors, base, key), weight, normalize)
+            mixed, divisor = self._elect_signs(deltas, weight, normalize)
         else:
-            # one task vector at a time: memory does not grow with the number of models
-            mixed = None
-            for delta, w in zip(self._task_vectors(tensors, base, key), weight, strict=True):
-                delta.mul_(w)
-                mixed = delta if mixed is None else mixed.add_(delta)
-                del delta
+            mixed = deltas[0].mul_(weight[0])
+            for delta, w in zip(deltas[1:], weight[1:], strict=True):
+                mixed.add_(delta.mul_(w))
             divisor = weight.sum()
             if divisor.abs() < 1e-8:
                 divisor = torch.ones_like(divisor)
@@ -425,7 +473,20 @@ class TaskArithmetic(MergeMethod):
             mixed /= divisor
         if self.params["lambda"] != 1:
             mixed *= self.params["lambda"]
-        return mixed.add_(base)
+        base.add_(mixed)
+
+    def merge_(self, tensors, weights, base, *, key):
+        """Task vectors in place of the models' tensors (sparsified over the whole tensor), then their
+        combination slice by slice into the base's tensor, so that its temporaries stay small."""
+        if base is None:
+            self.check_base(None)
+        deltas = [delta.view(-1) for delta in self._task_vectors(tensors, base, key)]
+        result = base.view(-1)
+        weight = torch.tensor(list(weights), dtype=base.dtype, device=base.device)
+        for start in range(0, result.numel(), COMBINE_ELEMENTS):
+            end = min(start + COMBINE_ELEMENTS, result.numel())
+            self._combine_([delta[start:end] for delta in deltas], weight, result[start:end])
+        return base
 
 
 @dataclass(frozen=True)
@@ -491,7 +552,7 @@ class Slerp(MergeMethod):
                 f"{count} models besides the base"
             )
 
-    def merge(self, tensors, weights, base, *, key):
+    def merge_(self, tensors, weights, base, *, key):
         if base is None:
             self.check_base(None)
         (other,) = tensors
@@ -502,11 +563,11 @@ class Slerp(MergeMethod):
         norm_b = torch.where(norm_b > SLERP_EPS, norm_b, 1)
         dot = torch.dot(a / norm_a, b / norm_b).clamp(-1, 1)
         if dot.abs() > SLERP_DOT_THRESHOLD:
-            return (base * (1 - t)).add_(other * t)
+            return base.mul_(1 - t).add_(other.mul_(t))
         theta = torch.acos(dot)
         sin_theta = torch.sin(theta)
-        result = base * (torch.sin((1 - t) * theta) / sin_theta)
-        return result.add_(other * (torch.sin(t * theta) / sin_theta))
+        result = base.mul_(torch.sin((1 - t) * theta) / sin_theta)
+        return result.add_(other.mul_(torch.sin(t * theta) / sin_theta))
 
 
 METHODS: dict[str, type[MergeMethod]] = {

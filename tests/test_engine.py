@@ -418,3 +418,55 @@ def test_cuda_device_gives_the_cpu_result(tiny_llamas, tiny_llama_bf16, tmp_path
         device="cuda",
     )
     assert "model.safetensors" in by_method.files
+
+
+EVERY_METHOD = [  # (method, parameters, streamed in chunks)
+    ("linear", {}, True),
+    ("task_arithmetic", {"normalize": True, "lambda": 0.8}, True),
+    ("ties", {}, True),
+    ("dare_linear", {"rescale": False}, True),
+    ("dare_ties", {"density": 1.0}, True),
+    ("ties", {"density": 0.5, "rescale": True}, False),
+    ("dare_linear", {"density": 0.5}, False),
+    ("dare_ties", {"density": 0.3}, False),
+    ("slerp", {"t": 0.3}, False),
+]
+
+
+@pytest.mark.parametrize("name, params, streamed", EVERY_METHOD)
+def test_every_method_gives_the_whole_tensor_result_bit_for_bit(
+    name, params, streamed, tiny_llamas, tiny_llama_bf16, tmp_path, monkeypatch
+):
+    """Chunks (elementwise methods) and rows (the others) give exactly the method on whole tensors, widened
+    as the engine widens them (float64 for linear, float32 otherwise) and cast once. Chunks, scratch blocks
+    and worker shares are made tiny and uneven so that every tensor is cut at odd places; the bf16 model is
+    widened chunk by chunk, the float32 ones read straight into their rows."""
+    from cocktail_bot import engine
+    from cocktail_bot.methods import get_method
+
+    monkeypatch.setattr(engine, "CHUNK_ELEMENTS", 3989)
+    monkeypatch.setattr(engine, "BLOCK_ELEMENTS", 61)
+    monkeypatch.setattr(engine, "SUM_WORKERS", 3)
+    method = get_method(name, params)
+    assert method.elementwise == streamed
+    if name == "linear":
+        sources, weights, base = [tiny_llama_bf16, *tiny_llamas[1:]], [0.2, 0.3, 0.5], None
+    elif name == "slerp":
+        sources, weights, base = [tiny_llama_bf16], [1.0], tiny_llamas[0]
+    else:
+        sources, weights, base = [tiny_llama_bf16, *tiny_llamas[1:]], [0.5, 0.3, -0.4], tiny_llamas[0]
+    result = run(sources, weights, tmp_path / "out", base=base, method=name, method_params=params)
+
+    wide = torch.float64 if name == "linear" else torch.float32
+    states = [state_of(folder) for folder in sources]
+    base_state = state_of(base) if base is not None else None
+    merged = state_of(result.output)
+    for key, tensor in merged.items():
+        expected = method.merge(
+            [state[key].to(wide) for state in states],
+            weights,
+            base_state[key].to(wide) if base_state is not None else None,
+            key=key,
+        )
+        assert str(tensor.dtype) == f"torch.{result.dtype}"  # the base's: bf16 for linear, else float32
+        assert torch.equal(tensor, expected.to(tensor.dtype)), key

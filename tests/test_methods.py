@@ -372,3 +372,45 @@ def test_elementwise_methods_give_the_same_result_chunk_by_chunk():
         False,
         False,
     ]
+
+
+def test_masks_built_piece_by_piece_are_the_whole_tensor_masks(monkeypatch):
+    """DARE's draws and TIES' mask are made MASK_CHUNK entries at a time: the same mask as in one piece (one
+    torch.rand call; a full sort keeping ties at the threshold by position), with ties spread over pieces."""
+    from cocktail_bot import methods
+
+    monkeypatch.setattr(methods, "MASK_CHUNK", 97)
+    generator = torch.Generator().manual_seed(4)
+    delta = torch.randn(1000, generator=generator)
+    delta[::3] = 0.5  # 334 entries tied at 0.5, in every piece
+    delta[1::7] = 0.0
+    dropped = methods.drop_randomly(delta.clone(), 0.4, False, torch.Generator().manual_seed(9))
+    draws = torch.rand(1000, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(dropped, delta * (draws < 0.4))
+    for density in (0.2, 0.5, 0.9):
+        keep = int(density * 1000)
+        order = torch.sort(delta.abs(), descending=True, stable=True).indices[:keep]
+        expected = torch.zeros_like(delta)
+        expected[order] = delta[order]
+        assert torch.equal(methods.keep_largest(delta.clone(), density, False), expected), density
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("task_arithmetic", {}),
+        ("ties", {"density": 0.5}),
+        ("dare_ties", {"density": 0.5}),
+        ("slerp", {"t": 0.3}),
+    ],
+)
+def test_merge_in_place_gives_the_same_bits_in_the_callers_buffers(name, params):
+    """What the engine calls on its own rows: the inputs are consumed and the result is one of them."""
+    generator = torch.Generator().manual_seed(6)
+    rows = torch.randn(3, 5000, generator=generator)
+    models, weights = (rows[:1], [1.0]) if name == "slerp" else (rows[:2], [0.7, -0.2])
+    method = get_method(name, params)
+    expected = method.merge(list(models), weights, rows[2], key="w")
+    result = method.merge_(list(models), weights, rows[2], key="w")
+    assert torch.equal(result, expected)
+    assert any(result.data_ptr() == row.data_ptr() for row in rows)

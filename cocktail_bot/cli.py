@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -25,13 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Merge language models LM-Cocktail style, from a cocktail.yml manifest or the command line.",
     )
     parser.add_argument("--version", action="version", version=f"cocktail-bot {__version__}")
-    parser.add_argument(
-        "-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars"
-    )
+    quiet = {"action": "store_true", "help": "only warnings and errors, no progress bars"}
+    parser.add_argument("-q", "--quiet", **quiet)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"cocktail_bot.commands.{name}")
         module.register(subparsers)
+    for subparser in subparsers.choices.values():
+        # `cocktail run x.yml -q` too; SUPPRESS keeps a -q given before the command when this one is absent.
+        subparser.add_argument("-q", "--quiet", default=argparse.SUPPRESS, **quiet)
     return parser
 
 
@@ -47,13 +50,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     # One line per HTTP request drowns the messages a user acts on; their failures surface as our errors.
-    for chatty in ("httpx", "httpcore", "urllib3"):
+    for chatty in ("httpx", "httpx2", "httpcore", "urllib3"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.handler(args) or 0)
     except CocktailError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except Terminated:
+        print("terminated: nothing was written to the output path", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted: nothing was written to the output path", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a cancelled CI job, ``docker stop``) unwinds like Ctrl-C, so the clean-up
+    that removes partial outputs and work folders runs instead of the process dying on the spot."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()

@@ -49,6 +49,7 @@ def evaluate(
         device=device,
         seed=seed,
         progress=progress,
+        labels=list(models),
     )
     return [
         EvalResult(

@@ -47,6 +47,9 @@ RETRY_DELAYS: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
 TRANSIENT_STATUS = frozenset({408, 412, 429, 500, 502, 503, 504})
 # Never uploaded: VCS data, the client's local_dir cache, editor and OS litter.
 SKIPPED_PARTS = frozenset({".git", ".cache", "__pycache__", ".DS_Store"})
+# What `cocktail run` writes beside the model about this machine's run (local paths, timings): published as
+# the card, never as files, whether the folder goes up with `run --publish` or `cocktail publish`.
+RUN_REPORTS = frozenset({"report.json", "report.md"})
 KEPT_REMOTE = frozenset({".gitattributes"})
 
 
@@ -84,7 +87,9 @@ def with_retries(call: Callable[[], T], what: str) -> T:
         except Exception as error:
             if delay is None or not is_transient(error):
                 raise
-            reason = _status(error) or type(error).__name__
+            # resolve_revision wraps the failure that matters (a dropped connection, a 503) as its cause.
+            cause = error.__cause__ if error.__cause__ is not None else error
+            reason = _status(cause) or type(cause).__name__
             logger.warning(
                 "%s failed (%s); retrying in %.0fs [%d/%d]", what, reason, delay, attempt, len(RETRY_DELAYS)
             )
@@ -106,7 +111,10 @@ def hub_errors(
         errors.RevisionResolutionError,
         errors.CachedRepoTreeNotFoundError,
         errors.LocalEntryNotFoundError,
-    ):
+    ) as error:
+        if error.__cause__ is not None and is_transient(error.__cause__):
+            # Online, the Hub did not answer (after the retries) and the cache had no copy to fall back on.
+            raise _unreachable(where, error.__cause__) from None
         raise CocktailError(
             f"{where} is not in the Hugging Face cache and the Hub cannot be used "
             "(HF_HUB_OFFLINE is set or the Hub is unreachable): run once online to cache it, "
@@ -153,11 +161,16 @@ def hub_errors(
         import httpx2
 
         if isinstance(error, httpx2.TransportError):
-            raise RemoteError(
-                f"could not reach the Hub for {where} ({type(error).__name__}): check the network "
-                "or HF_ENDPOINT and try again"
-            ) from None
+            raise _unreachable(where, error) from None
         raise
+
+
+def _unreachable(where: str, error: BaseException) -> RemoteError:
+    status = _status(error)
+    reason = f"HTTP {status}" if status else type(error).__name__
+    return RemoteError(
+        f"could not reach the Hub for {where} ({reason}): check the network or HF_ENDPOINT and try again"
+    )
 
 
 def _http_error(error: BaseException, repo_id: str, where: str, reading: bool) -> RemoteError:
@@ -211,7 +224,11 @@ def local_files(folder: Path) -> dict[str, LocalFile]:
     files = {}
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
-        if not path.is_file() or SKIPPED_PARTS.intersection(relative.parts):
+        if (
+            not path.is_file()
+            or SKIPPED_PARTS.intersection(relative.parts)
+            or relative.as_posix() in RUN_REPORTS
+        ):
             continue
         size = path.stat().st_size
         sha256, blob = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size)

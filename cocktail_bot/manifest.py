@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictFloat,
     Tag,
     TypeAdapter,
     ValidationError,
@@ -36,6 +38,7 @@ from pydantic import (
 )
 
 from cocktail_bot.errors import CocktailError
+from cocktail_bot.model_files import has_weights
 
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_YAML_NODES = 20_000  # after expanding aliases: a 1 MiB file must not expand into a "billion laughs"
@@ -91,7 +94,12 @@ def _repo_id(value: str) -> str:
 def _hub_repo_id(value: str) -> str:
     if value.startswith(LOCAL_PREFIXES):
         raise ValueError(f"{value!r} is a local path: output.repo is the Hub repo 'org/name' to publish to")
-    return _repo_id(value)
+    try:
+        return _repo_id(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a Hub repo id: output.repo is the Hub repo 'org/name' to publish to"
+        ) from None
 
 
 REFERENCE_PATTERN = r"^(\.{0,2}/.*|[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)?(@\S+)?)$"
@@ -112,7 +120,8 @@ class HubOrLocalModel(_Strict):
     revision: str | None = Field(
         None, description="branch, tag or commit sha (Hub sources only); default main"
     )
-    weight: float | None = Field(
+    # Strict: YAML's `true` or a quoted "0.5" is a mistake, not a weight of 1.0 or 0.5.
+    weight: StrictFloat | None = Field(
         None, description="this model's weight; give every model one, or use 'weights:'"
     )
 
@@ -128,7 +137,7 @@ class StepOutput(_Strict):
     """The output of an earlier step, as a source of a later one: ``{step: helpers, weight: 0.5}``."""
 
     step: str = Field(description="name of an earlier step")
-    weight: float | None = None
+    weight: StrictFloat | None = None
 
 
 def _entry_kind(value: Any) -> str | None:
@@ -202,6 +211,9 @@ def _size(value: str | int) -> str | int:
 Size = Annotated[str | int, AfterValidator(_size), Field(json_schema_extra={"pattern": SIZE_PATTERN})]
 
 
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
+
+
 class MergeOptions(_Strict):
     method: str = Field("linear", description="linear, task_arithmetic, ties, dare_linear, dare_ties, slerp")
     parameters: dict[str, float | int | str | bool | None] = Field(
@@ -216,9 +228,16 @@ class MergeOptions(_Strict):
     )
     device: str | None = Field(
         None,
-        pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+        json_schema_extra={"pattern": DEVICE_PATTERN},
         description="where weights and evaluation run: auto, cpu, cuda, cuda:N",
     )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(DEVICE_PATTERN, value):
+            raise ValueError(f"{value!r} is not a device: use auto, cpu, mps, cuda or cuda:N")
+        return value
 
     @field_validator("max_memory")
     @classmethod
@@ -606,6 +625,13 @@ class _Checker:
         if kind == "folder" and not resolved.is_dir():
             self.fail(loc, f"model folder {value!r} not found (looked at {resolved})")
             return None
+        if kind == "folder" and not has_weights(resolved):
+            self.fail(
+                loc,
+                f"model folder {value!r} has no model weights: expected model.safetensors or "
+                "pytorch_model.bin (or their shards) in it",
+            )
+            return None
         return resolved
 
     def examples(self, loc: Loc, value: str) -> Path | None:
@@ -680,6 +706,13 @@ class _Checker:
         mode, examples_path = self.weights(prefix, weights, sources, given, raw.get("weights") is not None)
         merge = _try(MergeOptions, raw.get("merge", {}))
         method = self.method(prefix, merge) if merge is not None else None
+        if merge is None and isinstance(raw.get("merge"), dict):
+            # Another merge option is wrong (the schema said which): the method and its parameters still
+            # get checked, so that one run of `validate` lists every problem.
+            chosen = {key: raw["merge"][key] for key in ("method", "parameters") if key in raw["merge"]}
+            partial = _try(MergeOptions, chosen)
+            if partial is not None:
+                self.method(prefix, partial)
         complete = None not in entries and None not in sources
         if method is not None and mode is not None and complete:
             labels = [s.label for s in sources]  # type: ignore[union-attr]
@@ -800,7 +833,16 @@ class _Checker:
 
     def check_card(self, data: dict[str, Any]) -> Path | None:
         card = data["output"].get("card") if isinstance(data.get("output"), dict) else None
-        return self.path(("output", "card"), card, kind="file") if isinstance(card, str) else None
+        resolved = self.path(("output", "card"), card, kind="file") if isinstance(card, str) else None
+        if resolved is not None:
+            from cocktail_bot.templating import check_user_template
+
+            try:
+                check_user_template(resolved)
+            except CocktailError as error:
+                self.fail(("output", "card"), str(error))
+                return None
+        return resolved
 
 
 ENTRY: TypeAdapter[Any] = TypeAdapter(ModelEntry)

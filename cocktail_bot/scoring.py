@@ -87,8 +87,12 @@ def score_models(
     device: str | torch.device = "auto",
     seed: int = 0,
     progress: bool = True,
+    labels: Sequence[str] | None = None,
 ) -> list[dict[str, Score]]:
-    """For each model folder, in order, its :class:`Score` on each named example set (already validated)."""
+    """For each model folder, in order, its :class:`Score` on each named example set (already validated).
+
+    ``labels`` name the models in the log (default: their folders, which for a merge are temporary paths).
+    """
     from tqdm.auto import tqdm
 
     model_type = ModelType.parse(model_type)
@@ -102,6 +106,7 @@ def score_models(
         )
     device = resolve_device(device)
     folders = [Path(folder) for folder in folders]
+    names = list(labels) if labels is not None else [str(folder) for folder in folders]
     network, scorer = _build(
         folders[0], model_type, example_sets, max_input_length, neg_number, batch_size, device, seed
     )
@@ -112,7 +117,7 @@ def score_models(
         network.eval()
         scores = {name: scorer(name) for name in example_sets}
         for name, score in scores.items():
-            logger.info("%s on %s: loss %.6f", folder, name, score.loss)
+            logger.info("%s on %s: loss %.6f", names[index], name, score.loss)
         results.append(scores)
     return results
 

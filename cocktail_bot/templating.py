@@ -227,8 +227,7 @@ def _render(environment: jinja2.Environment, name: str, context: Mapping[str, An
     except CocktailError:
         raise
     except jinja2.TemplateSyntaxError as error:
-        where = f"{error.filename or name}:{error.lineno}"
-        raise CocktailError(f"{where}: template syntax error: {error.message}") from None
+        raise _syntax_error(error, name) from None
     except jinja2.TemplateNotFound as error:
         raise CocktailError(f"{name}: template {error.name!r} not found") from None
     except Exception as error:  # a runtime error in template code: name the template line that raised it
@@ -237,6 +236,20 @@ def _render(environment: jinja2.Environment, name: str, context: Mapping[str, An
         ]
         where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else name
         raise CocktailError(f"{where}: template error: {error}") from None
+
+
+def _syntax_error(error: jinja2.TemplateSyntaxError, name: str) -> CocktailError:
+    return CocktailError(f"{error.filename or name}:{error.lineno}: template syntax error: {error.message}")
+
+
+def check_user_template(path: Path) -> None:
+    """Compile a user's template without rendering it, so that ``cocktail validate`` finds syntax errors
+    before a run spends its time on the merge."""
+    environment = _environment(_Loader(path.parent), sandboxed=True)
+    try:
+        environment.get_template(path.name)
+    except jinja2.TemplateSyntaxError as error:
+        raise _syntax_error(error, path.name) from None
 
 
 def render_builtin(name: str, context: Mapping[str, Any]) -> str:

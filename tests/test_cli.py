@@ -1,8 +1,13 @@
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 from cocktail_bot import __version__
-from cocktail_bot.cli import main
+from cocktail_bot.cli import build_parser, main
+from cocktail_bot.commands import validate
 
 
 def test_version_from_console_script_and_module(capsys):
@@ -31,3 +36,31 @@ def test_quiet_hides_progress_bars(tiny_llamas, tmp_path):
     assert loud.returncode == quiet.returncode == 0, loud.stderr + quiet.stderr
     assert "it/s]" in loud.stderr or "B/s]" in loud.stderr
     assert "it/s]" not in quiet.stderr and "B/s]" not in quiet.stderr
+
+
+def test_quiet_goes_before_or_after_the_command():
+    parser = build_parser()
+    assert parser.parse_args(["validate", "cocktail.yml"]).quiet is False
+    assert parser.parse_args(["-q", "validate", "cocktail.yml"]).quiet is True
+    assert parser.parse_args(["validate", "cocktail.yml", "-q"]).quiet is True
+    assert parser.parse_args(["run", "cocktail.yml", "--quiet", "--out", "out"]).quiet is True
+
+
+def test_sigterm_unwinds_like_ctrl_c_so_work_folders_are_removed(monkeypatch, tmp_path, capsys):
+    work = tmp_path / ".out.partial"
+
+    def handle(args):
+        work.mkdir()
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # not reached: the signal handler raises first
+        finally:
+            shutil.rmtree(work)
+        return 0
+
+    monkeypatch.setattr(validate, "handle", handle)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["validate", "cocktail.yml"]) == 143
+    assert not work.exists()
+    assert capsys.readouterr().err == "terminated: nothing was written to the output path\n"
+    assert signal.getsignal(signal.SIGTERM) is before

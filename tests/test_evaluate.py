@@ -18,14 +18,20 @@ def write(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def test_decoder_table_shows_each_model_best_on_its_own_task(trained_decoders, tmp_path) -> None:
+def test_decoder_table_shows_each_model_best_on_its_own_task(trained_decoders, tmp_path, caplog) -> None:
     sets = {
         task: write(tmp_path / f"{task}.jsonl", tiny_tasks.make_examples(task, 4, seed=31))
         for task in ("sentiment", "topic")
     }
     models = {name: trained_decoders[name] for name in ("base", "sentiment", "topic")}
 
-    results = evaluate(models, "decoder", sets, progress=False)
+    with caplog.at_level("INFO", logger="cocktail_bot.scoring"):
+        results = evaluate(models, "decoder", sets, progress=False)
+
+    # the log names models by their labels (a merge's folder is a temporary path a user cannot place)
+    assert [m.split(": loss")[0] for m in caplog.messages if ": loss" in m] == [
+        f"{model} on {task}" for model in models for task in sets
+    ]
 
     assert [(r.eval_set, r.model) for r in results] == [(s, m) for s in sets for m in models]
     assert all(r.accuracy is None and r.examples == 4 for r in results)

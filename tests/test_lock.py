@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,15 @@ def test_round_trip_is_stable_and_sorted(model_folder: Path, tmp_path: Path) -> 
     assert list(json.loads(path.read_text())) == sorted(json.loads(path.read_text()))
     assert sorted(lock.output) == ["1_Pooling/config.json", "config.json", "model.safetensors"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
+
+
+def test_the_lock_gets_the_usual_file_mode_not_a_temporary_files(model_folder: Path, tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        write_lock(tmp_path / "cocktail.lock", make_lock(model_folder))
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "cocktail.lock").stat().st_mode) == 0o644
 
 
 def test_default_lock_path_is_beside_the_manifest() -> None:

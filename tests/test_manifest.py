@@ -21,8 +21,10 @@ def repo(tmp_path: Path) -> Path:
     """A git-like repository: `.git` marks its top level; a local model folder and example files inside."""
     root = tmp_path / "repo"
     (root / ".git").mkdir(parents=True)
-    (root / "models" / "a").mkdir(parents=True)
-    (root / "models" / "b").mkdir(parents=True)
+    for model in ("a", "b"):
+        (root / "models" / model).mkdir(parents=True)
+        (root / "models" / model / "model.safetensors").write_bytes(b"")  # only its presence is checked
+    (root / "models" / "no-weights").mkdir()
     (root / "examples").mkdir()
     (root / "examples" / "train.jsonl").write_text('{"input": "a", "output": "b"}\n')
     (root / "card.md.j2").write_text("# {{ report.name }}\n")
@@ -120,6 +122,14 @@ BAD = [
         id="missing-local-model",
     ),
     pytest.param(
+        HEADER + "models: [org/a, ./models/no-weights]\nweights: uniform\n",
+        [
+            "4: models[1]: model folder './models/no-weights' has no model weights: expected "
+            "model.safetensors or pytorch_model.bin (or their shards) in it"
+        ],
+        id="local-model-without-weights",
+    ),
+    pytest.param(
         HEADER + "models: [org/a, ../outside]\nweights: uniform\n",
         [
             "4: models[1]: '../outside' resolves to {parent}/outside, outside the repository {root}; "
@@ -157,9 +167,17 @@ BAD = [
         [
             "6: merge.dtype: 'fp16' is not allowed; expected one of float32, float16, bfloat16",
             "6: merge.shard_size: '5XB' is not a size: write a number of bytes or e.g. '500MB', '5GB'",
-            "6: merge.device: string should match pattern '^(auto|cpu|mps|cuda(:\\d+)?)$' (got 'tpu')",
+            "6: merge.device: 'tpu' is not a device: use auto, cpu, mps, cuda or cuda:N",
         ],
         id="merge-options",
+    ),
+    pytest.param(
+        HEADER + "models: [org/a, org/b]\nweights: uniform\nmerge: {method: linaer, dtype: fp16}\n",
+        [
+            "6: merge.dtype: 'fp16' is not allowed; expected one of float32, float16, bfloat16",
+            "6: merge.method: unknown merge method 'linaer'; did you mean 'linear'?",
+        ],
+        id="method-checked-beside-a-bad-option",
     ),
     pytest.param(
         HEADER + "models: [org/a]\nweights: uniform\noutput: {repo: ./x, card: ../../card.j2}\n",
@@ -170,6 +188,21 @@ BAD = [
             "keep manifest paths inside the repository",
         ],
         id="output",
+    ),
+    pytest.param(
+        HEADER + "models: [org/a]\nweights: uniform\noutput: {repo: my org/x}\n",
+        [
+            "6: output.repo: 'my org/x' is not a Hub repo id: output.repo is the Hub repo 'org/name' to publish to"
+        ],
+        id="output-repo-not-an-id",
+    ),
+    pytest.param(
+        HEADER + "models:\n  - {id: org/a, weight: true}\n  - {id: org/b, weight: '0.5'}\n",
+        [
+            "5: models[0].weight: input should be a valid number (got True)",
+            "6: models[1].weight: input should be a valid number (got '0.5')",
+        ],
+        id="weights-are-numbers",
     ),
     pytest.param(
         HEADER + "models: [org/a]\nweights: uniform\neval:\n  - {name: x, examples: examples/train.jsonl}\n"
@@ -290,6 +323,16 @@ def test_symlink_escaping_the_repository_is_refused(repo: Path, tmp_path: Path) 
     assert found == [
         f"5: weights.examples: 'examples/link.jsonl' resolves to {secret}, outside the repository "
         f"{repo}; keep manifest paths inside the repository"
+    ]
+
+
+def test_a_card_template_with_a_syntax_error_fails_validation(repo: Path) -> None:
+    """Found by `cocktail validate`, not after a run has merged and evaluated the models."""
+    (repo / "card.md.j2").write_text("# {{ report.name }}\n{% for source in %}\n")
+    found = problems(repo, HEADER + "models: [org/a, org/b]\nweights: uniform\noutput: {card: card.md.j2}\n")
+    assert found == [
+        f"6: output.card: {repo}/card.md.j2:2: template syntax error: "
+        "Expected an expression, got 'end of statement block'"
     ]
 
 

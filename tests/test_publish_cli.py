@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +44,33 @@ def test_publish_prints_the_commit_url_then_reports_no_change(hub_server, model,
         f"{hub_server.endpoint}/cocktail/llama-cocktail/commit/{sha}\n"
     )
     assert hub_server.write_token not in out + err
+
+
+def test_publish_in_a_subprocess_logs_what_it_does_not_each_request_nor_the_token(hub_server, model):
+    """huggingface_hub talks through httpx2, whose INFO log has one line per request: the CLI keeps it out."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cocktail_bot", "publish", str(model), "--repo", "cocktail/llama-cocktail"],
+        env={**os.environ, "HF_TOKEN": hub_server.write_token},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "publishing 5 changed files" in done.stderr
+    assert "HTTP Request:" not in done.stderr
+    assert hub_server.write_token not in done.stdout + done.stderr
+
+
+def test_the_run_reports_beside_a_built_model_are_not_published(hub_server, model, monkeypatch, capsys):
+    """As with `cocktail run --publish`: report.json holds this machine's paths, and the card has the rest."""
+    (model / "report.json").write_text('{"path": "/home/someone/models/llama"}')
+    (model / "report.md").write_text("# the run\n")
+    (model / "docs").mkdir()
+    (model / "docs" / "report.md").write_text("a file of the model's own\n")
+    monkeypatch.setenv("HF_TOKEN", hub_server.write_token)
+    assert main(["publish", str(model), "--repo", "cocktail/llama-cocktail"]) == 0
+    remote = hub_server.files("cocktail/llama-cocktail")
+    assert "report.json" not in remote and "report.md" not in remote
+    assert "docs/report.md" in remote and "model.safetensors" in remote
 
 
 def test_publish_as_a_hub_pull_request_with_a_message(hub_server, model, monkeypatch, capsys):

@@ -257,6 +257,17 @@ def test_offline_mode_uses_the_cache_and_says_what_is_missing(hub_server, llama_
     )
 
 
+def test_an_unreachable_hub_is_named_as_such_not_as_offline_mode(caplog):
+    with pytest.raises(CocktailError) as error:
+        resolve_source("cocktail/never-cached", endpoint="http://127.0.0.1:9")
+    assert error.value.exit_code == 1
+    assert str(error.value) == (
+        "could not reach the Hub for cocktail/never-cached (ConnectError): check the network or HF_ENDPOINT "
+        "and try again"
+    )
+    assert "resolving cocktail/never-cached failed (ConnectError); retrying in 0s [1/3]" in caplog.messages
+
+
 def test_transient_hub_errors_are_retried(hub_server, llama_repo):
     hub_server.fail("model_info", 503, times=2)
     assert resolve_source(REPO, download=False).resolved_revision == llama_repo[1]

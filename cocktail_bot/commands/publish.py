@@ -15,7 +15,8 @@ def register(subparsers) -> None:
         "publish",
         help="upload a model folder to the Hugging Face Hub",
         description="Upload DIR to a Hub model repo in one commit, creating the repo when missing; identical "
-        "files make no commit. The token comes from HF_TOKEN or OIDC trusted publishing (HF_OIDC_RESOURCE).",
+        "files make no commit; the run's report.json and report.md stay local. The token comes from HF_TOKEN "
+        "or OIDC trusted publishing (HF_OIDC_RESOURCE).",
     )
     parser.add_argument("folder", type=Path, metavar="DIR", help="the model folder to upload")
     parser.add_argument("--repo", required=True, metavar="ID", help="Hub repo id, org/name")

@@ -375,6 +375,8 @@ def _check_output(output: Path, models: Sequence[Path], force: bool) -> None:
             raise CocktailError(
                 f"the output folder {output} holds the model {model}: choose another output folder"
             )
+    if output.exists() and not output.is_dir():
+        raise CocktailError(f"the output path {output} is a file, not a folder: choose another output folder")
     if output.exists() and not force:
         raise CocktailError(
             f"the output folder {output} already exists: choose another one or pass --force to replace it"
@@ -413,6 +415,16 @@ def _update_config_dtype(folder: Path, dtype: torch.dtype) -> None:
     if changed:
         config.update(changed)
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _staging_folder(output: Path) -> Path:
+    """A fresh folder beside ``output`` that becomes it. mkdtemp makes it private (0700); it gets the mode a plain
+    mkdir would give, so the finished model is as readable as any other folder the user creates."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    return folder
 
 
 def _replace(temporary: Path, output: Path) -> None:
@@ -492,7 +504,7 @@ def merge(
         layout = {relative: plan.shards(relative, max_shard_bytes) for relative in plan.dirs}
         copied = support_files(base_path)
         output.parent.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+        temporary = _staging_folder(output)
         writers: list[ShardWriter] = []
         try:
             files = copy_files(base_path, temporary, copied)
@@ -539,5 +551,5 @@ def merge(
     files = dict(sorted(files.items()))
     total_bytes = sum((output / name).stat().st_size for name in files)
     seconds = time.perf_counter() - started
-    logger.info("wrote %s (%.2f GB) in %.1f s", output, total_bytes / 1e9, seconds)
+    logger.debug("wrote %s (%.2f GB) in %.1f s", output, total_bytes / 1e9, seconds)
     return MergeResult(output, files, total_bytes, dtype_name, seconds)

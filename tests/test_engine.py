@@ -314,6 +314,25 @@ def test_existing_output_needs_force(tiny_llamas, tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
 
 
+def test_output_is_never_a_file_even_with_force(tiny_llamas, tmp_path):
+    output = tmp_path / "notes.txt"
+    output.write_text("mine")
+    with pytest.raises(CocktailError) as error:
+        run(tiny_llamas[:2], [0.5, 0.5], output, force=True)
+    assert (
+        str(error.value) == f"the output path {output} is a file, not a folder: choose another output folder"
+    )
+    assert output.read_text() == "mine"
+
+
+def test_output_folder_has_the_mode_of_a_plain_mkdir(tiny_llamas, tmp_path):
+    """The staging folder is private while it is built; the finished model is readable like any other folder."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    result = run(tiny_llamas[:2], [0.5, 0.5], tmp_path / "out")
+    assert result.output.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
 def test_output_cannot_be_a_source(tiny_llamas, tmp_path):
     source = tmp_path / "model"
     shutil.copytree(tiny_llamas[0], source)

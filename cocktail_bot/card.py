@@ -76,7 +76,7 @@ def build_card_data(report: Report) -> ModelCardData:
     ]
     return ModelCardData(
         base_model=base_models or None,
-        base_model_relation="merge",
+        base_model_relation="merge" if base_models else None,
         library_name=report.library_name or "transformers",
         pipeline_tag=pipeline_tag,
         license=report.license,

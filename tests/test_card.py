@@ -236,6 +236,16 @@ def test_card_matches_golden():
     assert_tables_well_formed(card)
 
 
+def test_card_of_local_sources_claims_no_merge_relation():
+    """Without a Hub source there is no model tree to join: no base_model, so no base_model_relation either."""
+    report = two_step_report()
+    local = report.model_copy(
+        update={"sources": [s.model_copy(update={"repo_id": None}) for s in report.sources]}
+    )
+    built = ModelCard(render_card(local)).data.to_dict()
+    assert "base_model" not in built and "base_model_relation" not in built
+
+
 def test_card_metadata_round_trips_through_model_card():
     report = two_step_report()
     built = build_card_data(report).to_dict()

@@ -155,7 +155,7 @@ def test_pr_builds_publishes_a_preview_and_keeps_one_comment(run, github_server,
         "Hub pull request:",
         "[workflow run](https://github.com/acme/recipes/actions/runs/4202)",
         "<details><summary>Model card (README.md)</summary>",
-        "base_model_relation: merge",
+        "- lm-cocktail",  # the card's metadata, inside the collapsed section
     ):
         assert expected in body
 
@@ -176,7 +176,7 @@ def test_pr_builds_publishes_a_preview_and_keeps_one_comment(run, github_server,
     )
     assert outputs["status"] == "success"
     assert Path(outputs["report-path"]).read_text() == second.summary.rstrip("\n") + "\n"
-    assert second.summary.startswith(MARKER) and "base_model_relation: merge" in second.summary
+    assert second.summary.startswith(MARKER) and "- lm-cocktail" in second.summary
 
     # tokens are only ever printed inside the mask command
     for done in (first, second):

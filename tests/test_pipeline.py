@@ -89,7 +89,7 @@ def test_two_step_recipe_builds_the_final_step_only(built: tuple[Path, Path, Rep
     assert report.peak_rss_bytes > 0 and report.seconds > 0
     assert Report.model_validate_json((out / "report.json").read_text()) == report
     card = (out / "README.md").read_text()
-    assert "helpers" in card and "final" in card and "base_model_relation: merge" in card
+    assert "helpers" in card and "final" in card and "- lm-cocktail" in card
 
 
 def test_lock_beside_the_manifest_and_in_the_output(built: tuple[Path, Path, Report]) -> None:

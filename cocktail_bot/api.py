@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cocktail_bot.engine import check_arguments, merge
+from cocktail_bot.errors import CocktailError
 from cocktail_bot.model_types import ModelType, load_transformers_model
+from cocktail_bot.weights import compute_weights
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ def _mix_and_load(
 
 
 def mix_models(
-    model_names_or_paths: list[str], model_type: str, weights: list[float], output_path: str = None
+    model_names_or_paths: list[str], model_type: str, weights: list[float], output_path: str | None = None
 ):
     """Merge models with the given weights (one per model, summing to 1) and return the merged model.
 
@@ -69,7 +71,7 @@ def mix_models(
 
 
 def mix_models_by_layers(
-    model_names_or_paths: list[str], model_type: str, weights: list[float], output_path: str = None
+    model_names_or_paths: list[str], model_type: str, weights: list[float], output_path: str | None = None
 ):
     """LM_Cocktail's low-memory variant; the engine always streams, so this is ``mix_models``."""
     return _mix_and_load(model_names_or_paths, model_type, weights, output_path)
@@ -83,7 +85,7 @@ def mix_models_with_data(
     batch_size: int = 2,
     max_input_length: int = 2048,
     neg_number: int = 7,
-    output_path: str = None,
+    output_path: str | None = None,
     *,
     example_ata: list[dict] | None = None,
 ):
@@ -94,9 +96,6 @@ def mix_models_with_data(
     them). The weights are printed as LM_Cocktail prints them; the merged model is returned and, with
     ``output_path``, saved.
     """
-    from cocktail_bot.errors import CocktailError
-    from cocktail_bot.weights import compute_weights
-
     if example_data is not None and example_ata is not None:
         raise CocktailError("both example_data and example_ata were given: pass the examples once")
     examples = example_data if example_data is not None else example_ata

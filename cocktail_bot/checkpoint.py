@@ -20,7 +20,13 @@ from pathlib import Path
 import torch
 
 from cocktail_bot.errors import CocktailError
-from cocktail_bot.model_files import PICKLE_FILE, PICKLE_INDEX, SAFETENSORS_FILE, SAFETENSORS_INDEX
+from cocktail_bot.model_files import (
+    PICKLE_FILE,
+    PICKLE_INDEX,
+    SAFETENSORS_FILE,
+    SAFETENSORS_INDEX,
+    no_weights_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -188,10 +194,7 @@ class Checkpoint:
             self._load_pickles()
             files = []
         else:
-            raise CocktailError(
-                f"no model weights in {self.folder}: expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, "
-                f"{PICKLE_FILE} or {PICKLE_INDEX}"
-            )
+            raise no_weights_error(self.folder)
         for path in files:
             for name, entry in _safetensors_entries(path).items():
                 if name in self._entries:

@@ -514,7 +514,8 @@ def merge(
             parts = []
             for relative, shards in layout.items():
                 (temporary / relative).mkdir(parents=True, exist_ok=True)
-                write_index(temporary / relative, shards)
+                if (index := write_index(temporary / relative, shards)) is not None:
+                    files[index.relative_to(temporary).as_posix()] = file_sha256(index)
                 for shard in shards:
                     writers.append(ShardWriter(temporary / relative / shard.filename, shard))
                     parts.append((relative, shard, writers[-1].write))
@@ -538,10 +539,6 @@ def merge(
             for writer in writers:
                 files[writer.path.relative_to(temporary).as_posix()] = writer.finish()
             writers.clear()
-            for relative, shards in layout.items():
-                if len(shards) > 1:
-                    index = Path(relative, "model.safetensors.index.json").as_posix()
-                    files[index] = file_sha256(temporary / index)
             _replace(temporary, output)
         except BaseException:
             for writer in writers:

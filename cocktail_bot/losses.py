@@ -19,6 +19,7 @@ the arithmetic and the batching, and does not care how a model was loaded or poo
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -175,6 +176,11 @@ def _batched(items: Sequence, size: int) -> list[Sequence]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
+def _group_starts(sizes: Sequence[int]) -> list[int]:
+    """The index of each group's first item (its positive) when groups of ``sizes`` are laid end to end."""
+    return [0, *itertools.accumulate(sizes)][: len(sizes)]
+
+
 def _top1(scores: torch.Tensor) -> bool:
     """The positive (index 0) ranks first; ties go to the positive, as argmax keeps the first maximum."""
     return int(torch.argmax(scores)) == 0
@@ -191,7 +197,7 @@ def info_nce(
     scores = (
         F.normalize(queries.float(), dim=-1) @ F.normalize(passages.float(), dim=-1).T / INFO_NCE_TEMPERATURE
     )
-    starts = torch.tensor([sum(sizes[:i]) for i in range(len(sizes))], device=scores.device)
+    starts = torch.tensor(_group_starts(sizes), device=scores.device)
     return F.cross_entropy(scores, starts), scores
 
 
@@ -216,10 +222,9 @@ def encoder_score(
             embed([query for query, _ in batch]), embed([t for _, g in batch for t in g]), sizes
         )
         losses.append(float(loss))
-        starts = [sum(sizes[:i]) for i in range(len(sizes))]
         hits += sum(
             _top1(scores[row, start : start + size])
-            for row, (start, size) in enumerate(zip(starts, sizes, strict=True))
+            for row, (start, size) in enumerate(zip(_group_starts(sizes), sizes, strict=True))
         )
     return Score(loss=sum(losses) / len(losses), accuracy=hits / len(examples), examples=len(examples))
 

@@ -46,6 +46,14 @@ ROOT_FILE_PATTERNS = (
 ROOT_DIRS = ("additional_chat_templates",)
 
 
+def no_weights_error(folder: Path) -> CocktailError:
+    """The one message for a folder without weights, whether planning or reading finds it."""
+    return CocktailError(
+        f"no model weights in {folder}: expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, "
+        f"{PICKLE_FILE} or {PICKLE_INDEX}"
+    )
+
+
 def has_weights(folder: Path) -> bool:
     return any((Path(folder) / name).is_file() for name in WEIGHT_FILES)
 
@@ -66,10 +74,7 @@ def weight_dirs(base: Path) -> list[str]:
     """Folders (relative; ``""`` is the root) whose weights are merged: the root and modules with weights."""
     dirs = [relative for relative in ["", *module_dirs(base)] if has_weights(base / relative)]
     if not dirs:
-        raise CocktailError(
-            f"no model weights in {base}: expected model.safetensors, model.safetensors.index.json, "
-            "pytorch_model.bin or pytorch_model.bin.index.json"
-        )
+        raise no_weights_error(base)
     return dirs
 
 

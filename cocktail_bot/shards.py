@@ -117,9 +117,13 @@ def index_json(shards: Sequence[Shard]) -> str:
     return json.dumps(index, indent=2) + "\n"
 
 
-def write_index(folder: Path, shards: Sequence[Shard]) -> None:
-    if len(shards) > 1:
-        (folder / SAFETENSORS_INDEX).write_text(index_json(shards))
+def write_index(folder: Path, shards: Sequence[Shard]) -> Path | None:
+    """Write the index a sharded output needs (a single file needs none); return its path if written."""
+    if len(shards) < 2:
+        return None
+    path = folder / SAFETENSORS_INDEX
+    path.write_text(index_json(shards))
+    return path
 
 
 class ShardWriter:

@@ -26,10 +26,15 @@ class WeightsResult:
     weights: list[float]
 
 
-def softmax_weights(losses: Sequence[float], temperature: float) -> list[float]:
-    """``softmax(-loss / temperature)``, computed stably; a non-finite loss or temperature is refused."""
+def _check_temperature(temperature: float) -> None:
+    """A softmax temperature must be positive and finite (checked before any model is scored, too)."""
     if not temperature > 0 or not math.isfinite(temperature):
         raise CocktailError(f"temperature must be a positive number, got {temperature}")
+
+
+def softmax_weights(losses: Sequence[float], temperature: float) -> list[float]:
+    """``softmax(-loss / temperature)``, computed stably; a non-finite loss or temperature is refused."""
+    _check_temperature(temperature)
     if not losses:
         raise CocktailError("no losses to turn into weights: give at least one model")
     for index, loss in enumerate(losses):
@@ -61,8 +66,7 @@ def compute_weights(
     from cocktail_bot.scoring import score_models
 
     model_type = ModelType.parse(model_type)
-    if not temperature > 0:
-        raise CocktailError(f"temperature must be a positive number, got {temperature}")
+    _check_temperature(temperature)
     records = load_examples(examples, model_type)
     scores = score_models(
         models,

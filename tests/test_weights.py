@@ -166,6 +166,8 @@ def test_bad_arguments_are_refused_before_any_model_loads(trained_decoders) -> N
     examples = tiny_tasks.make_examples("topic", 2, 1)
     with pytest.raises(CocktailError, match="temperature must be a positive number, got 0"):
         compute_weights(models, "decoder", examples, temperature=0)
+    with pytest.raises(CocktailError, match="temperature must be a positive number, got inf"):
+        compute_weights(models, "decoder", examples, temperature=float("inf"))
     with pytest.raises(CocktailError, match="batch_size must be 1 or more, got 0"):
         compute_weights(models, "decoder", examples, batch_size=0)
     with pytest.raises(

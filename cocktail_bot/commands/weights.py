@@ -57,9 +57,8 @@ def handle(args: argparse.Namespace) -> int:
     from cocktail_bot.examples import load_examples
     from cocktail_bot.weights import compute_weights
 
-    examples = load_examples(
-        args.examples, args.model_type
-    )  # a bad file fails before any model is downloaded
+    # a bad file fails before any model is downloaded
+    examples = load_examples(args.examples, args.model_type)
     result = compute_weights(
         resolve_model_folders(args.models),
         args.model_type,

@@ -169,13 +169,17 @@ def decide(env: ActionEnv) -> Decision:
     return Decision("build" if env.mode == "auto" else env.mode)  # type: ignore[arg-type]
 
 
-def provenance(env: ActionEnv, decision: Decision) -> Provenance:
-    """Where the model is built; on a PR the head commit, which (unlike the merge ref) stays linkable."""
+def _head_sha(env: ActionEnv) -> str | None:
+    """A PR's head commit, which (unlike the merge ref in ``GITHUB_SHA``) stays linkable after the PR."""
     pull_request = env.event.get("pull_request") or {}
-    head_sha = (pull_request.get("head") or {}).get("sha")
+    return (pull_request.get("head") or {}).get("sha")
+
+
+def provenance(env: ActionEnv, decision: Decision) -> Provenance:
+    """Where the model is built; on a PR its head commit."""
     return Provenance(
         repository=env.repository,
-        commit=head_sha or env.sha,
+        commit=_head_sha(env) or env.sha,
         ref=env.ref,
         pr_number=decision.pr_number,
         run_url=env.run_url,
@@ -219,14 +223,13 @@ def preview_pr_title(env: ActionEnv, decision: Decision) -> str | None:
 def execute(env: ActionEnv, decision: Decision) -> tuple[ActionResult, int]:
     """Run the pipeline; any error becomes a failed result carrying the message for the comment, and the exit
     code the CLI gives that error (2 for bad input, 1 for a remote or internal failure)."""
-    pull_request = env.event.get("pull_request") or {}
     common = {
         "mode": decision.mode,
         "manifest_path": env.manifest,
         "reason": decision.reason,
         "repository": env.repository,
         "pr_number": decision.pr_number,
-        "head_sha": (pull_request.get("head") or {}).get("sha"),
+        "head_sha": _head_sha(env),
         "run_url": env.run_url,
     }
     try:

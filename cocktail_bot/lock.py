@@ -6,7 +6,6 @@ the lock in a pull request shows exactly which revision, weight or output file c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -15,12 +14,14 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cocktail_bot.errors import CocktailError
+from cocktail_bot.model_files import file_sha256
 
 LOCK_VERSION = 1
 LOCK_SUFFIX = ".lock"
+LOCK_NAME = "cocktail.lock"  # the copy of the lock that a run writes into the model folder
 # Files a run writes beside the model that describe the run rather than the model (timings, provenance): they
 # are not hashed, so that a `--locked` rebuild and `cocktail verify` compare the model itself.
-RUN_FILES = frozenset({"README.md", "report.json", "report.md", "cocktail.lock"})
+RUN_FILES = frozenset({"README.md", "report.json", "report.md", LOCK_NAME})
 
 
 class _Strict(BaseModel):
@@ -69,19 +70,11 @@ def default_lock_path(manifest_path: Path) -> Path:
     return manifest_path.with_suffix(LOCK_SUFFIX)
 
 
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def hash_folder(folder: Path, *, skip: frozenset[str] = RUN_FILES) -> dict[str, str]:
     """sha256 of every file under ``folder`` (POSIX relative names, sorted), except the run files."""
     folder = Path(folder)
     return {
-        path.relative_to(folder).as_posix(): sha256_file(path)
+        path.relative_to(folder).as_posix(): file_sha256(path)
         for path in sorted(folder.rglob("*"))
         if path.is_file() and path.relative_to(folder).as_posix() not in skip
     }
@@ -191,5 +184,5 @@ def verify_hub_repo(
                 actual[name] = sibling.lfs.sha256
             else:
                 path = hf_hub_download(repo_id, name, revision=info.sha, token=token, endpoint=endpoint)
-                actual[name] = sha256_file(Path(path))
+                actual[name] = file_sha256(Path(path))
     return compare_files(lock.output, actual)

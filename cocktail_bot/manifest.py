@@ -44,6 +44,7 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_YAML_NODES = 20_000  # after expanding aliases: a 1 MiB file must not expand into a "billion laughs"
 SINGLE_STEP_NAME = "merge"
 LOCAL_PREFIXES = ("./", "../", "/")
+STEP_PREFIX = "step:"  # how a source that is an earlier step's output is labelled
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -59,9 +60,9 @@ def _check_reference(value: str, *, allow_revision: bool) -> str:
     """A model reference is a local path (./, ../ or /) or a Hub repo id, optionally ``@revision``."""
     if value.startswith(LOCAL_PREFIXES):
         return value
-    if value.startswith("step:"):
+    if value.startswith(STEP_PREFIX):
         raise ValueError(
-            f"{value!r}: a step's output cannot be named here; list {{step: {value[5:]}, weight: ...}} first "
+            f"{value!r}: a step's output cannot be named here; list {{step: {value.removeprefix(STEP_PREFIX)}, weight: ...}} first "
             "among the models (the first model is the default base)"
         )
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -751,7 +752,7 @@ class _Checker:
                     message = f"unknown step {entry.step!r}; only steps listed before this one can be used"
                 self.fail((*loc, "step"), message)
                 return None
-            return SourceSpec(f"step:{entry.step}", "step", entry.step, None, entry.weight)
+            return SourceSpec(f"{STEP_PREFIX}{entry.step}", "step", entry.step, None, entry.weight)
         if isinstance(entry, str):
             reference, weight, revision = entry, None, None
             if not entry.startswith(LOCAL_PREFIXES) and "@" in entry:
@@ -805,8 +806,8 @@ class _Checker:
     def method(self, prefix: Loc, merge: MergeOptions):
         from cocktail_bot import methods
 
-        known = list(getattr(methods, "METHODS", {}))
-        if known and merge.method not in known:
+        known = list(methods.METHODS)
+        if merge.method not in known:
             self.fail(
                 (*prefix, "merge", "method"),
                 f"unknown merge method {merge.method!r}; {did_you_mean(merge.method, known)}",

@@ -23,6 +23,7 @@ from typing import Any
 from cocktail_bot import __version__
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.lock import (
+    LOCK_NAME,
     Lock,
     LockedSource,
     LockedStep,
@@ -31,18 +32,15 @@ from cocktail_bot.lock import (
     read_lock,
     write_lock,
 )
-from cocktail_bot.manifest import Manifest, SourceSpec, StepSpec, load_manifest
+from cocktail_bot.manifest import STEP_PREFIX, Manifest, SourceSpec, StepSpec, load_manifest
 from cocktail_bot.model_types import is_sentence_transformer
 from cocktail_bot.plan import manifest_report, plan_manifest
-from cocktail_bot.report import OutputReport, Provenance, Report, SourceReport, StepReport
+from cocktail_bot.report import OutputReport, Provenance, Report, StepReport
+from cocktail_bot.templating import MERGED
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["run_manifest", "plan_manifest", "git_provenance"]
-
-LOCK_NAME = "cocktail.lock"
-STEP_PREFIX = "step:"
-MERGED = "merged"
 
 
 @dataclass
@@ -128,7 +126,7 @@ def run_manifest(
             check_reproduced(lock, new_lock)
         report = build_report(manifest, context, step_reports, final, output_files, provenance, license_)
         report.evals = run_evals(context, final)
-        _finish_report(report, started, out, locked)
+        _finish_report(report, started, out)
         write_model_card(final, report, manifest)
         write_lock(final / LOCK_NAME, lock if lock is not None else new_lock)
         publish_error = None
@@ -364,18 +362,7 @@ def build_report(
     provenance: Provenance,
     license_: str | None,
 ) -> Report:
-    sources = [
-        SourceReport(
-            label=label,
-            repo_id=source.repo_id,
-            requested_revision=source.requested_revision,
-            resolved_revision=source.resolved_revision,
-            path=str(source.path),
-            license=source.license,
-            files=dict(source.files),
-        )
-        for label, source in context.sources.items()
-    ]
+    sources = [source.to_report() for source in context.sources.values()]
     total = sum((final / name).stat().st_size for name in files)
     return manifest_report(
         manifest,
@@ -402,7 +389,7 @@ def output_license(manifest: Manifest, sources: dict[str, Any], *, publishing: b
         return None
 
 
-def _finish_report(report: Report, started: float, out: Path, locked: bool) -> None:
+def _finish_report(report: Report, started: float, out: Path) -> None:
     assert report.output is not None
     report.output.path = str(out)
     report.seconds = round(time.perf_counter() - started, 3)

@@ -14,9 +14,10 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from cocktail_bot import __version__
-from cocktail_bot.manifest import Manifest, StepSpec, load_manifest
+from cocktail_bot.manifest import STEP_PREFIX, Manifest, StepSpec, load_manifest
 from cocktail_bot.model_types import PIPELINE_TAG, ModelType
 from cocktail_bot.report import Provenance, Report, SourceReport, StepReport
+from cocktail_bot.templating import fmt_size
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
@@ -84,8 +85,9 @@ def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | 
     for step in manifest.steps:
         inputs = [weight_bytes.get(source.label, 0) for source in step.models]
         largest = max(inputs, default=0)
-        output = _scaled(largest, step, manifest, resolved)
-        weight_bytes[f"step:{step.name}"] = output
+        source_dtype = _source_dtype(step, resolved)  # read once: both estimates below scale by it
+        output = _scaled(largest, source_dtype, step.merge.dtype)
+        weight_bytes[f"{STEP_PREFIX}{step.name}"] = output
         steps.append(
             PlannedStep(
                 name=step.name,
@@ -98,7 +100,7 @@ def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | 
         chunk = min(largest, CHUNK_ELEMENTS * 4)
         peak = max(peak, chunk * (len(step.models) + 2) * (PREFETCH + 1))
         if step.weights_mode == "examples" or manifest.eval_sets:
-            peak = max(peak, int(_as_float32(largest, step, manifest, resolved) * INFERENCE_OVERHEAD))
+            peak = max(peak, int(_scaled(largest, source_dtype or "float32", "float32") * INFERENCE_OVERHEAD))
     download = sum(source.download_bytes for source in sources)
     max_memory = manifest.steps[-1].merge.max_memory
     return Plan(
@@ -136,16 +138,11 @@ def _source_dtype(step: StepSpec, resolved: dict[str, Any]) -> str | None:
     return None
 
 
-def _scaled(nbytes: int, step: StepSpec, manifest: Manifest, resolved: dict[str, Any]) -> int:
-    source = _source_dtype(step, resolved)
-    if step.merge.dtype is None or source is None:
+def _scaled(nbytes: int, source: str | None, target: str | None) -> int:
+    """``nbytes`` of ``source`` tensors as ``target``; unchanged when either dtype is unknown."""
+    if source is None or target is None:
         return nbytes
-    return nbytes * DTYPE_BYTES[step.merge.dtype] // DTYPE_BYTES[source]
-
-
-def _as_float32(nbytes: int, step: StepSpec, manifest: Manifest, resolved: dict[str, Any]) -> int:
-    source = _source_dtype(step, resolved) or "float32"
-    return nbytes * 4 // DTYPE_BYTES[source]
+    return nbytes * DTYPE_BYTES[target] // DTYPE_BYTES[source]
 
 
 def _relative(path: Path | None, manifest: Manifest) -> str | None:
@@ -162,14 +159,6 @@ def describe_weights(step: StepSpec, manifest: Manifest) -> str:
     return f"from examples {where} (softmax(-loss/{step.example_weights.temperature:g}))"
 
 
-def human_bytes(value: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError  # unreachable
-
-
 def render_plan(plan: Plan) -> str:
     """The plan as a person reads it in a terminal or a CI log."""
     lines = [f"{plan.manifest}: {plan.name} ({plan.model_type}), {len(plan.steps)} step(s)", "sources:"]
@@ -177,23 +166,22 @@ def render_plan(plan: Plan) -> str:
         if source.repo_id:
             lines.append(
                 f"  {source.label} -> {source.resolved_revision} "
-                f"({human_bytes(source.download_bytes)} to download)"
+                f"({fmt_size(source.download_bytes)} to download)"
             )
         else:
-            lines.append(f"  {source.label} (local, {human_bytes(source.weight_bytes)} of weights)")
+            lines.append(f"  {source.label} (local, {fmt_size(source.weight_bytes)} of weights)")
     lines.append("steps:")
     for number, step in enumerate(plan.steps, 1):
         lines.append(f"  {number}. {step.name}: {step.method} of {', '.join(step.models)}")
-        lines.append(f"     weights {step.weights}; output ~{human_bytes(step.output_bytes)}")
+        lines.append(f"     weights {step.weights}; output ~{fmt_size(step.output_bytes)}")
     lines.append(
-        f"estimates: download {human_bytes(plan.download_bytes)}, peak memory "
-        f"~{human_bytes(plan.peak_memory_bytes)}, disk ~{human_bytes(plan.disk_bytes)}, "
-        f"output ~{human_bytes(plan.output_bytes)}"
+        f"estimates: download {fmt_size(plan.download_bytes)}, peak memory "
+        f"~{fmt_size(plan.peak_memory_bytes)}, disk ~{fmt_size(plan.disk_bytes)}, "
+        f"output ~{fmt_size(plan.output_bytes)}"
     )
     if plan.max_memory_bytes is not None and plan.peak_memory_bytes > plan.max_memory_bytes:
         lines.append(
-            f"warning: the estimated peak memory exceeds merge.max_memory "
-            f"({human_bytes(plan.max_memory_bytes)})"
+            f"warning: the estimated peak memory exceeds merge.max_memory ({fmt_size(plan.max_memory_bytes)})"
         )
     target = f"{plan.output_repo} ({'private' if plan.private else 'public'})" if plan.output_repo else "none"
     lines.append(f"publish to: {target}")

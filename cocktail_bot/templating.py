@@ -24,11 +24,11 @@ from jinja2.loaders import split_template_path
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from cocktail_bot.errors import CocktailError
+from cocktail_bot.manifest import STEP_PREFIX
 from cocktail_bot.report import EvalResult, Report
 
 TEMPLATES_PACKAGE = "cocktail_bot.templates"
 MERGED = "merged"
-STEP_PREFIX = "step:"  # how a source that is an earlier step's output is labelled
 
 
 # --- filters: values into Markdown --------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from cocktail_bot.errors import CocktailError
 from cocktail_bot.lock import read_lock
 from cocktail_bot.manifest import load_manifest
 from cocktail_bot.pipeline import run_manifest
-from cocktail_bot.plan import build_plan, plan_manifest
+from cocktail_bot.plan import Plan, PlannedSource, PlannedStep, build_plan, plan_manifest, render_plan
 
 MANIFEST = """\
 version: 1
@@ -65,6 +66,46 @@ def test_plan_pins_branches_and_tags_without_downloading(
     assert report.status == "planned" and report.sources[0].resolved_revision == shas["a-v1"]
 
 
+def test_plan_text_shows_sizes_in_the_hubs_decimal_units() -> None:
+    plan = Plan(
+        name="sizes",
+        model_type="decoder",
+        manifest="cocktail.yml",
+        manifest_sha256="0" * 64,
+        sources=[
+            PlannedSource(
+                label="./a",
+                repo_id=None,
+                requested_revision=None,
+                resolved_revision=None,
+                download_bytes=0,
+                weight_bytes=1500,
+            )
+        ],
+        steps=[
+            PlannedStep(name="merge", models=["./a"], method="linear", weights="given: 1", output_bytes=999)
+        ],
+        download_bytes=0,
+        output_bytes=999,
+        disk_bytes=2_500_000,
+        peak_memory_bytes=3_000_000_000,
+        max_memory_bytes=1_000_000_000,
+        output_repo=None,
+        private=True,
+    )
+    assert render_plan(plan) == (
+        "cocktail.yml: sizes (decoder), 1 step(s)\n"
+        "sources:\n"
+        "  ./a (local, 1.5 kB of weights)\n"
+        "steps:\n"
+        "  1. merge: linear of ./a\n"
+        "     weights given: 1; output ~999 B\n"
+        "estimates: download 0 B, peak memory ~3.0 GB, disk ~2.5 MB, output ~999 B\n"
+        "warning: the estimated peak memory exceeds merge.max_memory (1.0 GB)\n"
+        "publish to: none\n"
+    )
+
+
 def test_plan_of_a_missing_repo_names_it(hub_recipe, capsys: pytest.CaptureFixture[str]) -> None:
     manifest, _ = hub_recipe
     manifest.write_text(MANIFEST.format(revision="main").replace("cocktail/llama-b", "cocktail/nope"))
@@ -93,3 +134,19 @@ def test_hub_build_locks_commits_and_rebuilds_them_after_the_branch_moves(
     ]
     for name in first.output.files:
         assert (again / name).read_bytes() == (manifest.parent.parent / "out" / name).read_bytes()
+
+
+def test_plan_scales_sizes_by_the_merge_dtype(tmp_path: Path, tiny_llamas: list[Path]) -> None:
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    for index, folder in enumerate(tiny_llamas[:2]):
+        shutil.copytree(folder, repo / f"m{index}")
+    (repo / "cocktail.yml").write_text(
+        "version: 1\nname: half\ntype: decoder\n"
+        "models: [{id: ./m0, weight: 0.5}, {id: ./m1, weight: 0.5}]\n"
+        "merge: {dtype: float16}\n"
+    )
+    plan = build_plan(load_manifest(repo / "cocktail.yml"))
+    weights = plan.sources[0].weight_bytes
+    assert weights > 0 and plan.output_bytes == weights * 2 // 4  # float32 sources (their config) as float16
+    assert plan.steps[0].output_bytes == plan.output_bytes

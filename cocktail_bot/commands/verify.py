@@ -26,11 +26,11 @@ def register(subparsers) -> None:
 
 
 def handle(args) -> int:
-    from cocktail_bot.lock import read_lock, verify_folder, verify_hub_repo
+    from cocktail_bot.lock import LOCK_NAME, read_lock, verify_folder, verify_hub_repo
 
     target = args.target
     if Path(target).is_dir():
-        lock_path = Path(args.lock) if args.lock else Path(target) / "cocktail.lock"
+        lock_path = Path(args.lock) if args.lock else Path(target) / LOCK_NAME
         lock = read_lock(lock_path)
         differences = verify_folder(target, lock)
     elif HUB_REFERENCE.match(target):

@@ -1,7 +1,8 @@
 """The ``cocktail`` command: parses arguments, dispatches to one module per subcommand, turns errors into messages.
 
 Each module in :mod:`cocktail_bot.commands` registers its own subcommand and imports heavy libraries (torch,
-transformers) only inside its handler, so ``cocktail --version`` and ``cocktail validate`` start fast.
+transformers) only inside its handler, so ``cocktail --version`` and ``--help`` start fast and a command loads only
+what it uses (``validate`` and ``plan`` load torch through the merge methods' parameter checks).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from cocktail_bot import __version__
 from cocktail_bot.errors import CocktailError
 
-COMMANDS = ("mix", "weights", "validate", "schema", "plan", "run", "verify", "publish", "action")
+COMMANDS = ("mix", "weights", "validate", "schema", "plan", "run", "update", "verify", "publish", "action")
 
 
 def build_parser() -> argparse.ArgumentParser:

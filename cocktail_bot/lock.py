@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.model_files import file_sha256
+from cocktail_bot.report import EvalResult
 
 LOCK_VERSION = 1
 LOCK_SUFFIX = ".lock"
@@ -57,6 +58,10 @@ class Lock(_Strict):
     sources: list[LockedSource]
     steps: list[LockedStep]
     output: dict[str, str] = Field(description="the final model's files: name -> sha256")
+    evals: list[EvalResult] = Field(
+        default_factory=list,
+        description="the eval results of this build, so that `cocktail update` shows them before and after",
+    )
 
     def source(self, label: str) -> LockedSource | None:
         return next((source for source in self.sources if source.label == label), None)

@@ -125,7 +125,7 @@ def run_manifest(
         if lock is not None:
             check_reproduced(lock, new_lock)
         report = build_report(manifest, context, step_reports, final, output_files, provenance, license_)
-        report.evals = run_evals(context, final)
+        report.evals = new_lock.evals = run_evals(context, final)
         _finish_report(report, started, out)
         write_model_card(final, report, manifest)
         write_lock(final / LOCK_NAME, lock if lock is not None else new_lock)

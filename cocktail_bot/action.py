@@ -27,7 +27,7 @@ from cocktail_bot.report import Provenance, Report
 
 logger = logging.getLogger(__name__)
 
-MODES = ("auto", "plan", "build", "publish")
+MODES = ("auto", "plan", "build", "publish", "update")
 # action.yml input -> the variable its run step sets for this entry (tests/test_action_yml.py checks both);
 # python-version and extra-pip are used by action.yml itself, to install the package.
 INPUT_VARIABLES = {
@@ -307,6 +307,17 @@ def run_action(environ: Mapping[str, str]) -> int:
     github.mask_secrets([env.hf_token, env.github_token], sys.stdout)
     if env.hf_token:  # huggingface_hub reads it from the environment, for sources and publishing alike
         os.environ["HF_TOKEN"] = env.hf_token
+    if env.mode == "update":  # the scheduled bot: cocktail_bot.update_bot
+        from cocktail_bot.update_bot import run_update
+
+        return run_update(env)
+    if env.event_name == "issue_comment":  # a /cocktail command becomes the pull request run it asks for
+        from cocktail_bot.pr_commands import prepare
+
+        command_env = prepare(env)
+        if command_env is None:
+            return 0
+        env = command_env
     decision = decide(env)
     logger.info("event %s, mode %s: %s", env.event_name, env.mode, decision.mode)
     from_artifact = decision.mode == "comment"

@@ -9,7 +9,12 @@ on comment bodies (422). Like GitHub, it lets any writer edit any comment: keepi
 the client's job, and the tests check it did. ``GitHubServer.state`` is what the tests inspect.
 
 Routes (``R`` is ``/repos/{owner}/{repo}``): ``GET /user``, ``GET R``, ``GET R/pulls/{n}``,
-``GET R/issues/{n}``, ``GET|POST R/issues/{n}/comments``, ``GET|PATCH R/issues/comments/{id}``.
+``GET R/issues/{n}``, ``GET|POST R/issues/{n}/comments``, ``GET|PATCH R/issues/comments/{id}``; for the update
+bot and the ``/cocktail`` commands: ``GET|POST R/pulls`` (``state``, ``head``, ``base`` filters; a new pull
+request's head branch must exist in the repository's git folder, given with ``add_repo(git_dir=...)``, and one
+open pull request per head, as GitHub's 422s say), ``PATCH R/pulls/{n}``,
+``GET R/collaborators/{user}/permission`` (``set_permission``; "read" for anyone else, as on a public repo)
+and ``POST R/issues/comments/{id}/reactions``.
 
 ``parse_outputs`` reads a ``GITHUB_OUTPUT`` file as the runner does, for tests of the step outputs.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import subprocess
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -57,6 +63,8 @@ class Pull:
     author: str
     title: str = "Update cocktail.yml"
     state: str = "open"
+    body: str | None = None
+    merged: bool = False
 
 
 @dataclass
@@ -68,6 +76,10 @@ class GitHubState:
     repos: dict[str, dict[str, Any]] = field(default_factory=dict)
     pulls: dict[tuple[str, int], Pull] = field(default_factory=dict)
     comments: list[Comment] = field(default_factory=list)
+    permissions: dict[tuple[str, str], str] = field(default_factory=dict)  # (repo, login) -> permission
+    reactions: list[tuple[str, int, str, str]] = field(
+        default_factory=list
+    )  # repo, comment id, login, content
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # method, path, login
     lock: threading.RLock = field(default_factory=threading.RLock)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1_500_000_001))
@@ -113,13 +125,51 @@ class GitHubServer:
                 user_id = 1000 + len(self.state.users)
                 self.state.users[token] = {"login": login, "id": user_id, "type": "User"}
 
-    def add_repo(self, full_name: str, *, default_branch: str = "main", private: bool = False) -> None:
+    def add_repo(
+        self,
+        full_name: str,
+        *,
+        default_branch: str = "main",
+        private: bool = False,
+        git_dir: str | None = None,
+    ) -> None:
+        """``git_dir``: the repository's git folder (a bare repo the tests push to), where heads are looked up."""
         with self.state.lock:
             self.state.repos[full_name] = {
                 "default_branch": default_branch,
                 "private": private,
                 "id": 700_000 + len(self.state.repos),
+                "git_dir": git_dir,
             }
+
+    def set_permission(self, repo: str, login: str, permission: str) -> None:
+        """admin, write, read or none: what ``GET R/collaborators/{login}/permission`` answers."""
+        with self.state.lock:
+            self.state.permissions[(repo, login)] = permission
+
+    def pulls_of(self, repo: str) -> list[Pull]:
+        with self.state.lock:
+            return [pull for (name, _), pull in sorted(self.state.pulls.items()) if name == repo]
+
+    def branch_sha(self, repo: str, branch: str) -> str | None:
+        """The commit a branch points at in the repo's git folder (None: no such branch, or no folder)."""
+        git_dir = self.state.repos.get(repo, {}).get("git_dir")
+        if git_dir is None:
+            return None
+        done = subprocess.run(
+            [
+                "git",
+                "--git-dir",
+                git_dir,
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                f"refs/heads/{branch}^{{commit}}",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        return done.stdout.strip() or None
 
     def add_pull(
         self,
@@ -271,9 +321,15 @@ def _handler_for(server: GitHubServer) -> type[BaseHTTPRequestHandler]:
                 "comments_url": f"{api}/issues/{pull.number}/comments",
                 "html_url": f"{server.html_url}/{pull.repo}/pull/{pull.number}",
                 "user": self._login_json(pull.author),
+                "body": pull.body,
+                "merged": pull.merged,
+                "merged_at": "2026-01-01T00:00:00Z" if pull.merged else None,
                 "head": {
+                    "label": f"{(pull.head_repo or 'unknown/').split('/')[0]}:{pull.head_ref}",
                     "ref": pull.head_ref,
-                    "sha": pull.head_sha,
+                    # a pushed branch moves its pull request, as on GitHub
+                    "sha": (pull.head_repo == pull.repo and server.branch_sha(pull.repo, pull.head_ref))
+                    or pull.head_sha,
                     "repo": self._repo_json(pull.head_repo) if pull.head_repo else None,
                 },
                 "base": {"ref": pull.base_ref, "sha": "0" * 40, "repo": self._repo_json(pull.repo)},
@@ -388,6 +444,74 @@ def _handler_for(server: GitHubServer) -> type[BaseHTTPRequestHandler]:
             comment.body, comment.updated_at, comment.edits = text, _now(), comment.edits + 1
             self._send(200, self._comment_json(comment))
 
+        # --- the update bot and the /cocktail commands ---------------------------------------------------------
+        def list_pulls(self, token, user, query, body, repo) -> None:
+            state_filter = query.get("state", "open")
+            pulls = [
+                p
+                for p in server.pulls_of(repo)
+                if state_filter in ("all", p.state)
+                and (not query.get("head") or query["head"] == f"{repo.split('/')[0]}:{p.head_ref}")
+                and (not query.get("base") or query["base"] == p.base_ref)
+            ]
+            self._send(200, [self._pull_json(p) for p in pulls])
+
+        def _unprocessable(self, message: str) -> None:
+            self._error(
+                422,
+                "Validation Failed",
+                errors=[{"resource": "PullRequest", "code": "custom", "message": message}],
+            )
+
+        def create_pull(self, token, user, query, body, repo) -> None:
+            if repo not in state.repos:
+                return self._error(404, "Not Found")
+            head, base = str(body.get("head", "")), str(body.get("base", ""))
+            head_ref = head.split(":", 1)[-1]
+            head_sha = server.branch_sha(repo, head_ref)
+            if not body.get("title") or head_sha is None or server.branch_sha(repo, base) is None:
+                return self._error(
+                    422,
+                    "Validation Failed",
+                    errors=[{"resource": "PullRequest", "field": "head", "code": "invalid"}],
+                )
+            if head_sha == server.branch_sha(repo, base):
+                return self._unprocessable(f"No commits between {base} and {head_ref}")
+            if any(p.head_ref == head_ref and p.state == "open" for p in server.pulls_of(repo)):
+                return self._unprocessable(f"A pull request already exists for {head}.")
+            number = max([p.number for p in server.pulls_of(repo)] + [0]) + 1
+            pull = server.add_pull(
+                repo, number, head_sha=head_sha, head_ref=head_ref, base_ref=base, author=user["login"]
+            )
+            pull.title, pull.body = body["title"], body.get("body")
+            self._send(201, self._pull_json(pull))
+
+        def edit_pull(self, token, user, query, body, repo, number) -> None:
+            if not (pull := self._pull_or_404(repo, number)):
+                return
+            pull.title = body.get("title", pull.title)
+            pull.body = body.get("body", pull.body)
+            if body.get("state") in ("open", "closed"):
+                pull.state = body["state"]
+            self._send(200, self._pull_json(pull))
+
+        def get_permission(self, token, user, query, body, repo, login) -> None:
+            if repo not in state.repos:
+                return self._error(404, "Not Found")
+            permission = state.permissions.get((repo, login), "read")
+            self._send(
+                200, {"permission": permission, "role_name": permission, "user": self._login_json(login)}
+            )
+
+        def create_reaction(self, token, user, query, body, repo, comment_id) -> None:
+            if not self._comment_or_404(repo, comment_id):
+                return
+            content = body.get("content")
+            if content not in ("+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes"):
+                return self._error(422, "Validation Failed")
+            state.reactions.append((repo, int(comment_id), user["login"], content))
+            self._send(201, {"id": len(state.reactions), "content": content, "user": self._user_json(user)})
+
     repo = r"/repos/([^/]+/[^/]+)"
     ROUTES = [
         (r"/user", "GET", Handler.get_user),
@@ -398,6 +522,11 @@ def _handler_for(server: GitHubServer) -> type[BaseHTTPRequestHandler]:
         (repo + r"/issues/(\d+)/comments", "POST", Handler.create_comment),
         (repo + r"/issues/comments/(\d+)", "GET", Handler.get_comment),
         (repo + r"/issues/comments/(\d+)", "PATCH", Handler.edit_comment),
+        (repo + r"/pulls", "GET", Handler.list_pulls),
+        (repo + r"/pulls", "POST", Handler.create_pull),
+        (repo + r"/pulls/(\d+)", "PATCH", Handler.edit_pull),
+        (repo + r"/collaborators/([^/]+)/permission", "GET", Handler.get_permission),
+        (repo + r"/issues/comments/(\d+)/reactions", "POST", Handler.create_reaction),
     ]
     return Handler
 

@@ -18,7 +18,8 @@ from pydantic import BaseModel, Field
 
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.lock import Lock, default_lock_path, read_lock
-from cocktail_bot.manifest import Manifest, SourceSpec, load_manifest
+from cocktail_bot.manifest import load_manifest
+from cocktail_bot.recipe import Manifest, SourceSpec
 from cocktail_bot.report import EvalResult, Provenance, Report
 from cocktail_bot.templating import fmt_number
 
@@ -81,7 +82,7 @@ def current_commit(repo_id: str, revision: str | None, *, token: str | None, end
     """Where ``revision`` points on the Hub now, asked of the Hub itself: a cached ref could hide a move."""
     from huggingface_hub import HfApi, constants
 
-    from cocktail_bot.hub import hub_errors, with_retries
+    from cocktail_bot.hub_access import hub_errors, with_retries
 
     if constants.is_offline_mode():
         raise CocktailError(

@@ -155,9 +155,9 @@ def test_update_needs_a_lock_and_an_unedited_manifest(recipe: Path, capsys) -> N
 
 
 def test_an_unreachable_hub_is_an_error_not_nothing_moved(recipe: Path, hub_server, capsys, monkeypatch):
-    from cocktail_bot import hub
+    from cocktail_bot import hub_access
 
-    monkeypatch.setattr(hub, "RETRY_DELAYS", (0.0,))
+    monkeypatch.setattr(hub_access, "RETRY_DELAYS", (0.0,))
     hub_server.fail("model_info", status=0, times=2)
     capsys.readouterr()
     code = main(["update", str(recipe)])

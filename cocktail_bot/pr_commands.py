@@ -48,7 +48,8 @@ def prepare(env: ActionEnv) -> ActionEnv | None:
     if not env.github_token or not env.repository:
         raise CocktailError("/cocktail commands need the github-token input and GITHUB_REPOSITORY")
     number, login = int(issue["number"]), (comment.get("user") or {}).get("login", "")
-    repo = github.connect(env.github_token, env.api_url).get_repo(env.repository)
+    with github_api.github_errors(f"read {env.repository}", "contents: read"):
+        repo = github.connect(env.github_token, env.api_url).get_repo(env.repository)
 
     def refuse(message: str) -> None:
         github_api.react(repo, number, comment["id"], REFUSED)

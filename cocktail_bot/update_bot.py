@@ -193,9 +193,8 @@ def _update(env: ActionEnv) -> tuple[str, str, str]:
 def _repository(env: ActionEnv):
     from cocktail_bot.github_api import github_errors
 
-    client = github.connect(env.github_token, env.api_url)  # type: ignore[arg-type]
     with github_errors(f"read {env.repository}", "contents: read"):
-        return client.get_repo(env.repository)
+        return github.connect(env.github_token, env.api_url).get_repo(env.repository)  # type: ignore[arg-type]
 
 
 def _finish(env: ActionEnv, status: str, summary: str, pull_url: str) -> None:

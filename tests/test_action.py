@@ -419,7 +419,7 @@ def test_read_env_defaults_and_errors(tmp_path):
     )
     assert env.api_url == "https://api.github.com" and env.run_url is None
     with pytest.raises(
-        CocktailError, match=r"^input mode must be one of auto, plan, build, publish, not 'deploy'$"
+        CocktailError, match=r"^input mode must be one of auto, plan, build, publish, update, not 'deploy'$"
     ):
         action.read_env({"INPUT_MODE": "deploy"})
     with pytest.raises(CocktailError, match=r"^input comment must be true or false, not 'maybe'$"):

@@ -32,7 +32,7 @@ INPUTS = {
     "comment",
     "work-dir",
 }
-OUTPUTS = {"repo", "revision", "commit-url", "report-path", "status"}
+OUTPUTS = {"repo", "revision", "commit-url", "report-path", "status", "pull-request"}
 
 
 def steps_of(document: dict) -> list[dict]:

@@ -12,7 +12,7 @@ import torch
 
 from cocktail_bot.checkpoint import Checkpoint
 from cocktail_bot.errors import CocktailError
-from cocktail_bot.weights import compute_weights, softmax_weights
+from cocktail_bot.weights import DECIMALS, compute_weights, rounded_weights, softmax_weights
 from tools import tiny_models, tiny_tasks
 
 
@@ -54,8 +54,11 @@ def test_decoder_trained_on_the_examples_task_gets_the_largest_weight(
     models = [trained_decoders[name] for name in ("base", "sentiment", "topic")]
     result = compute_weights(models, "decoder", examples, device="cpu", progress=False)
     assert largest(result) == str(trained_decoders[task])
-    assert sum(result.weights) == pytest.approx(1.0)
-    assert result.weights == softmax_weights(result.losses, 5.0)
+    assert sum(result.weights) == pytest.approx(1.0, abs=1e-12)
+    assert result.weights == rounded_weights(result.losses, 5.0)
+    assert [
+        round(value, DECIMALS) for value in result.losses + result.weights
+    ] == result.losses + result.weights
 
 
 def test_temperature_sharpens_and_flattens_real_weights(trained_decoders) -> None:
@@ -141,7 +144,7 @@ def test_streamed_weights_equal_freshly_loaded_ones_across_dtypes(trained_decode
     backward = compute_weights(
         [tiny_llama_bf16, trained_decoders["topic"]], "decoder", examples, progress=False
     )
-    assert forward.losses == pytest.approx(backward.losses[::-1], rel=1e-6)
+    assert forward.losses == pytest.approx(backward.losses[::-1], abs=10**-DECIMALS)
 
 
 def test_models_of_different_architectures_are_refused(trained_decoders, llama_tokenizer, tmp_path) -> None:
@@ -231,7 +234,7 @@ def test_minilm_loss_uses_its_own_mean_pooling(minilm_path: Path, tmp_path: Path
     ):
         (plain / name).symlink_to(minilm_path / name)
     assert compute_weights([plain], "encoder", examples, progress=False).losses[0] == pytest.approx(
-        cls_pooled, rel=1e-4
+        cls_pooled, rel=1e-4, abs=10**-DECIMALS / 2
     )
 
 

@@ -37,7 +37,7 @@ from cocktail_bot.model_types import is_sentence_transformer
 from cocktail_bot.plan import manifest_report, plan_manifest
 from cocktail_bot.recipe import Manifest, SourceSpec, StepSpec
 from cocktail_bot.references import STEP_PREFIX
-from cocktail_bot.report import OutputReport, Provenance, Report, StepReport
+from cocktail_bot.report import EvalResult, OutputReport, Provenance, Report, StepReport
 from cocktail_bot.templating import MERGED
 from cocktail_bot.writable import check_writable, write_error
 
@@ -131,7 +131,8 @@ def run_manifest(
         if lock is not None:
             check_reproduced(lock, new_lock)
         report = build_report(manifest, context, step_reports, final, output_files, provenance, license_)
-        report.evals = new_lock.evals = run_evals(context, final)
+        report.evals = run_evals(context, final)
+        new_lock.evals = locked_evals(report.evals)
         _finish_report(report, started, out)
         write_model_card(final, report, manifest)
         write_lock(final / LOCK_NAME, lock if lock is not None else new_lock)
@@ -362,6 +363,14 @@ def run_evals(context: RunContext, final: Path) -> list:
         device=context.device or "auto",
         progress=context.progress,
     )
+
+
+def locked_evals(evals: list[EvalResult]) -> list[EvalResult]:
+    """Eval results as the lock keeps them (for `cocktail update`'s before and after): losses rounded as the
+    weights' are, so that the same build gives the same lock on any CPU."""
+    from cocktail_bot.weights import DECIMALS
+
+    return [result.model_copy(update={"loss": round(result.loss, DECIMALS)}) for result in evals]
 
 
 def build_report(

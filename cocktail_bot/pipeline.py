@@ -60,6 +60,12 @@ class RunContext:
             return self.step_outputs[source.ref]
         return Path(self.sources[source.label].path)
 
+    def model_of(self, source: SourceSpec) -> Any:
+        """What the engine reads: a folder, or a Hub source's ``remote.HubModel`` (weights read in place)."""
+        if source.kind == "step":
+            return self.step_outputs[source.ref]
+        return self.sources[source.label].model
+
 
 def run_manifest(
     path: str | Path,
@@ -103,7 +109,9 @@ def run_manifest(
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".cocktail-work", dir=out.parent))
     try:
         context = RunContext(manifest, work, lock, device, progress)
-        context.sources = resolve_sources(manifest, lock, token=token, endpoint=endpoint)
+        context.sources = resolve_sources(
+            manifest, lock, token=token, endpoint=endpoint, stream=not needs_whole_sources(manifest, lock)
+        )
         license_ = output_license(manifest, context.sources, publishing=bool(publish))
         step_reports, locked_steps = [], []
         for step in manifest.steps:
@@ -198,10 +206,24 @@ def check_reproduced(lock: Lock, rebuilt: Lock) -> None:
 # ---- sources -----------------------------------------------------------------------------------------------
 
 
+def needs_whole_sources(manifest: Manifest, lock: Lock | None) -> bool:
+    """Whether a source must be on disk whole: example-based weights (unless the lock has them) and evaluation
+    load every source's model; a merge alone reads Hub weights in place."""
+    scoring = lock is None and any(step.explicit_weights is None for step in manifest.steps)
+    return scoring or bool(manifest.eval_sets)
+
+
 def resolve_sources(
-    manifest: Manifest, lock: Lock | None, *, token: str | None, endpoint: str | None, download: bool = True
+    manifest: Manifest,
+    lock: Lock | None,
+    *,
+    token: str | None,
+    endpoint: str | None,
+    download: bool = True,
+    stream: bool = False,
 ) -> dict[str, Any]:
-    """Pin every Hub and local source (a `--locked` run pins to the lock's commits and checks the files)."""
+    """Pin every Hub and local source (a `--locked` run pins to the lock's commits and checks the files);
+    ``stream``: leave Hub weights on the Hub (see ``sources.resolve_source``)."""
     from cocktail_bot.sources import resolve_source
 
     resolved = {}
@@ -212,7 +234,9 @@ def resolve_sources(
             raise CocktailError(f"{spec.label} is not in the lock: run without --locked to update the lock")
         if pinned is not None and pinned.resolved_revision:
             revision = pinned.resolved_revision
-        source = resolve_source(spec.ref, revision, token=token, endpoint=endpoint, download=download)
+        source = resolve_source(
+            spec.ref, revision, token=token, endpoint=endpoint, download=download, stream=stream
+        )
         if pinned is not None and download:
             differences = compare_files(pinned.files, source.files)
             if differences:
@@ -253,11 +277,11 @@ def run_step(context: RunContext, step: StepSpec) -> tuple[StepReport, LockedSte
     base = step.base or (step.models[0] if step.models else None)
     logger.info("step %s: %s with weights %s", step.name, ", ".join(labels), [round(w, 4) for w in weights])
     result = engine.merge(
-        paths,
+        [context.model_of(source) for source in step.models],
         weights,
         context.work / "steps" / step.name,
         model_type=manifest.model_type,
-        base=context.path_of(base) if step.base is not None else None,
+        base=context.model_of(base) if step.base is not None else None,
         method=step.merge.method,
         method_params=dict(step.merge.parameters),
         dtype=step.merge.dtype,

@@ -428,7 +428,7 @@ class _Finisher:
     folder: Path
     files: dict[str, str]
     sizes: dict[str, int]
-    on_shard: Callable[[Path, str], None] | None
+    on_shard: Callable[[str, Path, str], None] | None
 
     def writing(self, writer: ShardWriter) -> Callable[[torch.Tensor], None]:
         def write(values: torch.Tensor) -> None:
@@ -446,7 +446,7 @@ class _Finisher:
         self.files[name] = writer.finish()
         self.sizes[name] = writer.path.stat().st_size
         if self.on_shard is not None:
-            self.on_shard(writer.path, self.files[name])
+            self.on_shard(name, writer.path, self.files[name])
 
 
 def _update_config_dtype(folder: Path, dtype: torch.dtype) -> None:
@@ -521,10 +521,10 @@ def merge(
     device: str = "cpu",
     force: bool = False,
     progress: bool = True,
-    on_shard: Callable[[Path, str], None] | None = None,
+    on_shard: Callable[[str, Path, str], None] | None = None,
 ) -> MergeResult:
     """Merge models (folders, or Hub models read in place) into ``output``; every check runs before anything
-    is written. ``on_shard(path, sha256)`` runs as each weights file is complete, on the writer thread (it may
+    is written. ``on_shard(name, path, sha256)`` runs as each weights file is complete, on the writer thread (it may
     block to hold the merge back, and may delete the file: ``output`` then lacks it)."""
     started = time.perf_counter()
     ModelType.parse(model_type)

@@ -30,7 +30,6 @@ from cocktail_bot.errors import CocktailError, RemoteError
 logger = logging.getLogger(__name__)
 
 WINDOW_BYTES = 32 * 2**20  # read ahead of the merge, per file
-PIECE_BYTES = 1 << 20  # bytes per read from the connection (the unit of hashing and buffering)
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,7 @@ class RemoteFile:
         with self._cond:
             self._raise_if_failed()
             front = self._pieces[0][0] if self._pieces else self._produced
-            behind = offset < front
+            behind = offset < max(front, self._wanted)  # dropped already, or about to be
             if not behind:
                 self._start()
                 self._advance(offset)
@@ -242,7 +241,7 @@ def stream_range(
                     response.read()  # the error's message is in the body
                     hf_raise_for_status(response)
                 _check_range(response, label, position, end)
-                for piece in response.iter_bytes(PIECE_BYTES):
+                for piece in response.iter_bytes():  # as received: a drop loses no byte that arrived
                     piece = piece[: end - position]
                     sink(piece)
                     position += len(piece)

@@ -12,7 +12,7 @@ Errors carry the ``X-Error-Code`` / ``X-Error-Message`` headers the client maps 
 (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``). Tokens: a write token, a read-only token (writes
 get 403), another user's write token and tokens minted by the OIDC exchange (``POST /oauth/token``). Private
 repos need a token of their namespace. ``fail(route, status, times)`` makes the next requests of a route fail
-(status 0 drops the connection); ``cut(route, after)`` drops it after ``after`` bytes of the body.
+(status 0 drops the connection); ``cut(route, at)`` drops it when a file's bytes being sent reach byte ``at``.
 
 File reads answer like the Hub's resolve endpoint: LFS files redirect (302, with ``X-Linked-Size``,
 ``X-Linked-Etag`` and ``X-Repo-Commit``) to a second, CDN-like origin on another port, which serves the bytes;
@@ -176,17 +176,20 @@ class Request:
 
 
 class Throttle:
-    """A shared bandwidth limit: callers reserve time for their bytes in turn (None: unlimited)."""
+    """A shared bandwidth limit: callers reserve time for their bytes in turn (None: unlimited); ``total``
+    counts the bytes."""
 
     def __init__(self) -> None:
         self.rate: float | None = None
+        self.total = 0
         self._next = 0.0
         self._lock = threading.Lock()
 
     def take(self, nbytes: int) -> None:
-        if not self.rate:
-            return
         with self._lock:
+            self.total += nbytes
+            if not self.rate:
+                return
             now = time.monotonic()
             start = max(now, self._next)
             self._next = start + nbytes / self.rate
@@ -242,7 +245,7 @@ class HubServer:
         self.oidc_subject_tokens: dict[str, str] = {}  # id token -> the resource it may be exchanged for
         self.requests: list[Request] = []
         self._failures: list[list[Any]] = []  # [route, method, status, remaining, error code]
-        self._cuts: list[list[Any]] = []  # [route, bytes of body sent before dropping, remaining]
+        self._cuts: list[list[Any]] = []  # [route, byte of the file where the connection drops, remaining]
         self.down, self.up = Throttle(), Throttle()
         self._lock = threading.RLock()
         self._counter = itertools.count()
@@ -399,16 +402,23 @@ class HubServer:
         with self._lock:
             self._failures.append([route, method, status, times, code])
 
-    def cut(self, route: str, after: int, times: int = 1) -> None:
-        """Drop the connection of the next ``times`` answers of ``route`` (e.g. 'cdn') after ``after`` bytes of
-        their body, like a network failure in the middle of a download."""
+    def cut(self, route: str, at: int, times: int = 1) -> None:
+        """Drop the connection of the next ``times`` answers of ``route`` (e.g. 'cdn') that send byte ``at``
+        of a file, just before it, like a network failure in the middle of a download; a client that resumes
+        from byte ``at`` is cut again while ``times`` lasts."""
         with self._lock:
-            self._cuts.append([route, after, times])
+            self._cuts.append([route, at, times])
 
-    def _take_cut(self, route: str) -> int | None:
+    def heal(self) -> None:
+        """Forget the failures and cuts not yet used up."""
+        with self._lock:
+            self._failures.clear()
+            self._cuts.clear()
+
+    def _take_cut(self, route: str, first: int, last: int) -> int | None:
         with self._lock:
             for cut in self._cuts:
-                if cut[0] == route and cut[2] > 0:
+                if cut[0] == route and cut[2] > 0 and first <= cut[1] <= last:
                     cut[2] -= 1
                     return cut[1]
         return None
@@ -606,8 +616,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "HEAD":
             return
         route = _route(self.command, [unquote(p) for p in urlsplit(self.path).path.strip("/").split("/")])[0]
-        cut = self.hub._take_cut(route)
-        stop = end + 1 if cut is None else min(end + 1, start + cut)
+        cut = self.hub._take_cut(route, start, end)
+        stop = end + 1 if cut is None else cut
         view = memoryview(data)
         for offset in range(start, stop, STEP):
             piece = view[offset : min(offset + STEP, stop)]

@@ -304,7 +304,7 @@ class RemoteCheckpoint(Checkpoint):
     def __init__(self, model: HubModel, relative: str = "") -> None:
         from huggingface_hub import HfApi
 
-        from cocktail_bot.hub import hub_errors, with_retries
+        from cocktail_bot.hub_access import hub_errors, with_retries
 
         self.folder = model.folder / relative
         self._entries, self._pickled, self._fds = {}, {}, {}

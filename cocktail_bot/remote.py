@@ -217,14 +217,14 @@ def stream_range(
 
     Uses ``huggingface_hub``'s shared HTTP session (its headers and event hooks; redirects to the storage are
     followed without the token). 429, 5xx and a connection that fails or drops while the body streams are
-    retried after each of ``hub.RETRY_DELAYS``, from the first byte not yet received (each piece that arrives
+    retried after each of ``hub_access.RETRY_DELAYS``, from the first byte not yet received (each piece that arrives
     resets the count); other statuses raise at once.
     """
     import httpx2
     from huggingface_hub import constants
     from huggingface_hub.utils import get_session, hf_raise_for_status
 
-    from cocktail_bot import hub
+    from cocktail_bot import hub_access
 
     position, failures = start, 0
     while position < end:
@@ -235,7 +235,7 @@ def stream_range(
                 headers={**headers, "Range": f"bytes={position}-{end - 1}"},
                 timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
             ) as response:
-                if response.status_code in hub.TRANSIENT_STATUS:
+                if response.status_code in hub_access.TRANSIENT_STATUS:
                     raise _Transient(f"HTTP {response.status_code}")
                 if response.status_code >= 400:
                     response.read()  # the error's message is in the body
@@ -251,12 +251,12 @@ def stream_range(
             if position < end:
                 raise _Transient("the server closed the response early")
         except (httpx2.TransportError, OSError, _Transient) as error:
-            if failures >= len(hub.RETRY_DELAYS):
+            if failures >= len(hub_access.RETRY_DELAYS):
                 raise RemoteError(
                     f"reading {label} from the Hub failed at byte {position} ({error or type(error).__name__}) "
                     f"after {failures} retries: check the network and try again"
                 ) from None
-            delay = hub.RETRY_DELAYS[failures]
+            delay = hub_access.RETRY_DELAYS[failures]
             failures += 1
             logger.warning(
                 "reading %s: failed at byte %d (%s); resuming there in %.0fs",

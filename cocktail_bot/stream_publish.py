@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cocktail_bot.errors import CocktailError
-from cocktail_bot.hub import UploadedFile, hub_errors, resolved_token, with_retries
+from cocktail_bot.hub import UploadedFile, resolved_token
+from cocktail_bot.hub_access import hub_errors, with_retries
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitOperationAdd

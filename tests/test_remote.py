@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cocktail_bot import engine, hub, remote
+from cocktail_bot import engine, hub_access, remote
 from cocktail_bot.checkpoint import Checkpoint, open_checkpoint
 from cocktail_bot.errors import CocktailError, RemoteError
 from cocktail_bot.sources import resolve_source
@@ -18,7 +18,7 @@ from cocktail_bot.sources import resolve_source
 
 @pytest.fixture(autouse=True)
 def no_retry_delays(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hub, "RETRY_DELAYS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(hub_access, "RETRY_DELAYS", (0.0, 0.0, 0.0))
 
 
 def publish(hub_server, repo_id: str, folder: Path) -> None:

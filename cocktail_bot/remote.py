@@ -75,6 +75,7 @@ class RemoteFile:
         self._pieces: deque[tuple[int, memoryview]] = deque()  # streamed bytes not yet read, by offset
         self._buffered = 0
         self._produced = 0  # bytes streamed (and hashed) so far
+        self._checked = False  # the whole file streamed and its sha256 matched
         self._wanted = 0  # where the reader is: bytes before it are dropped as they arrive
         self._hash = hashlib.sha256()
         self._prefix = b""
@@ -118,7 +119,7 @@ class RemoteFile:
         with self._cond:
             self._start()
             self._advance(self.size)
-            while self._produced < self.size and self._error is None and not self._closed:
+            while not self._checked and self._error is None and not self._closed:
                 self._cond.wait()
             self._raise_if_failed()
 
@@ -165,6 +166,9 @@ class RemoteFile:
                     "the Hub or the network delivered other bytes; nothing was published, try again",
                     exit_code=1,
                 )
+            with self._cond:
+                self._checked = True
+                self._cond.notify_all()
         except _Stopped:
             return
         except BaseException as error:  # handed to the reader, which raises it on its thread

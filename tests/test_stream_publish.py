@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cocktail_bot import engine
-from cocktail_bot import hub as hub_access
+from cocktail_bot import engine, hub_access
 from cocktail_bot.errors import CocktailError, RemoteError
 from cocktail_bot.pipeline import run_manifest
 from tools import tiny_models

@@ -66,9 +66,12 @@ def serve(down: float, up: float, models: list[str]) -> None:
     for index, folder in enumerate(map(Path, models)):
         files: dict = {}
         for path in sorted(folder.iterdir()):
+            if not path.name.endswith(".safetensors"):
+                files[path.name] = path.read_bytes()
+                continue
             with open(path, "rb") as file:
                 files[path.name] = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-        server.commit(f"bench/src-{index}", files)
+        server.commit(f"cocktail/bench-src-{index}", files)
     print(json.dumps({"endpoint": server.endpoint, "token": WRITE_TOKEN}), flush=True)
     for line in sys.stdin:
         if line.strip() == "stats":
@@ -106,34 +109,33 @@ class Hub:
 
 def cocktail_command(folder: Path) -> list[str]:
     models = "".join(
-        f"  - {{id: bench/src-{index}, weight: {weight}}}\n" for index, weight in enumerate(WEIGHTS)
+        f"  - {{id: cocktail/bench-src-{index}, weight: {weight}}}\n" for index, weight in enumerate(WEIGHTS)
     )
     (folder / "cocktail.yml").write_text(
         "version: 1\nname: bench-streamed\ntype: decoder\nmodels:\n"
         + models
         + f"merge: {{dtype: bfloat16, shard_size: {SHARD_SIZE}}}\n"
-        + "output: {repo: bench/cocktail, private: false, license: apache-2.0}\n"
+        + "output: {repo: cocktail/bench-cocktail, private: false, license: apache-2.0}\n"
     )
     return [sys.executable, "-m", "cocktail_bot", "-q", "run", "cocktail.yml", "--publish"]
 
 
 BASELINE = """
 import subprocess, sys
-from huggingface_hub import snapshot_download, upload_folder
-paths = [snapshot_download(f"bench/src-{i}") for i in range(3)]
-weights = {weights!r}
-entries = "".join(f"  - model: {{p}}\\n    parameters: {{{{weight: {{w}}}}}}\\n" for p, w in zip(paths, weights))
+from huggingface_hub import create_repo, snapshot_download, upload_folder
+mergekit, weights = sys.argv[1], [float(w) for w in sys.argv[2:]]
+paths = [snapshot_download(f"cocktail/bench-src-{i}") for i in range(len(weights))]
+entries = "".join(f"  - model: {p}\\n    parameters: {{weight: {w}}}\\n" for p, w in zip(paths, weights))
 open("mergekit.yml", "w").write("merge_method: linear\\ndtype: bfloat16\\nmodels:\\n" + entries)
-subprocess.run([{mergekit!r}, "mergekit.yml", "merged", "--no-cuda", "--quiet"], check=True)
-upload_folder(repo_id="bench/baseline", folder_path="merged", repo_type="model")
+subprocess.run([mergekit, "mergekit.yml", "merged", "--no-cuda", "--quiet"], check=True)
+create_repo("cocktail/bench-baseline", exist_ok=True)
+upload_folder(repo_id="cocktail/bench-baseline", folder_path="merged", repo_type="model")
 """
 
 
 def baseline_command(folder: Path) -> list[str]:
-    from huggingface_hub import HfApi  # noqa: F401 - the child needs it; fail here if it is missing
-
     mergekit = str(Path(sys.executable).parent / "mergekit-yaml")
-    return [sys.executable, "-c", BASELINE.format(weights=list(WEIGHTS), mergekit=mergekit)]
+    return [sys.executable, "-c", BASELINE, mergekit, *map(str, WEIGHTS)]
 
 
 def folder_bytes(folder: Path) -> int:
@@ -150,10 +152,6 @@ def folder_bytes(folder: Path) -> int:
 def measure(tool: str, hub: Hub, run_dir: Path) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
     (run_dir / "tmp").mkdir(parents=True)
-    if tool == "cocktail":
-        from huggingface_hub import HfApi
-
-        HfApi(endpoint=hub.endpoint, token=hub.token).create_repo("bench/cocktail", exist_ok=True)
     command = cocktail_command(run_dir) if tool == "cocktail" else baseline_command(run_dir)
     env = {
         **os.environ,

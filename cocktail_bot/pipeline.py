@@ -42,6 +42,7 @@ from cocktail_bot.recipe import Manifest, SourceSpec, StepSpec
 from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import OutputReport, Provenance, Report, StepReport
 from cocktail_bot.templating import MERGED
+from cocktail_bot.writable import check_writable, write_error
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,12 @@ def run_manifest(
             f"cannot publish: {manifest.relative_path} has no output.repo; "
             "name the Hub repo there or drop --publish"
         )
+    if out is not None:
+        check_writable(out.parent, "the model")
+    else:  # the shards pass through the temp folder on their way to the Hub
+        check_writable(tempfile.gettempdir(), "the model's shards before they are uploaded")
+    if lock is None:
+        check_writable(lock_file.parent, f"the lock {lock_file.name}")
     provenance = provenance or git_provenance(manifest.path.parent)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,14 +189,19 @@ def run_manifest(
             if publish_error is not None:
                 report.status, report.error = "failure", str(publish_error)
         write_report(final, report)
+        if lock is None:  # before the model moves into place: if this fails, --out stays as it was
+            try:
+                write_lock(lock_file, new_lock)
+            except OSError as error:
+                raise write_error(error, lock_file, "the lock") from None
+            logger.info("wrote %s", lock_file)
         if out is not None:
             _move_into_place(final, out, work)
-        if lock is None:
-            write_lock(lock_file, new_lock)
-            logger.info("wrote %s", lock_file)
         if publish_error is not None:
             raise publish_error
         return report
+    except OSError as error:
+        raise write_error(error, out, "the model") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

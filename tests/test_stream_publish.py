@@ -8,7 +8,6 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from cocktail_bot import engine, hub_access
 from cocktail_bot.errors import CocktailError, RemoteError
 from cocktail_bot.pipeline import run_manifest
+from tests.mounts import cocktail, require_mounts, run_mounted
 from tools import tiny_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,35 +164,34 @@ def test_a_dropped_connection_is_resumed_and_one_that_keeps_dropping_fails(
     assert published_model(hub_server).items() >= local_merge.items()
 
 
-def cli(args: list[str], **kwargs) -> subprocess.Popen:
+def cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "cocktail_bot", "-q", *args],
+        cocktail(*args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        **kwargs,
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        cwd=cwd,
     )
 
 
 def child_env(hub_server, home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        HF_TOKEN=hub_server.write_token,
-        HOME=str(home),
-        HF_HOME=str(home / "hf"),
-        HF_HUB_CACHE=str(home / "hf" / "hub"),
-        TMPDIR=str(home / "tmp"),
-        PYTHONPATH=str(ROOT),
-        PYTHONDONTWRITEBYTECODE="1",
-    )
-    (home / "tmp").mkdir(parents=True, exist_ok=True)
-    return env
+    """HOME, the Hugging Face cache and the temp folder under ``home``; the token."""
+    return {
+        "HF_TOKEN": hub_server.write_token,
+        "HOME": str(home),
+        "HF_HOME": str(home / "hf"),
+        "HF_HUB_CACHE": str(home / "hf" / "hub"),
+        "TMPDIR": str(home / "tmp"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
 
 
 def test_sigterm_mid_upload_leaves_the_target_unchanged(hub_server, recipe: Path, tmp_path: Path):
     head = hub_server.head(TARGET)
     hub_server.bandwidth_up = 400_000  # a 1 MB shard takes 2.5 s to upload
     home = tmp_path / "home"
+    (home / "tmp").mkdir(parents=True)
     child = cli(["run", str(recipe), "--publish"], env=child_env(hub_server, home), cwd=tmp_path)
     deadline = time.monotonic() + 60
     while not hub_server.seen("lfs_batch") and time.monotonic() < deadline and child.poll() is None:
@@ -207,31 +206,26 @@ def test_sigterm_mid_upload_leaves_the_target_unchanged(hub_server, recipe: Path
     assert not list((home / "tmp").iterdir())  # the work folder went with it
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A tmpfs smaller than one source (4.7 MB): 3 MB for the work folder, HOME, HF_HOME and TMPDIR."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_a_hub_to_hub_merge_fits_a_disk_smaller_than_one_source(
-    hub_server, recipe: Path, local_merge, small_disk: Path, wide_llamas: list[Path]
+    hub_server,
+    recipe: Path,
+    local_merge,
+    wide_llamas: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ):
+    """The working directory, HOME, HF_HOME and TMPDIR on a 3 MB tmpfs; each source is 4.7 MB."""
+    require_mounts()
     assert min((f / "model.safetensors").stat().st_size for f in wide_llamas) > 3 * 2**20
-    work = small_disk / "work"
-    work.mkdir()
-    manifest = work / "cocktail.yml"
-    manifest.write_text(recipe.read_text())
-    child = cli(["run", str(manifest), "--publish"], env=child_env(hub_server, small_disk / "home"), cwd=work)
-    out, err = child.communicate(timeout=300)
-    assert child.returncode == 0, err
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    home = disk / "home"
+    for variable, value in child_env(hub_server, home).items():
+        monkeypatch.setenv(variable, value)
+    done = run_mounted(
+        ["sh", "-c", 'mkdir -p "$0/tmp" "$0/work" && cd "$0/work" && exec "$@"', str(home)]
+        + cocktail("run", str(recipe), "--publish"),
+        tmpfs={disk: "3m"},
+    )
+    assert done.returncode == 0, done.stderr
     assert published_model(hub_server).items() >= local_merge.items()

@@ -19,9 +19,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cocktail_bot import __version__
 from cocktail_bot.errors import CocktailError
@@ -43,6 +44,11 @@ from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import EvalResult, OutputReport, Provenance, Report, StepReport
 from cocktail_bot.templating import MERGED
 from cocktail_bot.writable import check_writable, write_error
+
+if TYPE_CHECKING:
+    from cocktail_bot.hub import UploadedFile
+    from cocktail_bot.remote import HubModel
+    from cocktail_bot.stream_publish import ShardUploader
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +73,7 @@ class RunContext:
             return self.step_outputs[source.ref]
         return Path(self.sources[source.label].path)
 
-    def model_of(self, source: SourceSpec) -> Any:
+    def model_of(self, source: SourceSpec) -> Path | HubModel:
         """What the engine reads: a folder, or a Hub source's ``remote.HubModel`` (weights read in place)."""
         if source.kind == "step":
             return self.step_outputs[source.ref]
@@ -131,7 +137,7 @@ def run_manifest(
             dir=out.parent if out else None,
         )
     )
-    uploader = None
+    uploader: ShardUploader | None = None
     try:
         context = RunContext(manifest, work, lock, device, progress)
         context.sources = resolve_sources(
@@ -312,7 +318,7 @@ def _locked_source(label: str, resolved: Any) -> LockedSource:
 
 def shard_uploader(
     manifest: Manifest, folder: Path, *, keep: bool, token: str | None, endpoint: str | None, pr: bool
-) -> Any:
+) -> ShardUploader:
     """Uploads the final step's shards as they are written; keeps them on disk for ``--out`` or evaluation."""
     from cocktail_bot.stream_publish import ShardUploader
 
@@ -328,7 +334,9 @@ def shard_uploader(
     )
 
 
-def run_step(context: RunContext, step: StepSpec, on_shard: Any = None) -> tuple[StepReport, LockedStep]:
+def run_step(
+    context: RunContext, step: StepSpec, on_shard: Callable[[str, Path, str], None] | None = None
+) -> tuple[StepReport, LockedStep]:
     from cocktail_bot import engine
     from cocktail_bot.methods import get_method
 
@@ -523,7 +531,7 @@ def publish_output(
     endpoint: str | None,
     create_pr: bool = False,
     pr_title: str | None = None,
-    uploaded: Any = None,
+    uploaded: Mapping[str, UploadedFile] | None = None,
 ) -> CocktailError | None:
     """Publish the model folder (model, card, lock) and the shards already ``uploaded``; a failure is kept in
     the report and returned, not raised, so that the complete build still lands in --out. For

@@ -244,7 +244,17 @@ def execute(env: ActionEnv, decision: Decision) -> tuple[ActionResult, int]:
         "failure" if report.status == "failure" else ("planned" if decision.mode == "plan" else "success")
     )
     common.update(mode=decision.mode, reason=decision.reason)
-    return ActionResult(status=status, error=report.error, report=report, **common), int(status == "failure")
+    card = env.work_dir / MODEL_DIR / "README.md"
+    return (
+        ActionResult(
+            status=status,
+            error=report.error,
+            report=report,
+            card=card.read_text(encoding="utf-8") if status == "success" and card.is_file() else None,
+            **common,
+        ),
+        int(status == "failure"),
+    )
 
 
 def load_saved_result(env: ActionEnv) -> ActionResult:

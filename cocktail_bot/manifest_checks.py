@@ -28,7 +28,7 @@ from cocktail_bot.manifest_schema import (
 )
 from cocktail_bot.model_files import has_weights
 from cocktail_bot.recipe import SINGLE_STEP_NAME, SourceSpec, StepSpec
-from cocktail_bot.references import LOCAL_PREFIXES, STEP_PREFIX
+from cocktail_bot.references import STEP_PREFIX, is_local, split_revision
 from cocktail_bot.suggest import did_you_mean
 from cocktail_bot.yaml_lines import Loc, NodeIndex, Problem
 
@@ -231,13 +231,12 @@ class Checker:
                 return None
             return SourceSpec(f"{STEP_PREFIX}{entry.step}", "step", entry.step, None, entry.weight)
         if isinstance(entry, str):
-            reference, weight, revision = entry, None, None
-            if not entry.startswith(LOCAL_PREFIXES) and "@" in entry:
-                reference, _, revision = entry.partition("@")
+            weight = None
+            reference, revision = split_revision(entry)
         else:
             reference, weight, revision = entry.id, entry.weight, entry.revision
         label = f"{reference}@{revision}" if revision else reference
-        if reference.startswith(LOCAL_PREFIXES):
+        if is_local(reference):
             folder = self.path(loc if isinstance(entry, str) else (*loc, "id"), reference, kind="folder")
             if folder is None:
                 return None

@@ -7,20 +7,17 @@ live in the work folder and feed later steps; only the final step's output is th
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cocktail_bot import __version__
+from cocktail_bot.atomic import replace_folder, staging_folder
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.lock import (
     LOCK_NAME,
@@ -36,8 +33,11 @@ from cocktail_bot.manifest import load_manifest
 from cocktail_bot.model_types import is_sentence_transformer
 from cocktail_bot.plan import manifest_report, plan_manifest
 from cocktail_bot.recipe import Manifest, SourceSpec, StepSpec
+from cocktail_bot.records import MergedStep
 from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import OutputReport, Provenance, Report, StepReport
+from cocktail_bot.resolution import resolve_sources
+from cocktail_bot.sources import ResolvedSource
 from cocktail_bot.templating import MERGED
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class RunContext:
     locked: Lock | None
     device: str | None
     progress: bool
-    sources: dict[str, Any] = field(default_factory=dict)  # label -> sources.ResolvedSource
+    sources: dict[str, ResolvedSource] = field(default_factory=dict)
     step_outputs: dict[str, Path] = field(default_factory=dict)
 
     def path_of(self, source: SourceSpec) -> Path:
@@ -102,7 +102,7 @@ def run_manifest(
         )
     provenance = provenance or git_provenance(manifest.path.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".cocktail-work", dir=out.parent))
+    work = staging_folder(out.parent, f".{out.name}.", ".cocktail-work", private=True)
     try:
         context = RunContext(manifest, work, lock, device, progress)
         context.sources = resolve_sources(manifest, lock, token=token, endpoint=endpoint)
@@ -118,9 +118,7 @@ def run_manifest(
             tool_version=__version__,
             manifest=manifest.relative_path,
             manifest_sha256=manifest.sha256,
-            sources=[
-                _locked_source(spec_label, resolved) for spec_label, resolved in context.sources.items()
-            ],
+            sources=[LockedSource(**resolved.pinned()) for resolved in context.sources.values()],
             steps=locked_steps,
             output=output_files,
         )
@@ -144,7 +142,7 @@ def run_manifest(
                 pr_title=pr_title,
             )
         write_report(final, report)
-        _move_into_place(final, out, work)
+        replace_folder(final, out, trash=work)  # --force: the old folder is deleted with the work folder
         if lock is None:
             write_lock(lock_file, new_lock)
             logger.info("wrote %s", lock_file)
@@ -200,45 +198,6 @@ def check_reproduced(lock: Lock, rebuilt: Lock) -> None:
 # ---- sources -----------------------------------------------------------------------------------------------
 
 
-def resolve_sources(
-    manifest: Manifest, lock: Lock | None, *, token: str | None, endpoint: str | None, download: bool = True
-) -> dict[str, Any]:
-    """Pin every Hub and local source (a `--locked` run pins to the lock's commits and checks the files)."""
-    from cocktail_bot.sources import resolve_source
-
-    resolved = {}
-    for spec in manifest.external_sources():
-        revision = spec.revision
-        pinned = lock.source(spec.label) if lock is not None else None
-        if lock is not None and pinned is None:
-            raise CocktailError(f"{spec.label} is not in the lock: run without --locked to update the lock")
-        if pinned is not None and pinned.resolved_revision:
-            revision = pinned.resolved_revision
-        source = resolve_source(spec.ref, revision, token=token, endpoint=endpoint, download=download)
-        if pinned is not None and download:
-            differences = compare_files(pinned.files, source.files)
-            if differences:
-                raise CocktailError(
-                    f"source {spec.label} differs from the lock:\n  "
-                    + "\n  ".join(differences)
-                    + "\nrun without --locked to update the lock",
-                    exit_code=1,
-                )
-        # the manifest's label and revision, also when `--locked` asked the Hub for the lock's commit
-        resolved[spec.label] = dataclasses.replace(source, label=spec.label, requested_revision=spec.revision)
-    return resolved
-
-
-def _locked_source(label: str, resolved: Any) -> LockedSource:
-    return LockedSource(
-        label=label,
-        repo_id=resolved.repo_id,
-        requested_revision=resolved.requested_revision,
-        resolved_revision=resolved.resolved_revision,
-        files=dict(resolved.files),
-    )
-
-
 # ---- steps -------------------------------------------------------------------------------------------------
 
 
@@ -268,30 +227,24 @@ def run_step(context: RunContext, step: StepSpec) -> tuple[StepReport, LockedSte
         progress=context.progress,
     )
     context.step_outputs[step.name] = result.output
-    report = StepReport(
+    merged = MergedStep(
         name=step.name,
         models=labels,
+        method=method.name,
+        method_params=dict(method.params),
         weights_mode=step.weights_mode,
         weights=weights,
         losses=losses,
+    )
+    report = StepReport(
+        **merged.merged(),
         examples=_relative(step.examples_path, manifest.root) if step.examples_path else None,
         temperature=step.example_weights.temperature if step.example_weights else None,
-        method=method.name,
-        method_params=dict(method.params),
         base=base.label if base is not None else None,
         dtype=result.dtype,
         seconds=round(time.perf_counter() - started, 3),
     )
-    locked = LockedStep(
-        name=step.name,
-        models=labels,
-        weights_mode=step.weights_mode,
-        weights=weights,
-        losses=losses,
-        method=method.name,
-        method_params=dict(method.params),
-        output_files=dict(result.files),
-    )
+    locked = LockedStep(**merged.merged(), output_files=dict(result.files))
     return report, locked
 
 
@@ -378,7 +331,7 @@ def build_report(
     )
 
 
-def output_license(manifest: Manifest, sources: dict[str, Any], *, publishing: bool) -> str | None:
+def output_license(manifest: Manifest, sources: dict[str, ResolvedSource], *, publishing: bool) -> str | None:
     """The merged model's license; one that cannot be inherited only stops a run that publishes."""
     from cocktail_bot.card import resolve_license
 
@@ -453,12 +406,6 @@ def publish_output(
         report.status, report.error = "failure", str(error)
         return error
     return None
-
-
-def _move_into_place(final: Path, out: Path, work: Path) -> None:
-    if out.exists():  # --force: the old folder goes into the work folder and is deleted with it
-        os.replace(out, work / "replaced")
-    os.replace(final, out)
 
 
 def _relative(path: Path, root: Path) -> str:

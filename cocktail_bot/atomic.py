@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -42,6 +43,16 @@ def replace_folder(new: Path, target: Path, *, trash: Path | None = None) -> Non
     os.replace(target, aside / target.name)
     os.replace(new, target)
     shutil.rmtree(aside)
+
+
+def move_files_into(staging: Path, target: Path, files: Sequence[str]) -> None:
+    """Move each file (relative POSIX names) from ``staging`` into the existing ``target``, each replaced
+    atomically; files of ``target`` not listed stay as they are (as LM_Cocktail's ``save_pretrained`` leaves
+    them). ``staging`` is deleted."""
+    for name in files:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / name, target / name)
+    shutil.rmtree(staging)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

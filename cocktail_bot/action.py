@@ -223,7 +223,7 @@ def preview_pr_title(env: ActionEnv, decision: Decision) -> str | None:
 def execute(env: ActionEnv, decision: Decision) -> tuple[ActionResult, int]:
     """Run the pipeline; any error becomes a failed result carrying the message for the comment, and the exit
     code the CLI gives that error (2 for bad input, 1 for a remote or internal failure)."""
-    common = {
+    common: dict[str, Any] = {
         "mode": decision.mode,
         "manifest_path": env.manifest,
         "reason": decision.reason,

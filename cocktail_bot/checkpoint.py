@@ -266,7 +266,7 @@ class Checkpoint:
             return out.copy_(self._tensor(name).reshape(-1)[start : start + count])
         entry = self._entries[name]
         if count:
-            view = memoryview(out.view(torch.uint8).numpy())
+            view = out.view(torch.uint8).numpy().data
             _read_exact(self._fd(entry.file), view, entry.start + start * info.dtype.itemsize)
         return out
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +177,9 @@ class _Merge:
             info = base.info(name)
             if info.dtype.is_floating_point:
                 sizes[info.dtype] = sizes.get(info.dtype, 0) + info.nbytes
-        return str(max(sizes, key=sizes.get) if sizes else torch.float32).removeprefix("torch.")
+        return str(max(sizes, key=lambda dtype: sizes[dtype]) if sizes else torch.float32).removeprefix(
+            "torch."
+        )
 
     def shards(self, relative: str, max_bytes: int) -> list[Shard]:
         base = self.checkpoints[relative][-1]
@@ -249,8 +252,8 @@ class _Merge:
             if not out.dtype.is_floating_point:
                 yield Task(
                     out.nbytes,
-                    lambda n=name: [c.read(n) for c in checkpoints],
-                    lambda tensors, n=name: (self._non_float(relative, n, tensors), None),
+                    partial(_read_all, checkpoints, name),
+                    partial(self._non_float_task, relative, name),
                     write,
                 )
                 continue
@@ -261,15 +264,15 @@ class _Merge:
                     count = min(step, out.numel - start)
                     yield Task(
                         count * out.dtype.itemsize,
-                        lambda n=name, s=start, k=count: self._read_chunk(inputs, n, s, k),
-                        lambda chunks, n=name, d=out.dtype, w=wide: self._merge_chunk(n, chunks, d, w),
+                        partial(self._read_chunk, inputs, name, start, count),
+                        partial(self._merge_chunk, name, dtype=out.dtype, wide=wide),
                         write,
                     )
             else:
                 yield Task(
                     out.nbytes,
-                    lambda n=name, w=wide: self._read_rows(inputs, n, w),
-                    lambda rows, n=name, d=out.dtype: self._merge_rows(n, rows, d),
+                    partial(self._read_rows, inputs, name, wide),
+                    partial(self._merge_rows, name, dtype=out.dtype),
                     write,
                 )
 
@@ -357,6 +360,11 @@ class _Merge:
         values = self._apply(name, list(rows.to(self.device))).to(dtype).cpu()
         return values, lambda: self.rows.give(rows)
 
+    def _non_float_task(
+        self, relative: str, name: str, tensors: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, None]:
+        return self._non_float(relative, name, tensors), None
+
     def _non_float(self, relative: str, name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
         """Integer and bool buffers cannot be averaged: keep the base's, and say where sources disagree."""
         *others, base = tensors
@@ -373,6 +381,10 @@ class _Merge:
                 ", ".join(differing),
             )
         return base
+
+
+def _read_all(checkpoints: list[Checkpoint], name: str) -> list[torch.Tensor]:
+    return [checkpoint.read(name) for checkpoint in checkpoints]
 
 
 def _check_output(output: Path, models: Sequence[Path], force: bool, into_existing: bool) -> None:

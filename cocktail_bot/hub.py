@@ -168,7 +168,7 @@ def _publish_once(
 
     repo_url = str(api.create_repo(repo_id, private=private, exist_ok=True, token=token))
     pr = _own_open_pull_request(api, repo_id, branch, pr_title, token) if pr_title is not None else None
-    target = pr.git_reference if pr is not None else branch
+    target = pr.git_reference if pr is not None and pr.git_reference else branch
     try:
         info = api.model_info(repo_id, revision=target, files_metadata=True, token=token)
     except RevisionNotFoundError:
@@ -202,7 +202,7 @@ def _publish_once(
         repo_id,
         f"@{target}" if pr is not None or not create_pr else " as a new pull request",
     )
-    operations = [
+    operations: list[CommitOperationAdd | CommitOperationDelete] = [
         CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(local[name].path)) for name in upload
     ]
     operations += [CommitOperationDelete(path_in_repo=name) for name in delete]

@@ -103,7 +103,7 @@ class MergeMethod:
     declared parameter's value, so the card and the report show exactly what was used.
     """
 
-    name: str
+    name: str = ""
     params: Mapping[str, Any] = field(default_factory=dict)
     needs_base: bool = False
 

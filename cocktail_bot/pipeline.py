@@ -61,7 +61,7 @@ class RunContext:
     def path_of(self, source: SourceSpec) -> Path:
         if source.kind == "step":
             return self.step_outputs[source.ref]
-        return Path(self.sources[source.label].path)
+        return self.sources[source.label].folder
 
 
 def run_manifest(
@@ -227,7 +227,7 @@ def run_step(context: RunContext, step: StepSpec) -> tuple[StepReport, LockedSte
         weights,
         context.work / "steps" / step.name,
         model_type=manifest.model_type,
-        base=context.path_of(base) if step.base is not None else None,
+        base=context.path_of(step.base) if step.base is not None else None,
         method=step.merge.method,
         method_params=dict(step.merge.parameters),
         dtype=step.merge.dtype,
@@ -303,7 +303,7 @@ def run_evals(context: RunContext, final: Path) -> list:
         return []
     from cocktail_bot.evaluate import evaluate
 
-    models: dict[str, Path] = {label: Path(source.path) for label, source in context.sources.items()}
+    models: dict[str, Path] = {label: source.folder for label, source in context.sources.items()}
     for name, folder in context.step_outputs.items():
         if folder != final:
             models[f"{STEP_PREFIX}{name}"] = folder

@@ -127,7 +127,7 @@ class ShardWriter:
 
     def write(self, values: torch.Tensor) -> None:
         """Append the next chunk of tensor data (any dtype; its raw little-endian bytes are written)."""
-        data = memoryview(values.contiguous().reshape(-1).view(torch.uint8).numpy())
+        data = values.contiguous().reshape(-1).view(torch.uint8).numpy().data
         if len(data) > self._remaining:
             raise RuntimeError(f"{self.path}: more tensor bytes than the header declares")
         self._remaining -= len(data)

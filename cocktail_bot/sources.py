@@ -52,6 +52,13 @@ class ResolvedSource(PinnedSource):
     sizes: dict[str, int] = Field(default_factory=dict)
 
     @property
+    def folder(self) -> Path:
+        """The local folder; a source resolved without downloading (``cocktail plan``) has none."""
+        if self.path is None:
+            raise ValueError(f"{self.label} was resolved without downloading: it has no local folder")
+        return self.path
+
+    @property
     def total_bytes(self) -> int:
         return sum(self.sizes.values())
 
@@ -244,7 +251,7 @@ def _resolve_hub(
     config = {"config.json": json.dumps(listing.config).encode()} if listing.config else {}
     _refuse_custom_code(pinned, custom_code_reason(config, chosen))
     _check_model_files(pinned, chosen)
-    lfs_hashes = {n: listing.files[n][1] for n in chosen if listing.files[n][1]}
+    lfs_hashes = {n: sha256 for n in chosen if (sha256 := listing.files[n][1])}
     sizes = {n: listing.files[n][0] for n in chosen}
     path, files = None, dict(lfs_hashes)
     if download:

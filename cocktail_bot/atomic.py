@@ -20,8 +20,8 @@ def umask() -> int:
     return current
 
 
-def staging_folder(beside: Path, prefix: str, suffix: str = "", *, private: bool = False) -> Path:
-    """A fresh folder in ``beside``. ``mkdtemp`` makes it private (0700); unless ``private``, it gets the mode a
+def staging_folder(beside: Path | None, prefix: str, suffix: str = "", *, private: bool = False) -> Path:
+    """A fresh folder in ``beside`` (None: the system's temporary folder). ``mkdtemp`` makes it private (0700); unless ``private``, it gets the mode a
     plain mkdir would give, so what becomes the user's folder is as readable as any other they create."""
     folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=beside))
     if not private:

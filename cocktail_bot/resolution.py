@@ -10,9 +10,16 @@ from cocktail_bot.sources import ResolvedSource, resolve_source
 
 
 def resolve_sources(
-    manifest: Manifest, lock: Lock | None, *, token: str | None, endpoint: str | None, download: bool = True
+    manifest: Manifest,
+    lock: Lock | None,
+    *,
+    token: str | None,
+    endpoint: str | None,
+    download: bool = True,
+    stream: bool = False,
 ) -> dict[str, ResolvedSource]:
-    """Pin every Hub and local source (a `--locked` run pins to the lock's commits and checks the files)."""
+    """Pin every Hub and local source (a `--locked` run pins to the lock's commits and checks the files);
+    ``stream``: leave Hub weights on the Hub (see ``sources.resolve_source``)."""
     resolved = {}
     for spec in manifest.external_sources():
         revision = spec.revision
@@ -21,7 +28,9 @@ def resolve_sources(
             raise CocktailError(f"{spec.label} is not in the lock: run without --locked to update the lock")
         if pinned is not None and pinned.resolved_revision:
             revision = pinned.resolved_revision
-        source = resolve_source(spec.ref, revision, token=token, endpoint=endpoint, download=download)
+        source = resolve_source(
+            spec.ref, revision, token=token, endpoint=endpoint, download=download, stream=stream
+        )
         if pinned is not None and download:
             differences = compare_files(pinned.files, source.files)
             if differences:

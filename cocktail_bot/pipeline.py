@@ -17,9 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cocktail_bot import __version__
 from cocktail_bot.atomic import replace_folder, staging_folder
@@ -46,6 +47,11 @@ from cocktail_bot.sources import ResolvedSource
 from cocktail_bot.templating import MERGED
 from cocktail_bot.writable import check_writable, write_error
 
+if TYPE_CHECKING:
+    from cocktail_bot.hub import UploadedFile
+    from cocktail_bot.remote import HubModel
+    from cocktail_bot.stream_publish import ShardUploader
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["run_manifest", "plan_manifest", "git_provenance"]
@@ -69,7 +75,7 @@ class RunContext:
             return self.step_outputs[source.ref]
         return self.sources[source.label].folder
 
-    def model_of(self, source: SourceSpec) -> Any:
+    def model_of(self, source: SourceSpec) -> Path | HubModel:
         """What the engine reads: a folder, or a Hub source's ``remote.HubModel`` (weights read in place)."""
         if source.kind == "step":
             return self.step_outputs[source.ref]
@@ -129,7 +135,7 @@ def run_manifest(
     work = staging_folder(
         out.parent if out else None, f".{out.name if out else manifest.name}.", ".cocktail-work", private=True
     )
-    uploader = None
+    uploader: ShardUploader | None = None
     try:
         context = RunContext(manifest, work, lock, device, progress)
         context.sources = resolve_sources(
@@ -259,7 +265,7 @@ def needs_whole_sources(manifest: Manifest, lock: Lock | None) -> bool:
 
 def shard_uploader(
     manifest: Manifest, folder: Path, *, keep: bool, token: str | None, endpoint: str | None, pr: bool
-) -> Any:
+) -> ShardUploader:
     """Uploads the final step's shards as they are written; keeps them on disk for ``--out`` or evaluation."""
     from cocktail_bot.stream_publish import ShardUploader
 
@@ -275,7 +281,9 @@ def shard_uploader(
     )
 
 
-def run_step(context: RunContext, step: StepSpec, on_shard: Any = None) -> tuple[StepReport, LockedStep]:
+def run_step(
+    context: RunContext, step: StepSpec, on_shard: Callable[[str, Path, str], None] | None = None
+) -> tuple[StepReport, LockedStep]:
     from cocktail_bot import engine
     from cocktail_bot.methods import get_method
 
@@ -456,7 +464,7 @@ def publish_output(
     endpoint: str | None,
     create_pr: bool = False,
     pr_title: str | None = None,
-    uploaded: Any = None,
+    uploaded: Mapping[str, UploadedFile] | None = None,
 ) -> CocktailError | None:
     """Publish the model folder (model, card, lock) and the shards already ``uploaded``; a failure is kept in
     the report and returned, not raised, so that the complete build still lands in --out. For

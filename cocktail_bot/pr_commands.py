@@ -57,27 +57,29 @@ def prepare(env: ActionEnv) -> ActionEnv | None:
         logger.info("refused /cocktail %s from %s: %s", command, login, message)
 
     if command not in COMMANDS:
-        return refuse(
-            "unknown command: use `/cocktail rebuild` (build and preview again) or `/cocktail plan`."
-        )
+        refuse("unknown command: use `/cocktail rebuild` (build and preview again) or `/cocktail plan`.")
+        return None
     permission = github_api.permission_of(repo, login)
     if permission not in github_api.WRITE_PERMISSIONS:
-        return refuse(
+        refuse(
             f"`/cocktail {command}` can only be run by users with write permission on {env.repository} "
             f"(yours is {permission}); a maintainer can comment it for you."
         )
+        return None
     with github_api.github_errors(f"read pull request #{number}", "pull-requests: read"):
         pull = repo.get_pull(number)
         payload: dict[str, Any] = pull.raw_data
     if pull.state != "open":
-        return refuse(f"#{number} is {pull.state}: commands run on open pull requests only.")
+        refuse(f"#{number} is {pull.state}: commands run on open pull requests only.")
+        return None
     from cocktail_bot.action import _is_fork
 
     if command == "rebuild" and _is_fork(payload):
-        return refuse(
+        refuse(
             "this pull request comes from a fork, so only `/cocktail plan` is accepted: a rebuild would "
             "publish with this repository's secrets. Use the fork-safe workflow pair to build it."
         )
+        return None
     _check_checkout(env, payload["head"]["sha"], number)
     github_api.react(repo, number, comment["id"], ACCEPTED)
     return dataclasses.replace(

@@ -141,20 +141,13 @@ def read_env(environ: Mapping[str, str]) -> ActionEnv:
     )
 
 
-def _is_fork(pull_request: Mapping[str, Any]) -> bool:
-    """A PR whose head lives in another repository (or a deleted fork) runs without the base's secrets."""
-    head_repo = (pull_request.get("head") or {}).get("repo") or {}
-    base_repo = (pull_request.get("base") or {}).get("repo") or {}
-    return not head_repo or head_repo.get("full_name") != base_repo.get("full_name")
-
-
 def decide(env: ActionEnv) -> Decision:
     """The mode to run, from the input mode, the event and whether publishing is safe and possible here."""
     pull_request = env.event.get("pull_request") if env.event_name in PR_EVENTS else None
     pr_number = pull_request.get("number") if pull_request else None
     if env.event_name == "workflow_run" and env.mode == "auto":
         return Decision("comment")
-    if pull_request is not None and _is_fork(pull_request) and env.mode in ("auto", "publish"):
+    if pull_request is not None and github.is_fork(pull_request) and env.mode in ("auto", "publish"):
         return Decision("plan", reason=FORK_REASON, pr_number=pr_number)
     if pull_request is not None:
         if env.mode == "auto" and not (env.hf_token or env.hub_oidc):

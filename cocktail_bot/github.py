@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from cocktail_bot.errors import RemoteError
 
@@ -159,3 +159,10 @@ def pull_head_sha(client, repository: str, number: int) -> str:
         raise RemoteError(
             f"GitHub could not find pull request {repository}#{number} ({error.status})"
         ) from error
+
+
+def is_fork(pull_request: Mapping[str, Any]) -> bool:
+    """A PR whose head lives in another repository (or a deleted fork) runs without the base's secrets."""
+    head_repo = (pull_request.get("head") or {}).get("repo") or {}
+    base_repo = (pull_request.get("base") or {}).get("repo") or {}
+    return not head_repo or head_repo.get("full_name") != base_repo.get("full_name")

@@ -72,9 +72,7 @@ def prepare(env: ActionEnv) -> ActionEnv | None:
     if pull.state != "open":
         refuse(f"#{number} is {pull.state}: commands run on open pull requests only.")
         return None
-    from cocktail_bot.action import _is_fork
-
-    if command == "rebuild" and _is_fork(payload):
+    if command == "rebuild" and github.is_fork(payload):
         refuse(
             "this pull request comes from a fork, so only `/cocktail plan` is accepted: a rebuild would "
             "publish with this repository's secrets. Use the fork-safe workflow pair to build it."

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from cocktail_bot import tied
 from cocktail_bot.checkpoint import Checkpoint, TensorInfo
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.memory import CHUNK_ELEMENTS, PREFETCH
@@ -46,6 +47,7 @@ from cocktail_bot.model_files import (
 from cocktail_bot.model_types import ModelType
 from cocktail_bot.overlap import BufferPool, Task, run_tasks
 from cocktail_bot.shards import Shard, ShardWriter, parse_size, plan_shards, write_index
+from cocktail_bot.templating import fmt_size
 from cocktail_bot.writable import check_writable
 
 logger = logging.getLogger(__name__)
@@ -112,6 +114,7 @@ class _Merge:
         method: MergeMethod,
         dtype: torch.dtype | None,
         device: torch.device,
+        model_type: ModelType,
         stack: ExitStack,
     ) -> None:
         self.sources, self.base, self.method = sources, base, method
@@ -133,6 +136,8 @@ class _Merge:
                 else stack.enter_context(Checkpoint(base / relative))
             )
             self.checkpoints[relative] = [*opened, base_checkpoint]
+            if not relative and any(set(c.names) != set(base_checkpoint.names) for c in opened):
+                tied.reconcile((base, base_checkpoint), list(zip(sources, opened, strict=True)), model_type)
         self._check()
         self._workers = stack.enter_context(ThreadPoolExecutor(SUM_WORKERS, "cocktail-sum"))
 
@@ -555,6 +560,7 @@ def merge(
         dtype=dtype,
         shard_size=shard_size,
     )
+    weights = merge_method.normalised(weights)
     base_path = Path(base) if base is not None else paths[0]
     output = Path(output)
     _check_output(output, [*paths, base_path], force, into_existing)
@@ -562,7 +568,17 @@ def merge(
 
     with ExitStack() as stack:
         merged = merge_method.split_base(resolved, base_path.resolve())
-        plan = _Merge(paths, merged, weights, base_path, merge_method, out_dtype, torch_device, stack)
+        plan = _Merge(
+            paths,
+            merged,
+            weights,
+            base_path,
+            merge_method,
+            out_dtype,
+            torch_device,
+            ModelType.parse(model_type),
+            stack,
+        )
         dtype_name = plan.output_dtype_name()
         layout = {relative: plan.shards(relative, max_shard_bytes) for relative in plan.dirs}
         copied = support_files(base_path)
@@ -591,11 +607,10 @@ def merge(
                     parts.append((relative, shard, writers[-1].write))
             total = sum(shard.nbytes for shards in layout.values() for shard in shards)
             logger.info(
-                "merging %d models into %s (%s, %.2f GB of tensors, %s)",
+                "merging %d models (%s, %s of tensors, %s)",
                 len(paths),
-                output,
                 dtype_name,
-                total / 1e9,
+                fmt_size(total),
                 merge_method.name,
             )
             with (
@@ -621,5 +636,5 @@ def merge(
     files = dict(sorted(files.items()))
     total_bytes = sum((output / name).stat().st_size for name in files)
     seconds = time.perf_counter() - started
-    logger.debug("wrote %s (%.2f GB) in %.1f s", output, total_bytes / 1e9, seconds)
+    logger.debug("wrote %s (%s) in %.1f s", output, fmt_size(total_bytes), seconds)
     return MergeResult(output, files, total_bytes, dtype_name, seconds)

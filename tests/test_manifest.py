@@ -80,7 +80,10 @@ BAD = [
     ),
     pytest.param(
         HEADER + "models:\n  - {id: org/a, weight: 0.5}\n  - {id: org/b, weight: 0.6}\n",
-        ["4: models: linear merge weights must sum to 1 (within 1e-6), but [0.5, 0.6] sums to 1.1"],
+        [
+            "4: models: linear merge weights must sum to 1 (within 0.001, then they are divided by their sum), "
+            "but [0.5, 0.6] sums to 1.1"
+        ],
         id="weights-sum",
     ),
     pytest.param(

@@ -51,6 +51,14 @@ BAD = [
         id="unknown-key-hint",
     ),
     pytest.param(
+        HEADER + "modles:\n  - org/a\nmodels: [org/a]\nweights: uniform\nmerge:\n  methd: linear\n",
+        [
+            "4: modles: unknown key; did you mean 'models'?",
+            "9: merge.methd: unknown key; did you mean 'method'?",
+        ],
+        id="unknown-key-before-a-block-value",
+    ),
+    pytest.param(
         "version: 2\nname: demo\ntype: decodr\nmodels: [org/a]\nweights: uniform\n",
         [
             "1: version: 2 is not allowed; expected 1",

@@ -33,6 +33,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
+from tests import hub_jobs
+
 WRITE_TOKEN = "hf_test_write_token"
 READ_TOKEN = "hf_test_read_token"
 OTHER_TOKEN = "hf_test_other_token"  # another user, who may write to the organisation too
@@ -200,6 +202,7 @@ class HubServer:
         self.discussions_per_page = DISCUSSIONS_PER_PAGE
         self.oidc_subject_tokens: dict[str, str] = {}  # id token -> the resource it may be exchanged for
         self.requests: list[Request] = []
+        self.jobs = hub_jobs.Jobs()  # Hugging Face Jobs (tests/hub_jobs.py)
         self._failures: list[list[Any]] = []  # [route, method, status, remaining, error code]
         self._lock = threading.RLock()
         self._counter = itertools.count()
@@ -216,6 +219,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self.jobs.stop()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -398,6 +402,8 @@ def _route(method: str, parts: list[str]) -> tuple[str, str | None, dict[str, st
         return "validate_yaml", None, {}
     if parts[:2] == ["oauth", "token"]:
         return "oauth_token", None, {}
+    if n >= 3 and parts[:2] == ["api", "jobs"]:
+        return hub_jobs.route(method, parts)
     if n >= 4 and parts[:2] == ["api", "models"]:
         repo_id = f"{parts[2]}/{parts[3]}"
         rest = parts[4:]
@@ -428,7 +434,7 @@ def _route(method: str, parts: list[str]) -> tuple[str, str | None, dict[str, st
     return "unknown", None, {}
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(hub_jobs.JobRoutes, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "cocktail-test-hub"
 

@@ -12,7 +12,7 @@ Errors carry the ``X-Error-Code`` / ``X-Error-Message`` headers the client maps 
 (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``). Tokens: a write token, a read-only token (writes
 get 403), another user's write token and tokens minted by the OIDC exchange (``POST /oauth/token``). Private
 repos need a token of their namespace. ``fail(route, status, times)`` makes the next requests of a route fail
-(status 0 drops the connection).
+(status 0 drops the connection). Hugging Face Jobs (``/api/jobs/...``) live in ``tests/hub_jobs.py``.
 """
 
 from __future__ import annotations

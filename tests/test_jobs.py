@@ -26,6 +26,7 @@ from cocktail_bot.lock import LOCK_NAME
 from cocktail_bot.manifest import load_manifest
 from cocktail_bot.pipeline import run_manifest
 from cocktail_bot.report import Provenance, Report
+from tests.conftest import GITHUB_REPOSITORY
 from tests.hub_server import ORG, USER, Token
 
 OUTPUT_REPO = f"{ORG}/offloaded"
@@ -269,3 +270,72 @@ def test_results_survive_the_log_and_damage_is_caught() -> None:
     for line in [*lines[:2], lines[2][:-1] + "A", *lines[3:]]:
         assert reader.feed(line)
     assert reader.results is None and reader.damaged
+
+
+# --- the Action: input runner -------------------------------------------------------------------------------
+
+
+def test_the_action_offloads_and_reports_as_a_local_run(
+    jobs_hub, checkout: Path, tmp_path: Path, github_server
+) -> None:
+    """The same PR run locally and on Hugging Face Jobs: the same result, comment, summary and outputs."""
+    from cocktail_bot.comment import ActionResult, render
+    from tests.test_action import HEAD_SHA, Runner, comments, pr_event
+
+    github_server.add_pull(GITHUB_REPOSITORY, 7, head_sha=HEAD_SHA)
+    run = Runner(tmp_path, checkout.parent, github_server)
+    local = run("pull_request", pr_event(), hf_token=jobs_hub.write_token)
+    assert local.returncode == 0, local.stderr
+    local_comment = comments(github_server)[0].body
+    del jobs_hub.repos[OUTPUT_REPO]
+    checkout.with_suffix(".lock").unlink()
+
+    remote = run("pull_request", pr_event(), hf_token=jobs_hub.write_token, runner="hf-jobs")
+    assert remote.returncode == 0, remote.stderr
+
+    (job,) = jobs_hub.jobs.jobs.values()
+    assert job.spec["labels"]["run-id"] == "4202" and job.spec["labels"]["pr"] == "7"
+    assert "cocktail-bot job: running cocktail.yml" in remote.stderr
+    results = [
+        ActionResult.model_validate_json((done.run_dir / "work" / "cocktail-result.json").read_text())
+        for done in (local, remote)
+    ]
+    assert comparable(results[1].report) == comparable(results[0].report)
+    assert render(results[1])[1] == comments(github_server)[0].body != local_comment
+    # rendered with the same timings, run link and commit, the two comments and summaries are the same text
+    for result in results:
+        result.run_url = result.report.provenance.run_url = "https://github.com/acme/recipes/actions/runs/1"
+        result.report.seconds, result.report.peak_rss_bytes = 1.0, 1
+        for step in result.report.steps:
+            step.seconds = 1.0
+        result.report.publish.commit_sha = result.report.publish.commit_url = None
+        result.report.output.path = "out"
+    assert render(results[1]) == render(results[0])
+    assert {k: v for k, v in remote.outputs.items() if k not in ("commit-url", "report-path")} == {
+        k: v for k, v in local.outputs.items() if k not in ("commit-url", "report-path")
+    }
+    assert remote.outputs["revision"] == "refs/pr/1" and remote.outputs["status"] == "success"
+    assert (
+        jobs_hub.repos[OUTPUT_REPO].pull_requests[1].title.startswith("cocktail-bot preview: acme/recipes#7")
+    )
+    assert checkout.with_suffix(".lock").is_file()
+    for text in (remote.stderr, json.dumps(job.info()), "\n".join(line for _, line in job.logs)):
+        assert jobs_hub.write_token not in text
+
+
+def test_where_the_action_runs(checkout: Path) -> None:
+    from cocktail_bot.jobs.offload import choose_runner
+
+    assert choose_runner("local", checkout, publishing=True, fork=False) == "local"
+    assert choose_runner("hf-jobs", checkout, publishing=True, fork=False) == "hf-jobs"
+    assert choose_runner("hf-jobs", checkout, publishing=True, fork=True) == "local"  # forks: no secrets
+    with pytest.raises(CocktailError, match="builds without publishing"):
+        choose_runner("hf-jobs", checkout, publishing=False, fork=False)
+    assert choose_runner("auto", checkout, publishing=True, fork=False) == "local"
+    checkout.write_text(MANIFEST + "merge: {device: cuda}\n")
+    import torch
+
+    expected = "local" if torch.cuda.is_available() else "hf-jobs"
+    assert choose_runner("auto", checkout, publishing=True, fork=False) == expected
+    assert choose_runner("auto", checkout, publishing=True, fork=True) == "local"
+    assert choose_runner("auto", checkout, publishing=False, fork=False) == "local"

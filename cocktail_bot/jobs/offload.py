@@ -18,7 +18,7 @@ from cocktail_bot.errors import CocktailError, RemoteError
 from cocktail_bot.jobs.bundle import JobSpec, build_bundle
 from cocktail_bot.jobs.client import JobClient, bootstrap_command, job_labels
 from cocktail_bot.jobs.results import JobResults, ResultsReader, read_results
-from cocktail_bot.jobs.settings import CPU_FLAVOR, GPU_FLAVOR, HfJobsSettings
+from cocktail_bot.jobs.settings import CPU_FLAVOR, GPU_FLAVOR, HF_JOBS, LOCAL, HfJobsSettings
 from cocktail_bot.lock import LOCK_NAME, RUN_FILES, default_lock_path, read_lock, write_lock
 from cocktail_bot.manifest import Manifest, load_manifest
 from cocktail_bot.pipeline import (
@@ -48,6 +48,26 @@ def offload_reason(manifest: Manifest) -> str | None:
         if not torch.cuda.is_available():
             return "the manifest asks for device cuda and this machine has no GPU"
     return None
+
+
+def choose_runner(runner: str, manifest_path: str | Path, *, publishing: bool, fork: bool) -> str:
+    """Where the Action runs (input ``runner``): hf-jobs only for runs that publish, never for a fork's pull
+    request (no secrets there); auto when :func:`offload_reason` finds one."""
+    if runner == LOCAL or fork:
+        return LOCAL
+    if runner == HF_JOBS:
+        if not publishing:
+            raise CocktailError(
+                "runner hf-jobs: this run builds without publishing, and a Hugging Face job hands its model "
+                "over through the Hub; use mode publish (or auto on a pull request or the default branch), "
+                "or runner local"
+            )
+        return HF_JOBS
+    reason = offload_reason(load_manifest(manifest_path)) if publishing else None
+    if reason is None:
+        return LOCAL
+    logger.info("runner auto: %s, so the run goes to Hugging Face Jobs", reason)
+    return HF_JOBS
 
 
 def run_on_hf_jobs(

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cocktail_bot.errors import CocktailError
 
-LOCAL, HF_JOBS = "local", "hf-jobs"
+LOCAL, HF_JOBS, AUTO = "local", "hf-jobs", "auto"
+RUNNERS = (LOCAL, HF_JOBS, AUTO)  # the Action's input runner
 # The Jobs hardware flavors of huggingface_hub 2.4 (JobHardware), kept here so checking needs no import of it.
 FLAVORS = (
     "cpu-basic",

@@ -5,12 +5,12 @@ Pure data and checks, no I/O: the manifest schema and the command line share the
 
 from __future__ import annotations
 
-import difflib
 import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cocktail_bot.errors import CocktailError
+from cocktail_bot.suggest import did_you_mean
 
 LOCAL, HF_JOBS, AUTO = "local", "hf-jobs", "auto"
 RUNNERS = (LOCAL, HF_JOBS, AUTO)  # the Action's input runner
@@ -52,9 +52,7 @@ TIMEOUT = re.compile(r"^\d+(\.\d+)?[smhd]?$")
 
 def check_flavor(flavor: str) -> str:
     if flavor not in FLAVORS:
-        close = difflib.get_close_matches(flavor, FLAVORS, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}?" if close else "expected one of " + ", ".join(FLAVORS)
-        raise ValueError(f"unknown Hugging Face Jobs flavor {flavor!r}; {hint}")
+        raise ValueError(f"unknown Hugging Face Jobs flavor {flavor!r}; {did_you_mean(flavor, FLAVORS)}")
     return flavor
 
 

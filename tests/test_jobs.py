@@ -21,9 +21,10 @@ from cocktail_bot.jobs import results as job_results
 from cocktail_bot.jobs.bundle import JobSpec, build_bundle
 from cocktail_bot.jobs.client import JobClient, bootstrap_command, job_labels
 from cocktail_bot.jobs.offload import run_on_hf_jobs
-from cocktail_bot.jobs.settings import HfJobsSettings, parse_on
+from cocktail_bot.jobs.settings import parse_on
 from cocktail_bot.lock import LOCK_NAME
 from cocktail_bot.manifest import load_manifest
+from cocktail_bot.manifest_schema import HfJobsSettings
 from cocktail_bot.pipeline import run_manifest
 from cocktail_bot.report import Provenance, Report
 from tests.conftest import GITHUB_REPOSITORY
@@ -41,6 +42,7 @@ models:
 eval:
   - {{name: heldout, examples: data/heldout.jsonl}}
 output: {{repo: {OUTPUT_REPO}, license: apache-2.0}}
+runner: {{hf_jobs: {{flavor: cpu-basic, timeout: 30m}}}}
 """
 PROVENANCE = Provenance(
     repository="acme/recipes",
@@ -129,6 +131,7 @@ def test_offloaded_run_publishes_and_brings_back_what_a_local_run_leaves(
 
     (job,) = jobs_hub.jobs.jobs.values()
     assert job.stage == "COMPLETED"
+    assert job.spec["flavor"] == "cpu-basic" and job.spec["timeoutSeconds"] == 1800  # runner.hf_jobs
     assert comparable(report) == comparable(local)
     assert report.output.path == str(tmp_path / "remote")
     assert checkout.with_suffix(".lock").read_bytes() == local_lock
@@ -177,9 +180,9 @@ def test_a_job_that_dies_or_times_out_says_so(jobs_hub, checkout: Path, tmp_path
     with pytest.raises(CocktailError, match=r"failed \(Job failed with exit code: \d+\) before it finished"):
         run_on_hf_jobs(checkout, tmp_path / "out", publish=True, token=jobs_hub.write_token)
     jobs_hub.jobs.image_env = image
-    short = HfJobsSettings(timeout="1s")
+    checkout.write_text(MANIFEST.replace("timeout: 30m", "timeout: 1s"))
     with pytest.raises(CocktailError, match=r"ran out of time \(1s\).*raise runner.hf_jobs.timeout"):
-        run_on_hf_jobs(checkout, tmp_path / "out", settings=short, publish=True, token=jobs_hub.write_token)
+        run_on_hf_jobs(checkout, tmp_path / "out", publish=True, token=jobs_hub.write_token)
     assert not (tmp_path / "out").exists()
 
 
@@ -224,7 +227,7 @@ def test_sigterm_on_the_caller_cancels_the_job(jobs_hub, checkout: Path, tmp_pat
     env = {**os.environ, "HF_TOKEN": jobs_hub.write_token}
     caller = subprocess.Popen(
         [sys.executable, "-m", "cocktail_bot", "run", str(checkout), "--out", str(tmp_path / "out")]
-        + ["--publish", "--on", "hf-jobs:cpu-basic"],
+        + ["--publish", "--on", "hf-jobs:cpu-upgrade"],
         cwd=checkout.parent,
         env=env,
         stderr=subprocess.PIPE,
@@ -243,11 +246,30 @@ def test_sigterm_on_the_caller_cancels_the_job(jobs_hub, checkout: Path, tmp_pat
     while job.stage != "CANCELED" and time.monotonic() < deadline:
         time.sleep(0.1)
     assert job.stage == "CANCELED"
-    assert job.spec["flavor"] == "cpu-basic"
+    assert job.spec["flavor"] == "cpu-upgrade"  # --on overrides runner.hf_jobs.flavor
     assert caller.returncode == 128 + signal.SIGTERM
     assert f"cancelled the Hugging Face job {jobs_hub.endpoint}/jobs/{USER}/{job.id}" in rest
     assert jobs_hub.write_token not in "".join(seen) + rest
     assert not (tmp_path / "out").exists()
+
+
+def test_manifest_runner_settings_are_checked(checkout: Path) -> None:
+    assert load_manifest(checkout).hf_jobs == HfJobsSettings(flavor="cpu-basic", timeout="30m")
+    checkout.write_text(MANIFEST.replace("runner: {hf_jobs: {flavor: cpu-basic, timeout: 30m}}", ""))
+    assert load_manifest(checkout).hf_jobs.flavor is None
+    checkout.write_text(
+        MANIFEST.replace("flavor: cpu-basic, timeout: 30m", "flavour: a100-large, timeout: 2 hours")
+    )
+    with pytest.raises(CocktailError) as caught:
+        load_manifest(checkout)
+    message = str(caught.value)
+    assert "cocktail.yml:10: runner.hf_jobs.flavour: " in message and "did you mean 'flavor'" in message
+    assert "runner.hf_jobs.timeout: " in message and "90m, 2h, 1d" in message
+    checkout.write_text(MANIFEST.replace("flavor: cpu-basic", "flavor: a100-larg"))
+    with pytest.raises(
+        CocktailError, match="unknown Hugging Face Jobs flavor 'a100-larg'; did you mean 'a100-large'"
+    ):
+        load_manifest(checkout)
 
 
 def test_on_parses_where_and_flavor() -> None:

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.lock import default_lock_path
-from cocktail_bot.manifest import Manifest
+from cocktail_bot.recipe import Manifest
 from cocktail_bot.report import Provenance
 
 DISTRIBUTION = "cocktail-bot"

@@ -107,7 +107,7 @@ class JobClient:
 
     def stage(self, bundle: Bundle) -> tuple[str, str]:
         """Upload the bundle (once per content) to the private staging repo; (repo id, path in it)."""
-        from cocktail_bot.hub import hub_errors
+        from cocktail_bot.hub_access import hub_errors
 
         repo_id, path = f"{self.namespace}/{STAGING_REPO}", f"bundles/{bundle.sha256}.zip"
         with hub_errors(repo_id, None, reading=False):

@@ -18,9 +18,10 @@ from cocktail_bot.errors import CocktailError, RemoteError
 from cocktail_bot.jobs.bundle import JobSpec, build_bundle
 from cocktail_bot.jobs.client import JobClient, bootstrap_command, job_labels
 from cocktail_bot.jobs.results import JobResults, ResultsReader, read_results
-from cocktail_bot.jobs.settings import CPU_FLAVOR, GPU_FLAVOR, HF_JOBS, LOCAL, HfJobsSettings
+from cocktail_bot.jobs.settings import CPU_FLAVOR, GPU_FLAVOR, HF_JOBS, LOCAL
 from cocktail_bot.lock import LOCK_NAME, RUN_FILES, default_lock_path, read_lock, write_lock
-from cocktail_bot.manifest import Manifest, load_manifest
+from cocktail_bot.manifest import load_manifest
+from cocktail_bot.manifest_schema import HfJobsSettings
 from cocktail_bot.pipeline import (
     _check_out,
     _move_into_place,
@@ -28,6 +29,7 @@ from cocktail_bot.pipeline import (
     git_provenance,
     write_report,
 )
+from cocktail_bot.recipe import Manifest
 from cocktail_bot.report import Provenance, Report
 
 logger = logging.getLogger(__name__)
@@ -92,7 +94,7 @@ def run_on_hf_jobs(
     ``flavor`` overrides its flavor) and bring back what a local run leaves; ``job_token`` is the token the
     job publishes with (default ``token``, else the locally configured one), sent as a job secret."""
     manifest = load_manifest(path)
-    settings = settings or _manifest_settings(manifest)
+    settings = settings or manifest.hf_jobs
     out = Path(out).resolve()
     lock_file = Path(lock_path) if lock_path is not None else default_lock_path(manifest.path)
     _check_out(out, manifest, force)
@@ -154,11 +156,6 @@ def run_on_hf_jobs(
             f"the Hugging Face job {final.url} failed: {results.error}", exit_code=results.exit_code
         )
     return report
-
-
-def _manifest_settings(manifest: Manifest) -> HfJobsSettings:
-    runner = getattr(manifest.document, "runner", None)
-    return runner.hf_jobs if runner is not None else HfJobsSettings()
 
 
 def _configured_token() -> str:

@@ -1,13 +1,10 @@
-"""Where a run happens and, on Hugging Face Jobs, on what: the manifest's ``runner.hf_jobs`` and ``--on``.
-
-Pure data and checks, no I/O: the manifest schema and the command line share them.
+"""Where a run happens and, on Hugging Face Jobs, on what: the flavors, defaults and checks that the manifest's
+``runner.hf_jobs`` (in :mod:`cocktail_bot.manifest_schema`) and ``--on`` share. Pure data, no I/O.
 """
 
 from __future__ import annotations
 
 import re
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.suggest import did_you_mean
@@ -54,48 +51,6 @@ def check_flavor(flavor: str) -> str:
     if flavor not in FLAVORS:
         raise ValueError(f"unknown Hugging Face Jobs flavor {flavor!r}; {did_you_mean(flavor, FLAVORS)}")
     return flavor
-
-
-class HfJobsSettings(BaseModel):
-    """``runner: {hf_jobs: {...}}``: the hardware, the time cap and the namespace a job runs (and bills) in."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    flavor: str | None = Field(
-        None,
-        description=f"hardware flavor, e.g. cpu-upgrade or a100-large (default {CPU_FLAVOR}, {GPU_FLAVOR} for cuda)",
-    )
-    timeout: str | None = Field(
-        None,
-        description="the job is stopped (and billing ends) after this long: 90m, 2h, 1d; the Hub's default without",
-    )
-    namespace: str | None = Field(
-        None, description="user or organisation the job runs in (default: the token's user)"
-    )
-    image: str = Field(
-        DEFAULT_IMAGE, description="Docker image with Python and pip (torch is kept when present)"
-    )
-
-    @field_validator("flavor")
-    @classmethod
-    def _flavor(cls, value: str | None) -> str | None:
-        return None if value is None else check_flavor(value)
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _timeout(cls, value: object) -> object:
-        text = str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
-        if isinstance(text, str) and not TIMEOUT.match(text):
-            raise ValueError(f"timeout {text!r}: a number of seconds, or with a unit: 90m, 2h, 1d")
-        return text
-
-
-class Runner(BaseModel):
-    """``runner:``: settings for running elsewhere than on this machine."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    hf_jobs: HfJobsSettings = Field(default_factory=HfJobsSettings)
 
 
 def parse_on(value: str) -> tuple[str, str | None]:

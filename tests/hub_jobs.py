@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -78,7 +79,6 @@ class Jobs:
         with self._lock:
             self._counter += 1
             job = Job(f"{self._counter:024x}", namespace, owner, spec)
-            self.jobs[job.id] = job
         folder = self.workdir / job.id
         folder.mkdir()
         environment = {
@@ -97,6 +97,8 @@ class Jobs:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        with self._lock:
+            self.jobs[job.id] = job  # listed once its process exists, so a cancel always reaches it
         threading.Thread(target=self._collect, args=(job,), daemon=True).start()
         if spec.get("timeoutSeconds"):
             timer = threading.Timer(spec["timeoutSeconds"], self._time_out, args=(job,))
@@ -140,6 +142,7 @@ class Jobs:
             self.cancel(job)
             if job.process is not None:
                 job.process.wait(timeout=10)
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def route(method: str, parts: list[str]) -> tuple[str, None, dict[str, str]]:

@@ -11,12 +11,13 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from cocktail_bot.errors import CocktailError
+from cocktail_bot.errors import CocktailError, RemoteError
 from cocktail_bot.jobs import results as job_results
 from cocktail_bot.jobs.bundle import JobSpec, build_bundle
 from cocktail_bot.jobs.client import JobClient, bootstrap_command, job_labels
@@ -184,6 +185,31 @@ def test_a_job_that_dies_or_times_out_says_so(jobs_hub, checkout: Path, tmp_path
     with pytest.raises(CocktailError, match=r"ran out of time \(1s\).*raise runner.hf_jobs.timeout"):
         run_on_hf_jobs(checkout, tmp_path / "out", publish=True, token=jobs_hub.write_token)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_job_cancelled_on_the_hub_says_so(jobs_hub, checkout: Path, tmp_path: Path) -> None:
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            run_on_hf_jobs(checkout, tmp_path / "out", publish=True, token=jobs_hub.write_token)
+        except BaseException as error:  # handed to the test thread
+            outcome.append(error)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    deadline = time.monotonic() + 60
+    while not jobs_hub.jobs.jobs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (job,) = jobs_hub.jobs.jobs.values()
+    jobs_hub.jobs.cancel(job)  # someone cancels it on the Hub
+    caller.join(timeout=60)
+    assert [type(e) for e in outcome] == [RemoteError]
+    assert (
+        str(outcome[0])
+        == f"the Hugging Face job {jobs_hub.endpoint}/jobs/{USER}/{job.id} was cancelled before it finished"
+    )
+    assert outcome[0].exit_code == 1 and not (tmp_path / "out").exists()
 
 
 def test_offloading_needs_publishing_and_hub_sources(jobs_hub, checkout: Path, tmp_path: Path) -> None:

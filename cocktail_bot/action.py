@@ -218,10 +218,14 @@ def _run_pipeline(env: ActionEnv, decision: Decision) -> tuple[Report, Decision]
     }
     pull_request = env.event.get("pull_request") if env.event_name in PR_EVENTS else None
     fork = pull_request is not None and _is_fork(pull_request)
-    if choose_runner(env.runner, env.manifest, publishing=common["publish"], fork=fork) == HF_JOBS:
-        report = run_on_hf_jobs(env.manifest, env.work_dir / MODEL_DIR, job_token=env.hf_jobs_token, **common)
+    out = env.work_dir / MODEL_DIR
+    where = choose_runner(
+        env.runner, env.manifest, out, publishing=common["publish"], fork=fork, token=env.hf_token
+    )
+    if where == HF_JOBS:
+        report = run_on_hf_jobs(env.manifest, out, job_token=env.hf_jobs_token, **common)
     else:
-        report = pipeline.run_manifest(env.manifest, env.work_dir / MODEL_DIR, **common)
+        report = pipeline.run_manifest(env.manifest, out, **common)
     return report, decision
 
 

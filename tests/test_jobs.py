@@ -371,8 +371,11 @@ def test_the_action_offloads_and_reports_as_a_local_run(
         assert jobs_hub.write_token not in text
 
 
-def test_where_the_action_runs(checkout: Path) -> None:
-    from cocktail_bot.jobs.offload import choose_runner
+def test_where_the_action_runs(checkout: Path, tmp_path: Path) -> None:
+    from cocktail_bot.jobs import offload
+
+    def choose_runner(runner: str, checkout: Path, **kwargs: bool) -> str:
+        return offload.choose_runner(runner, checkout, tmp_path / "out", token=None, **kwargs)
 
     assert choose_runner("local", checkout, publishing=True, fork=False) == "local"
     assert choose_runner("hf-jobs", checkout, publishing=True, fork=False) == "hf-jobs"

@@ -41,9 +41,11 @@ def wants_cuda(manifest: Manifest) -> bool:
     return any((step.merge.device or "").startswith("cuda") for step in manifest.steps)
 
 
-def offload_reason(manifest: Manifest) -> str | None:
-    """Why this machine cannot do the run, so that ``runner: auto`` sends it to Hugging Face Jobs; None if it
-    can."""
+def offload_reason(manifest_path: str | Path, out: str | Path, *, token: str | None) -> str | None:
+    """Why this machine cannot run the manifest into ``out``, so that ``runner: auto`` sends it to Hugging Face
+    Jobs; None if it can. (The place for the preflight's verdict on disk and memory, plan's ``can_run_here``,
+    once it lands: one call here.)"""
+    manifest = load_manifest(manifest_path)
     if wants_cuda(manifest):
         import torch
 
@@ -52,7 +54,15 @@ def offload_reason(manifest: Manifest) -> str | None:
     return None
 
 
-def choose_runner(runner: str, manifest_path: str | Path, *, publishing: bool, fork: bool) -> str:
+def choose_runner(
+    runner: str,
+    manifest_path: str | Path,
+    out: str | Path,
+    *,
+    publishing: bool,
+    fork: bool,
+    token: str | None,
+) -> str:
     """Where the Action runs (input ``runner``): hf-jobs only for runs that publish, never for a fork's pull
     request (no secrets there); auto when :func:`offload_reason` finds one."""
     if runner == LOCAL or fork:
@@ -65,7 +75,7 @@ def choose_runner(runner: str, manifest_path: str | Path, *, publishing: bool, f
                 "or runner local"
             )
         return HF_JOBS
-    reason = offload_reason(load_manifest(manifest_path)) if publishing else None
+    reason = offload_reason(manifest_path, out, token=token) if publishing else None
     if reason is None:
         return LOCAL
     logger.info("runner auto: %s, so the run goes to Hugging Face Jobs", reason)

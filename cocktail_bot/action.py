@@ -218,7 +218,8 @@ def _run_pipeline(env: ActionEnv, decision: Decision) -> tuple[Report, Decision]
     }
     pull_request = env.event.get("pull_request") if env.event_name in PR_EVENTS else None
     fork = pull_request is not None and _is_fork(pull_request)
-    out = env.work_dir / MODEL_DIR
+    # publishing streams: sources read in place, shards uploaded as written, no local copy (runner disk)
+    out = None if decision.publish else env.work_dir / MODEL_DIR
     where = choose_runner(
         env.runner, env.manifest, out, publishing=common["publish"], fork=fork, token=env.hf_token
     )

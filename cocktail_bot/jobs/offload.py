@@ -19,7 +19,7 @@ from cocktail_bot.jobs.bundle import JobSpec, build_bundle
 from cocktail_bot.jobs.client import JobClient, bootstrap_command, job_labels
 from cocktail_bot.jobs.results import JobResults, ResultsReader, read_results
 from cocktail_bot.jobs.settings import CPU_FLAVOR, GPU_FLAVOR, HF_JOBS, LOCAL
-from cocktail_bot.lock import LOCK_NAME, RUN_FILES, default_lock_path, read_lock, write_lock
+from cocktail_bot.lock import LOCK_NAME, RUN_FILES, Lock, default_lock_path, read_lock, write_lock
 from cocktail_bot.manifest import load_manifest
 from cocktail_bot.manifest_schema import HfJobsSettings
 from cocktail_bot.pipeline import (
@@ -27,6 +27,7 @@ from cocktail_bot.pipeline import (
     _move_into_place,
     check_lock_matches,
     git_provenance,
+    output_location,
     write_report,
 )
 from cocktail_bot.recipe import Manifest
@@ -41,7 +42,7 @@ def wants_cuda(manifest: Manifest) -> bool:
     return any((step.merge.device or "").startswith("cuda") for step in manifest.steps)
 
 
-def offload_reason(manifest_path: str | Path, out: str | Path, *, token: str | None) -> str | None:
+def offload_reason(manifest_path: str | Path, out: str | Path | None, *, token: str | None) -> str | None:
     """Why this machine cannot run the manifest into ``out``, so that ``runner: auto`` sends it to Hugging Face
     Jobs; None if it can. (The place for the preflight's verdict on disk and memory, plan's ``can_run_here``,
     once it lands: one call here.)"""
@@ -57,7 +58,7 @@ def offload_reason(manifest_path: str | Path, out: str | Path, *, token: str | N
 def choose_runner(
     runner: str,
     manifest_path: str | Path,
-    out: str | Path,
+    out: str | Path | None,
     *,
     publishing: bool,
     fork: bool,
@@ -84,7 +85,7 @@ def choose_runner(
 
 def run_on_hf_jobs(
     path: str | Path,
-    out: str | Path,
+    out: str | Path | None,
     *,
     settings: HfJobsSettings | None = None,
     flavor: str | None = None,
@@ -105,9 +106,10 @@ def run_on_hf_jobs(
     job publishes with (default ``token``, else the locally configured one), sent as a job secret."""
     manifest = load_manifest(path)
     settings = settings or manifest.hf_jobs
-    out = Path(out).resolve()
+    out = Path(out).resolve() if out is not None else None
     lock_file = Path(lock_path) if lock_path is not None else default_lock_path(manifest.path)
-    _check_out(out, manifest, force)
+    if out is not None:
+        _check_out(out, manifest, force)
     if locked:
         check_lock_matches(manifest, read_lock(lock_file), lock_file)
     if not publish or not manifest.output.repo:
@@ -209,15 +211,21 @@ def _check_outcome(job, results: JobResults | None, settings: HfJobsSettings) ->
 
 
 def _take_results(
-    results: JobResults, manifest: Manifest, out: Path, lock_file: Path, locked: bool
+    results: JobResults, manifest: Manifest, out: Path | None, lock_file: Path, locked: bool
 ) -> Report:
-    """Write the job's card, lock and report into ``out`` (atomically, as a local run does) and the lock
-    beside the manifest; the report names this side's ``out``."""
+    """The lock beside the manifest (as a local run writes it, before the model moves into place), then the
+    job's card, lock and report into ``out`` atomically (nothing without ``out``: the model is only on the
+    Hub); the report names this side's ``out``."""
     if "report.json" not in results.files:
         raise CocktailError(f"the Hugging Face job failed: {results.error}", exit_code=results.exit_code)
     report = Report.model_validate_json(results.files["report.json"])
     if report.output is not None:
-        report.output.path = str(out)
+        report.output.path = output_location(out, manifest)
+    if not locked and LOCK_NAME in results.files:
+        write_lock(lock_file, Lock.model_validate_json(results.files[LOCK_NAME]))
+        logger.info("wrote %s", lock_file)
+    if out is None:
+        return report
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".cocktail-work", dir=out.parent))
     try:
@@ -229,7 +237,4 @@ def _take_results(
         _move_into_place(folder, out, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if not locked and LOCK_NAME in results.files:
-        write_lock(lock_file, read_lock(out / LOCK_NAME))
-        logger.info("wrote %s", lock_file)
     return report

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from cocktail_bot.atomic import replace_folder, staging_folder
 from cocktail_bot.errors import CocktailError, RemoteError
 from cocktail_bot.jobs.bundle import JobSpec, build_bundle
 from cocktail_bot.jobs.client import JobClient, bootstrap_command, job_labels
@@ -24,7 +24,6 @@ from cocktail_bot.manifest import load_manifest
 from cocktail_bot.manifest_schema import HfJobsSettings
 from cocktail_bot.pipeline import (
     _check_out,
-    _move_into_place,
     check_lock_matches,
     git_provenance,
     output_location,
@@ -158,7 +157,7 @@ def run_on_hf_jobs(
         timeout = f", stopped after {settings.timeout}" if settings.timeout else ""
         logger.info("started Hugging Face job %s (%s%s)", job.url, chosen, timeout)
     reader = ResultsReader()
-    final = client.follow(job, lambda line: reader.feed(line) or print(line, file=sys.stderr, flush=True))
+    final = client.follow(job, lambda line: _show(line, reader))
     results = reader.results or read_results(client.log_lines(final))
     _check_outcome(final, results, settings)
     assert results is not None
@@ -168,6 +167,12 @@ def run_on_hf_jobs(
             f"the Hugging Face job {final.url} failed: {results.error}", exit_code=results.exit_code
         )
     return report
+
+
+def _show(line: str, reader: ResultsReader) -> None:
+    """The job's log line in this process's log, unless it belongs to the results block."""
+    if not reader.feed(line):
+        print(line, file=sys.stderr, flush=True)
 
 
 def _configured_token() -> str:
@@ -227,14 +232,12 @@ def _take_results(
     if out is None:
         return report
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".cocktail-work", dir=out.parent))
+    folder = staging_folder(out.parent, f".{out.name}.", ".cocktail-job")
     try:
-        folder = work / "out"
-        folder.mkdir()
         for name in RUN_FILES & results.files.keys():
             (folder / name).write_text(results.files[name], encoding="utf-8")
         write_report(folder, report)
-        _move_into_place(folder, out, work)
+        replace_folder(folder, out)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
     return report

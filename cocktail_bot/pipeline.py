@@ -172,7 +172,7 @@ def run_manifest(
         report = build_report(manifest, context, step_reports, final, output_files, provenance, license_)
         report.evals = run_evals(context, final)
         new_lock.evals = locked_evals(report.evals)
-        _finish_report(report, started, str(out) if out else f"{manifest.output.repo} (no local copy)")
+        _finish_report(report, started, output_location(out, manifest))
         write_model_card(final, report, manifest)
         write_lock(final / LOCK_NAME, lock if lock is not None else new_lock)
         publish_error = None
@@ -294,6 +294,7 @@ def run_step(
     labels = [source.label for source in step.models]
     weights, losses = step_weights(context, step, paths)
     method = get_method(step.merge.method, step.merge.parameters)
+    weights = method.normalised(weights)
     base = step.base or (step.models[0] if step.models else None)
     logger.info("step %s: %s with weights %s", step.name, ", ".join(labels), [round(w, 4) for w in weights])
     result = engine.merge(
@@ -360,6 +361,7 @@ def step_weights(
         batch_size=options.batch_size,
         device=context.device or step.merge.device or "auto",
         progress=context.progress,
+        labels=[source.label for source in step.models],
     )
     return list(result.weights), list(result.losses)
 
@@ -435,6 +437,11 @@ def output_license(manifest: Manifest, sources: dict[str, ResolvedSource], *, pu
             raise
         logger.warning("%s; the card has no license until then", error)
         return None
+
+
+def output_location(out: Path | None, manifest: Manifest) -> str:
+    """Where the report says the model is: ``--out``, or only on the Hub."""
+    return str(out) if out else f"{manifest.output.repo} (no local copy)"
 
 
 def _finish_report(report: Report, started: float, out: str) -> None:

@@ -31,6 +31,8 @@ INPUTS = {
     "extra-pip",
     "comment",
     "work-dir",
+    "runner",
+    "hf-jobs-token",
 }
 OUTPUTS = {"repo", "revision", "commit-url", "report-path", "status", "pull-request"}
 
@@ -54,6 +56,7 @@ def test_action_is_a_composite_with_the_documented_interface():
         defaults["manifest"] == "cocktail.yml"
         and defaults["mode"] == "auto"
         and defaults["comment"] == "true"
+        and defaults["runner"] == "local"
     )
     assert defaults["github-token"] == "${{ github.token }}"
     for name, spec in ACTION["outputs"].items():
@@ -160,12 +163,15 @@ def test_run_step_runs_the_entry_with_every_input(tmp_path, github_server):
         "github-token": GITHUB_TOKEN,
         "comment": "true",
         "work-dir": str(tmp_path / "work"),
+        "runner": "hf-jobs",
+        "hf-jobs-token": "hf_jobs_secret_token_value",
     }
     context = {f"inputs.{name}": value for name, value in inputs.items()} | {"runner.temp": str(runner_temp)}
     step = run_step()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "INPUT_", "HF_TOKEN"))}
     env |= {name: evaluate(str(value), context) for name, value in step["env"].items()}
     env |= {
+        "GITHUB_ACTIONS": "true",
         "GITHUB_EVENT_NAME": "pull_request",
         "GITHUB_EVENT_PATH": str(event),
         "GITHUB_REPOSITORY": GITHUB_REPOSITORY,
@@ -180,6 +186,7 @@ def test_run_step_runs_the_entry_with_every_input(tmp_path, github_server):
 
     assert done.returncode == 2, done.stderr
     assert done.stdout.splitlines()[0] == "::add-mask::hf_secret_token_value"
+    assert "::add-mask::hf_jobs_secret_token_value" in done.stdout.splitlines()
     [comment] = github_server.state.comments_on(GITHUB_REPOSITORY, 3)
     assert comment.body.startswith(github.comment_marker("recipes/missing.yml"))
     assert "mode `plan`" in comment.body and "recipes/missing.yml not found" in comment.body

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,10 +77,13 @@ def run_manifest(
     progress: bool = True,
     create_pr: bool = False,
     pr_title: str | None = None,
+    before_publish: Callable[[], None] | None = None,
 ) -> Report:
     """Build the manifest's model into ``out`` (and publish it when ``publish`` and ``output.repo`` say so;
     ``create_pr`` proposes it as a new Hub pull request; ``pr_title`` updates the open one of that title, the
-    Action's one preview per GitHub pull request; see ``hub.publish_folder``).
+    Action's one preview per GitHub pull request; see ``hub.publish_folder``). ``before_publish`` runs just
+    before anything is sent to the Hub and may raise to stop the run (the Action: "is this still the PR's
+    head?"); nothing is published or written to ``out`` then.
 
     Writes ``out``: the model files, ``README.md`` (the card), ``cocktail.lock``, ``report.json`` and
     ``report.md``; and the lock beside the manifest (``lock_path``; default ``<manifest>.lock``), unless
@@ -131,6 +135,8 @@ def run_manifest(
         write_lock(final / LOCK_NAME, lock if lock is not None else new_lock)
         publish_error = None
         if publish:
+            if before_publish is not None:
+                before_publish()
             publish_error = publish_output(
                 final,
                 manifest,

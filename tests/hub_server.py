@@ -961,7 +961,8 @@ class _Handler(BaseHTTPRequestHandler):
         """Its author or a writer of the repo may close or reopen a pull request."""
         repo = self._readable(repo_id, token)
         caller = self._caller(token)
-        new_status = json.loads(body or b"{}").get("status")
+        payload = json.loads(body or b"{}")
+        new_status = payload.get("status")
         if new_status not in ("open", "closed"):
             raise HubError(400, "status must be 'open' or 'closed'")
         with self.hub._lock:
@@ -971,6 +972,9 @@ class _Handler(BaseHTTPRequestHandler):
             if pr.status == "merged":
                 raise HubError(400, "a merged pull request cannot change status")
             pr.status = new_status
-            event = self.hub._event("status-change", caller.user if caller else USER, status=new_status)
+            author = caller.user if caller else USER
+            if payload.get("comment"):  # the Hub shows the comment given with a status change as a comment
+                pr.events.append(self.hub._event("comment", author, latest={"raw": payload["comment"]}))
+            event = self.hub._event("status-change", author, status=new_status)
             pr.events.append(event)
         self._json({"newStatus": event})

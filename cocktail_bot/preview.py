@@ -7,7 +7,8 @@ already closed or merged, is never touched.
 
 from __future__ import annotations
 
-from cocktail_bot.hub import _own_open_pull_request, hub_errors, with_retries
+from cocktail_bot.hub import own_open_pull_request
+from cocktail_bot.hub_access import hub_errors, with_retries
 
 CLOSED_NOTE = "The GitHub pull request {source} was closed without merging: this preview is closed."
 MERGED_NOTE = (
@@ -35,7 +36,7 @@ def close_preview(
     with hub_errors(repo_id, branch, reading=False, token=token):
         try:
             pr = with_retries(
-                lambda: _own_open_pull_request(api, repo_id, branch, pr_title, token),
+                lambda: own_open_pull_request(api, repo_id, branch, pr_title, token),
                 f"finding the preview on {repo_id}",
             )
         except RepositoryNotFoundError:

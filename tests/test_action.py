@@ -190,7 +190,8 @@ def test_pr_builds_publishes_a_preview_and_keeps_one_comment(run, github_server,
     # CI logs: no progress bars, no 403 noise from asking who the token is
     for done in (first, second):
         assert "%|" not in done.stderr and "it/s]" not in done.stderr, done.stderr
-        assert "403" not in done.stderr
+        assert "failed with 403" not in done.stderr and "/user" not in done.stderr
+    assert not [r for r in github_server.state.requests if r[1] == "/user"]
     # tokens are only ever printed inside the mask command
     for done in (first, second):
         assert done.stdout.count(hub_server.write_token) == 1
@@ -392,6 +393,25 @@ def test_fork_safe_pair_comments_from_the_saved_result(run, github_server, hub_s
     assert (
         "[workflow run](https://github.com/acme/recipes/actions/runs/4201)" in comment.body
     )  # the build's run
+
+
+def test_saved_result_for_an_old_head_is_a_notice_not_a_comment(run, github_server, tmp_path):
+    """The fork-safe pair's second run, after the PR moved on: nothing commented, exit 0."""
+    result = ActionResult(
+        status="success",
+        mode="build",
+        manifest_path="cocktail.yml",
+        repository=GITHUB_REPOSITORY,
+        pr_number=7,
+        head_sha=HEAD_SHA,
+    )
+    downloaded = tmp_path / "artifact"
+    downloaded.mkdir()
+    (downloaded / action.RESULT_FILE).write_text(result.model_dump_json())
+    github_server.state.pulls[(GITHUB_REPOSITORY, 7)].head_sha = "2e" * 20
+    done = run("workflow_run", workflow_run_event(HEAD_SHA), ref="refs/heads/main", work_dir=str(downloaded))
+    assert done.returncode == 0, done.stderr
+    assert comments(github_server) == [] and "::notice::pull request #7 has moved on" in done.stdout
 
 
 def test_saved_result_must_match_the_triggering_run(tmp_path):

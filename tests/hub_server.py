@@ -989,7 +989,11 @@ class _Handler(BaseHTTPRequestHandler):
             pr.status = new_status
             author = caller.user if caller else USER
             if payload.get("comment"):  # the Hub shows the comment given with a status change as a comment
-                pr.events.append(self.hub._event("comment", author, latest={"raw": payload["comment"]}))
+                pr.events.append(
+                    self.hub._event(
+                        "comment", author, edited=False, hidden=False, latest={"raw": payload["comment"]}
+                    )
+                )
             event = self.hub._event("status-change", author, status=new_status)
             pr.events.append(event)
         self._json({"newStatus": event})

@@ -298,6 +298,7 @@ def run_step(
     labels = [source.label for source in step.models]
     weights, losses = step_weights(context, step, paths)
     method = get_method(step.merge.method, step.merge.parameters)
+    weights = method.normalised(weights)
     base = step.base or (step.models[0] if step.models else None)
     logger.info("step %s: %s with weights %s", step.name, ", ".join(labels), [round(w, 4) for w in weights])
     result = engine.merge(
@@ -364,6 +365,7 @@ def step_weights(
         batch_size=options.batch_size,
         device=context.device or step.merge.device or "auto",
         progress=context.progress,
+        labels=[source.label for source in step.models],
     )
     return list(result.weights), list(result.losses)
 

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from cocktail_bot import fused
 from cocktail_bot.checkpoint import Checkpoint, TensorInfo
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.methods import MergeMethod, get_method
@@ -289,21 +290,29 @@ class _Merge:
         count = chunks[0].numel()
         result = self.outputs.take(count * dtype.itemsize, dtype)
         if self.device.type == "cpu":
+            fuse = self.method.name == "linear" and {dtype, *(c.dtype for c in chunks)} <= fused.DTYPES
             groups = _split(range(0, count, BLOCK_ELEMENTS), len(self._scratch))
-            if len(groups) == 1:
-                self._merge_blocks(name, chunks, result, groups[0], self._scratch[0], wide)
+            shares = [
+                (self._merge_fused, (chunks, result, group))
+                if fuse
+                else (self._merge_blocks, (name, chunks, result, group, scratch, wide))
+                for group, scratch in zip(groups, self._scratch, strict=False)
+            ]
+            if len(shares) == 1:
+                shares[0][0](*shares[0][1])
             else:
-                done = [
-                    self._workers.submit(self._merge_blocks, name, chunks, result, group, scratch, wide)
-                    for group, scratch in zip(groups, self._scratch, strict=False)
-                ]
-                for future in done:
+                for future in [self._workers.submit(merge, *args) for merge, args in shares]:
                     future.result()
         else:  # move the inputs as stored (fewer bytes), widen them on the device
             result.copy_(self._apply(name, [chunk.to(self.device).to(wide) for chunk in chunks]))
         for chunk in chunks:
             self.inputs.give(chunk)
         return result, lambda: self.outputs.give(result)
+
+    def _merge_fused(self, chunks: list[torch.Tensor], result: torch.Tensor, starts: range) -> None:
+        """A linear sum in one pass over one worker's share of a chunk (see ``fused``)."""
+        span = slice(starts.start, min(starts.stop, result.numel()))
+        fused.linear_into(result[span], [chunk[span] for chunk in chunks], self.weights)
 
     def _merge_blocks(
         self,

@@ -7,8 +7,8 @@ whole tensor, SLERP takes whole-tensor norms) get each tensor of every input as 
 buffer, widened model by model, and overwrite it in place (``MergeMethod.merge_``): peak memory is that buffer
 (inputs x largest tensor) plus the method's few tensor-sized temporaries. Inputs are read by offset into reused
 buffers (see ``checkpoint``). Linear merges sum in float64 and cast once to the output dtype, which keeps every
-value within one ulp of the exact sum (float32 sums can lose more where terms cancel); other methods get
-float32 values (float64 for float64 inputs), as ``methods`` expects. Results are appended to safetensors files
+value within one ulp of the exact sum (float32 sums can lose more where terms cancel); on the CPU that is one
+compiled pass per chunk (see ``fused``), not one torch kernel per step. Other methods get float32 values (float64 for float64 inputs), as ``methods`` expects. Results are appended to safetensors files
 whose headers were written first (see ``shards``). Reading, arithmetic and writing overlap (see ``overlap``).
 Everything lands in a temporary folder beside the output, renamed into place only when complete.
 """

@@ -34,7 +34,8 @@ from cocktail_bot.lock import (
 )
 from cocktail_bot.manifest import STEP_PREFIX, Manifest, SourceSpec, StepSpec, load_manifest
 from cocktail_bot.model_types import is_sentence_transformer
-from cocktail_bot.plan import manifest_report, plan_manifest
+from cocktail_bot.plan import build_plan, manifest_report, plan_manifest, with_preflight
+from cocktail_bot.preflight import require
 from cocktail_bot.report import OutputReport, Provenance, Report, StepReport
 from cocktail_bot.templating import MERGED
 
@@ -98,6 +99,11 @@ def run_manifest(
             f"cannot publish: {manifest.relative_path} has no output.repo; "
             "name the Hub repo there or drop --publish"
         )
+    preflight = with_preflight(
+        build_plan(manifest, token=token, endpoint=endpoint), manifest, out, device=device
+    ).preflight
+    assert preflight is not None
+    require(preflight)  # before anything is downloaded
     provenance = provenance or git_provenance(manifest.path.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".cocktail-work", dir=out.parent))

@@ -17,6 +17,7 @@ from cocktail_bot import __version__
 from cocktail_bot.manifest import STEP_PREFIX, Manifest, StepSpec, load_manifest
 from cocktail_bot.memory import CHUNK_ELEMENTS, PREFETCH
 from cocktail_bot.model_types import PIPELINE_TAG, ModelType
+from cocktail_bot.preflight import Machine, Needs, Preflight, check, measure
 from cocktail_bot.report import Provenance, Report, SourceReport, StepReport
 from cocktail_bot.templating import fmt_size
 
@@ -61,6 +62,9 @@ class Plan(BaseModel):
     max_memory_bytes: int | None = None
     output_repo: str | None
     private: bool
+    preflight: Preflight | None = Field(
+        None, description="the run's needs against this machine's free disk, memory and GPU memory"
+    )
 
 
 def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | None = None) -> Plan:
@@ -74,7 +78,7 @@ def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | 
             requested_revision=source.requested_revision,
             resolved_revision=source.resolved_revision,
             files=dict(source.files),
-            download_bytes=source.total_bytes if source.repo_id else 0,
+            download_bytes=_missing_bytes(source),
             weight_bytes=sum(size for name, size in source.sizes.items() if name.endswith(WEIGHT_SUFFIXES)),
         )
         for label, source in resolved.items()
@@ -118,6 +122,68 @@ def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | 
         output_repo=manifest.output.repo,
         private=manifest.output.private,
     )
+
+
+def _missing_bytes(source: Any) -> int:
+    """Bytes of a Hub source's files that the local Hugging Face cache does not hold yet (0 for a folder)."""
+    if not source.repo_id:
+        return 0
+    from huggingface_hub import try_to_load_from_cache
+
+    return sum(
+        size
+        for name, size in source.sizes.items()
+        if not isinstance(
+            try_to_load_from_cache(source.repo_id, name, revision=source.resolved_revision), str
+        )
+    )
+
+
+def run_needs(plan: Plan, manifest: Manifest, out: Path, device: str | None = None) -> Needs:
+    """What a run of ``plan`` into ``out`` writes where, and the memory (and GPU memory) it holds.
+
+    Downloads land in the Hugging Face cache; every step's output is built in a work folder beside ``out``.
+    The GPU is counted when the run is told to use one (``--device`` or ``merge.device``: cuda or cuda:N).
+    """
+    from huggingface_hub import constants
+
+    disk = [("Hugging Face cache", Path(constants.HF_HUB_CACHE), plan.download_bytes)]
+    disk.append(("output", out.absolute().parent, plan.disk_bytes - plan.download_bytes))
+    devices = [device] if device else [step.merge.device for step in manifest.steps]
+    gpu = next((name for name in devices if name and name.startswith("cuda")), None)
+    return Needs(
+        disk=[item for item in disk if item[2]],
+        memory=plan.peak_memory_bytes,
+        gpu=gpu,
+        gpu_memory=plan.peak_memory_bytes if gpu else 0,
+    )
+
+
+def with_preflight(
+    plan: Plan, manifest: Manifest, out: Path, *, device: str | None = None, machine: Machine | None = None
+) -> Plan:
+    """``plan`` with its needs checked against ``machine`` (default: this machine's numbers, read now)."""
+    needs = run_needs(plan, manifest, out, device)
+    return plan.model_copy(update={"preflight": check(needs, machine or measure(needs))})
+
+
+def can_run_here(
+    manifest_path: str | Path,
+    out: str | Path = ".",
+    *,
+    device: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> tuple[bool, str]:
+    """Whether this machine can run the manifest into ``out``, and why (for ``runner: auto``)."""
+    manifest = load_manifest(manifest_path)
+    plan = with_preflight(
+        build_plan(manifest, token=token, endpoint=endpoint), manifest, Path(out), device=device
+    )
+    assert plan.preflight is not None
+    if plan.preflight.message is not None:
+        return False, plan.preflight.message
+    return True, "fits this machine: " + "; ".join(item.describe() for item in plan.preflight.checks)
 
 
 def _size(value: str | int) -> int:
@@ -182,6 +248,11 @@ def render_plan(plan: Plan) -> str:
     if plan.max_memory_bytes is not None and plan.peak_memory_bytes > plan.max_memory_bytes:
         lines.append(
             f"warning: the estimated peak memory exceeds merge.max_memory ({fmt_size(plan.max_memory_bytes)})"
+        )
+    if plan.preflight is not None:
+        lines.append("this machine:")
+        lines.extend(
+            f"  {'ok' if item.fits else 'TOO SMALL'}: {item.describe()}" for item in plan.preflight.checks
         )
     target = f"{plan.output_repo} ({'private' if plan.private else 'public'})" if plan.output_repo else "none"
     lines.append(f"publish to: {target}")

@@ -10,7 +10,8 @@ buffers (see ``checkpoint``). Linear merges sum in float64 and cast once to the 
 value within one ulp of the exact sum (float32 sums can lose more where terms cancel); on the CPU that is one
 compiled pass per chunk (see ``fused``), not one torch kernel per step. Other methods get float32 values
 (float64 for float64 inputs), as ``methods`` expects. Results are appended to safetensors files whose headers
-were written first (see ``shards``). Reading, arithmetic and writing overlap (see ``overlap``). Everything lands in a temporary folder beside the output, renamed into place only when complete.
+were written first (see ``shards``). Reading, arithmetic and writing overlap (see ``overlap``). Everything
+lands in a temporary folder beside the output, renamed into place only when complete.
 
 A source may be a ``remote.HubModel``: its weights are read from the Hub by range requests (``open_checkpoint``)
 and every such file's sha256 is checked (``verify``) before the merge counts as done. ``on_shard`` sees each

@@ -8,6 +8,7 @@ measurements.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,10 @@ class PlannedSource(BaseModel):
     requested_revision: str | None
     resolved_revision: str | None
     files: dict[str, str] = Field(default_factory=dict)
-    download_bytes: int = Field(description="bytes to download (0 for local folders)")
+    download_bytes: int = Field(
+        description="bytes a run downloads: files not in the cache yet, weights only where they are not read"
+        " in place (0 for local folders)"
+    )
     weight_bytes: int
 
 
@@ -70,9 +74,10 @@ class Plan(BaseModel):
 
 
 def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | None = None) -> Plan:
-    from cocktail_bot.pipeline import resolve_sources
+    from cocktail_bot.pipeline import needs_whole_sources, resolve_sources
 
     resolved = resolve_sources(manifest, None, token=token, endpoint=endpoint, download=False)
+    streamed = not needs_whole_sources(manifest, None)
     sources = [
         PlannedSource(
             label=label,
@@ -80,7 +85,7 @@ def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | 
             requested_revision=source.requested_revision,
             resolved_revision=source.resolved_revision,
             files=dict(source.files),
-            download_bytes=_missing_bytes(source),
+            download_bytes=_missing_bytes(source, streamed),
             weight_bytes=sum(size for name, size in source.sizes.items() if name.endswith(WEIGHT_SUFFIXES)),
         )
         for label, source in resolved.items()
@@ -126,31 +131,43 @@ def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | 
     )
 
 
-def _missing_bytes(source: Any) -> int:
-    """Bytes of a Hub source's files that the local Hugging Face cache does not hold yet (0 for a folder)."""
+def _missing_bytes(source: Any, streamed: bool) -> int:
+    """Bytes of a Hub source's files that the run downloads: those the local Hugging Face cache does not hold
+    yet, weights left out when the run reads them in place (0 for a folder)."""
     if not source.repo_id:
         return 0
     from huggingface_hub import try_to_load_from_cache
 
+    def cached(name: str) -> bool:
+        return isinstance(
+            try_to_load_from_cache(source.repo_id, name, revision=source.resolved_revision), str
+        )
+
     return sum(
         size
         for name, size in source.sizes.items()
-        if not isinstance(
-            try_to_load_from_cache(source.repo_id, name, revision=source.resolved_revision), str
-        )
+        if not (streamed and name.endswith(WEIGHT_SUFFIXES)) and not cached(name)
     )
 
 
-def run_needs(plan: Plan, manifest: Manifest, out: Path, device: str | None = None) -> Needs:
-    """What a run of ``plan`` into ``out`` writes where, and the memory (and GPU memory) it holds.
+def run_needs(plan: Plan, manifest: Manifest, out: Path | None, device: str | None = None) -> Needs:
+    """What a run of ``plan`` writes where, and the memory (and GPU memory) it holds.
 
-    Downloads land in the Hugging Face cache; every step's output is built in a work folder beside ``out``.
-    The GPU is counted when the run is told to use one (``--device`` or ``merge.device``: cuda or cuda:N).
+    Downloads land in the Hugging Face cache (only the small files of Hub sources the run reads in place, see
+    ``Plan.streamed``). Every step's output is built in a work folder beside ``out``; with ``out=None`` (publish
+    while merging) the final output passes through the temp folder about two shards at a time. The GPU is
+    counted when the run is told to use one (``--device`` or ``merge.device``: cuda or cuda:N).
     """
     from huggingface_hub import constants
 
+    *intermediate, final = plan.steps
+    kept = sum(step.output_bytes for step in intermediate)
     disk = [("Hugging Face cache", Path(constants.HF_HUB_CACHE), plan.download_bytes)]
-    disk.append(("output", out.absolute().parent, plan.disk_bytes - plan.download_bytes))
+    if out is None:
+        shard = min(final.output_bytes, _size(manifest.steps[-1].merge.shard_size))
+        disk.append(("output shards before upload", Path(tempfile.gettempdir()), kept + 2 * shard))
+    else:
+        disk.append(("output", out.absolute().parent, kept + final.output_bytes))
     devices = [device] if device else [step.merge.device for step in manifest.steps]
     gpu = next((name for name in devices if name and name.startswith("cuda")), None)
     return Needs(
@@ -162,7 +179,12 @@ def run_needs(plan: Plan, manifest: Manifest, out: Path, device: str | None = No
 
 
 def with_preflight(
-    plan: Plan, manifest: Manifest, out: Path, *, device: str | None = None, machine: Machine | None = None
+    plan: Plan,
+    manifest: Manifest,
+    out: Path | None,
+    *,
+    device: str | None = None,
+    machine: Machine | None = None,
 ) -> Plan:
     """``plan`` with its needs checked against ``machine`` (default: this machine's numbers, read now)."""
     needs = run_needs(plan, manifest, out, device)

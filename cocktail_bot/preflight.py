@@ -23,8 +23,9 @@ from cocktail_bot.errors import CocktailError
 from cocktail_bot.templating import fmt_size
 
 WAYS_OUT = {
-    "disk": "stream the sources instead of downloading them, a smaller merge.shard_size, a runner with more "
-    "disk, or run it on Hugging Face Jobs with `cocktail run --on hf-jobs`",
+    "disk": "publish while merging (`cocktail run FILE --publish` without --out keeps about two shards on disk;"
+    " Hub sources are read in place unless example weights or eval sets need them whole), a smaller"
+    " merge.shard_size, a runner with more disk, or run it on Hugging Face Jobs with `cocktail run --on hf-jobs`",
     "memory": "a runner with more memory, or run it on Hugging Face Jobs with `cocktail run --on hf-jobs`",
     "GPU memory": "merge.device: cpu, a bigger GPU, or run it on Hugging Face Jobs with "
     "`cocktail run --on hf-jobs`",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -82,8 +83,9 @@ def test_unknown_numbers_are_not_refusals(recipe: Path, tmp_path: Path) -> None:
 def test_hub_downloads_and_the_output_on_one_filesystem_add_up(
     hub_server, tmp_path: Path, tiny_llamas: list[Path]
 ) -> None:
-    """The cache and the output folder share tmp_path's filesystem: one check, both uses, the sum; files the
-    cache already holds are not counted again."""
+    """The cache and the output folder share tmp_path's filesystem: one check, both uses, the sum. A merge
+    alone reads Hub weights in place, so only the small files are downloaded; files the cache already holds
+    are not counted again."""
     hub_server.commit_folder("cocktail/llama-a", tiny_llamas[0])
     hub_server.commit_folder("cocktail/llama-b", tiny_llamas[1])
     manifest = tmp_path / "cocktail.yml"
@@ -91,13 +93,29 @@ def test_hub_downloads_and_the_output_on_one_filesystem_add_up(
         "version: 1\nname: hub\ntype: decoder\nmodels: [cocktail/llama-a, cocktail/llama-b]\nweights: uniform\n"
     )
     plan, preflight = planned(manifest, tmp_path / "out", Machine({tmp_path: BIG}, BIG))
+    small_files = sum(
+        path.stat().st_size
+        for folder in tiny_llamas[:2]
+        for path in folder.iterdir()
+        if path.is_file() and path.suffix != ".safetensors"
+    )
+    assert plan.download_bytes == small_files
     disk = preflight.checks[0]
     assert disk.uses == ["Hugging Face cache", "output"]
     assert disk.need_bytes == plan.download_bytes + plan.output_bytes
-    assert plan.download_bytes == sum(source.download_bytes for source in plan.sources) > plan.output_bytes
     assert main(["-q", "run", str(manifest), "--out", str(tmp_path / "out")]) == 0
     again, _ = planned(manifest, tmp_path / "out2", Machine({tmp_path: BIG}, BIG))
     assert again.download_bytes == 0
+
+
+def test_publishing_without_a_local_copy_needs_two_shards_of_temp_space(recipe: Path, tmp_path: Path) -> None:
+    recipe.write_text(recipe.read_text() + "merge: {shard_size: 20kB}\noutput: {repo: cocktail/merged}\n")
+    loaded = load_manifest(recipe)
+    plan = with_preflight(build_plan(loaded), loaded, None, machine=Machine({tmp_path: 1000}, BIG))
+    assert plan.preflight is not None and plan.output_bytes > 40_000
+    disk = plan.preflight.checks[0]
+    assert (disk.uses, disk.need_bytes) == (["output shards before upload"], 40_000)
+    assert disk.where == tempfile.gettempdir() and disk.have_bytes == 1000  # tmp_path is on that filesystem
 
 
 def test_plan_json_carries_the_numbers(recipe: Path, tmp_path: Path, capsys) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from cocktail_bot.errors import CocktailError
-from cocktail_bot.templating import fmt_size
+from cocktail_bot.sizes import format_size as fmt_size
 
 WAYS_OUT = {
     "disk": "publish while merging (`cocktail run FILE --publish` without --out keeps about two shards on disk;"

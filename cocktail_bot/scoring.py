@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from cocktail_bot.checkpoint import Checkpoint
+from cocktail_bot.devices import is_device
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.losses import (
     Score,
@@ -46,10 +48,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` is the GPU when there is one, else the CPU."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise CocktailError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if not is_device(str(device)):
+        raise CocktailError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+    resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise CocktailError(f"device {device!r} was asked for but no CUDA GPU is available: use --device cpu")
     return resolved
@@ -105,15 +106,15 @@ def score_models(
             f"max_input_length {max_input_length} is too small: allow at least 3 tokens per example"
         )
     device = resolve_device(device)
-    folders = [Path(folder) for folder in folders]
-    names = list(labels) if labels is not None else [str(folder) for folder in folders]
+    paths = [Path(folder) for folder in folders]
+    names = list(labels) if labels is not None else [str(path) for path in paths]
     network, scorer = _build(
-        folders[0], model_type, example_sets, max_input_length, neg_number, batch_size, device, seed
+        paths[0], model_type, example_sets, max_input_length, neg_number, batch_size, device, seed
     )
     results = []
-    for index, folder in enumerate(tqdm(folders, desc="scoring models", unit="model", disable=not progress)):
+    for index, path in enumerate(tqdm(paths, desc="scoring models", unit="model", disable=not progress)):
         if index:
-            stream_weights(network, folder, first=folders[0])
+            stream_weights(network, path, first=paths[0])
         network.eval()
         scores = {name: scorer(name) for name in example_sets}
         for name, score in scores.items():
@@ -194,18 +195,18 @@ def _encoder(folder: Path, dtype, device: torch.device, max_input_length: int):
             )
         except (OSError, ValueError) as error:
             raise CocktailError(f"cannot load the sentence-transformers model in {folder}: {error}") from None
-        network = st[0].auto_model
+        network: Any = st[0].auto_model  # the transformers model inside the sentence-transformers module
         st.max_seq_length = token_limit(
             network.config, st.tokenizer, max_input_length, extra=st.max_seq_length
         )
         st.eval()
 
-        def embed(texts: list[str]) -> torch.Tensor:
+        def embed_pooled(texts: list[str]) -> torch.Tensor:
             features = st.preprocess(texts)
             features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
             return st(features)["sentence_embedding"]
 
-        return network, embed
+        return network, embed_pooled
 
     logger.info(
         "%s has no sentence-transformers pooling config (modules.json): using the CLS embedding", folder

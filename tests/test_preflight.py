@@ -18,7 +18,7 @@ from cocktail_bot.cli import main
 from cocktail_bot.manifest import load_manifest
 from cocktail_bot.plan import build_plan, can_run_here, with_preflight
 from cocktail_bot.preflight import WAYS_OUT, Machine
-from cocktail_bot.templating import fmt_size
+from cocktail_bot.sizes import format_size as fmt_size
 
 BIG = 10**15
 

@@ -15,7 +15,7 @@ import pytest
 from cocktail_bot.manifest import load_manifest
 from cocktail_bot.plan import build_plan
 from cocktail_bot.preflight import WAYS_OUT
-from cocktail_bot.templating import fmt_size
+from cocktail_bot.sizes import format_size as fmt_size
 from tests.mounts import cocktail, require_mounts, run_mounted
 
 

@@ -43,7 +43,7 @@ from cocktail_bot.recipe import Manifest, SourceSpec, StepSpec
 from cocktail_bot.records import MergedStep
 from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import OutputReport, Provenance, Report, StepReport
-from cocktail_bot.resolution import resolve_sources
+from cocktail_bot.resolution import needs_whole_sources, resolve_sources
 from cocktail_bot.sources import ResolvedSource
 from cocktail_bot.templating import MERGED
 from cocktail_bot.writable import check_writable, write_error
@@ -257,13 +257,6 @@ def check_reproduced(lock: Lock, rebuilt: Lock) -> None:
 
 
 # ---- sources -----------------------------------------------------------------------------------------------
-
-
-def needs_whole_sources(manifest: Manifest, lock: Lock | None) -> bool:
-    """Whether a source must be on disk whole: example-based weights (unless the lock has them) and evaluation
-    load every source's model; a merge alone reads Hub weights in place."""
-    scoring = lock is None and any(step.explicit_weights is None for step in manifest.steps)
-    return scoring or bool(manifest.eval_sets)
 
 
 # ---- steps -------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from cocktail_bot.recipe import Manifest, StepSpec
 from cocktail_bot.records import PinnedSource, StepRecord
 from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import Provenance, Report, SourceReport, StepReport
-from cocktail_bot.resolution import resolve_sources
+from cocktail_bot.resolution import needs_whole_sources, resolve_sources
 from cocktail_bot.sizes import format_size, parse_size
 from cocktail_bot.sources import ResolvedSource
 
@@ -91,8 +91,6 @@ class Plan(BaseModel):
 
 
 def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | None = None) -> Plan:
-    from cocktail_bot.pipeline import needs_whole_sources
-
     resolved = resolve_sources(manifest, None, token=token, endpoint=endpoint, download=False)
     streamed = not needs_whole_sources(manifest, None)
     sources = [

@@ -98,10 +98,13 @@ def run_manifest(
     progress: bool = True,
     create_pr: bool = False,
     pr_title: str | None = None,
+    before_publish: Callable[[], None] | None = None,
 ) -> Report:
     """Build the manifest's model into ``out`` (and publish it when ``publish`` and ``output.repo`` say so;
     ``create_pr`` proposes it as a new Hub pull request; ``pr_title`` updates the open one of that title, the
-    Action's one preview per GitHub pull request; see ``hub.publish_folder``).
+    Action's one preview per GitHub pull request; see ``hub.publish_folder``). ``before_publish`` runs just
+    before anything is sent to the Hub and may raise to stop the run (the Action: "is this still the PR's
+    head?"); nothing is published or written to ``out`` then.
 
     Writes ``out``: the model files, ``README.md`` (the card), ``cocktail.lock``, ``report.json`` and
     ``report.md``; and the lock beside the manifest (``lock_path``; default ``<manifest>.lock``), unless
@@ -183,6 +186,8 @@ def run_manifest(
         publish_error = None
         if uploader is not None:
             uploader.wait()
+            if before_publish is not None:  # shards are in the Hub's storage; nothing is committed yet
+                before_publish()
             publish_error = uploader.error or publish_output(
                 final,
                 manifest,
@@ -292,6 +297,7 @@ def run_step(
     labels = [source.label for source in step.models]
     weights, losses = step_weights(context, step, paths)
     method = get_method(step.merge.method, step.merge.parameters)
+    weights = method.normalised(weights)
     base = step.base or (step.models[0] if step.models else None)
     logger.info("step %s: %s with weights %s", step.name, ", ".join(labels), [round(w, 4) for w in weights])
     result = engine.merge(
@@ -358,6 +364,7 @@ def step_weights(
         batch_size=options.batch_size,
         device=context.device or step.merge.device or "auto",
         progress=context.progress,
+        labels=[source.label for source in step.models],
     )
     return list(result.weights), list(result.losses)
 

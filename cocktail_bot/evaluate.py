@@ -39,7 +39,7 @@ def evaluate(
     example_sets = {name: load_examples(source, model_type) for name, source in eval_sets.items()}
     if not models or not example_sets:
         return []
-    scores = score_models(
+    scoring = score_models(
         list(models.values()),
         model_type,
         example_sets,
@@ -60,5 +60,5 @@ def evaluate(
             examples=score[name].examples,
         )
         for name in example_sets
-        for label, score in zip(models, scores, strict=True)
+        for label, score in zip(models, scoring.scores, strict=True)
     ]

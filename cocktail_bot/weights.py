@@ -24,6 +24,7 @@ class WeightsResult:
     models: list[str]
     losses: list[float]
     weights: list[float]
+    dtype: str = "float32"  # the dtype the losses were computed in
 
 
 def _check_temperature(temperature: float) -> None:
@@ -57,18 +58,20 @@ def compute_weights(
     device: str = "auto",
     seed: int = DEFAULT_SEED,
     progress: bool = True,
+    dtype: str = "auto",
 ) -> WeightsResult:
     """Losses of each model (local folders of one architecture) on ``examples`` and the weights they give.
 
     ``examples`` is an example file (JSON list or JSONL) or the records themselves. Negatives are sampled with
-    ``seed``, so the same inputs always give the same weights.
+    ``seed``, so the same inputs always give the same weights. ``dtype`` is the compute dtype of the losses
+    (``auto``: float32 on CPU, the checkpoint's dtype on a GPU).
     """
     from cocktail_bot.scoring import score_models
 
     model_type = ModelType.parse(model_type)
     _check_temperature(temperature)
     records = load_examples(examples, model_type)
-    scores = score_models(
+    scoring = score_models(
         models,
         model_type,
         {"examples": records},
@@ -78,10 +81,13 @@ def compute_weights(
         device=device,
         seed=seed,
         progress=progress,
+        dtype=dtype,
     )
-    losses = [score["examples"].loss for score in scores]
+    losses = [score["examples"].loss for score in scoring.scores]
     labels = [str(model) for model in models]
     for label, loss in zip(labels, losses, strict=True):
         if not math.isfinite(loss):
             raise CocktailError(f"the loss of {label} on the examples is {loss}: check the model's weights")
-    return WeightsResult(models=labels, losses=losses, weights=softmax_weights(losses, temperature))
+    return WeightsResult(
+        models=labels, losses=losses, weights=softmax_weights(losses, temperature), dtype=scoring.dtype
+    )

@@ -94,11 +94,12 @@ def save_llama(
     dtype: torch.dtype = torch.float32,
     max_shard_size: str | None = None,
     tokenizer: PreTrainedTokenizerFast | None = None,
+    **config_overrides,
 ) -> Path:
     """A randomly initialised tiny Llama causal LM with its tokenizer, saved as safetensors."""
     tokenizer = tokenizer or make_llama_tokenizer()
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(llama_config(len(tokenizer))).to(dtype)
+    model = LlamaForCausalLM(llama_config(len(tokenizer), **config_overrides)).to(dtype)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(folder, **kwargs)
     tokenizer.save_pretrained(folder)

@@ -1,0 +1,182 @@
+"""Run a transformers module whose weights stay in the checkpoint, one module's own weights resident at a time.
+
+The module is built with its parameters on the meta device (no memory, no initialisation; buffers stay real,
+since non-persistent ones such as rotary frequencies are computed at construction and never saved). A
+forward pre-hook on every module that owns parameters reads them from the checkpoint (``Checkpoint``, local
+files by offset or a Hub source by range reads) in the compute dtype, and a forward hook drops them again. So
+the resident weights are those of the module running (one linear layer, one embedding) and of its parents that
+own parameters themselves, whatever the model's size and with no list of architectures: the model's own
+``forward`` runs unchanged. A model that touches a parameter outside its owner's forward, or whose checkpoint
+names do not map onto its parameters (transformers renames or fuses some on load), cannot run this way: the
+error says so and the caller loads it whole instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from cocktail_bot.checkpoint import Checkpoint
+from cocktail_bot.errors import CocktailError
+
+MISMATCH = "example-based weights need models of one architecture"
+
+
+class NotStreamable(Exception):
+    """The model cannot be run with its weights streamed; the message says why."""
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Modules constructed inside get their parameters on the meta device; buffers are built as usual."""
+    register = torch.nn.Module.register_parameter
+
+    def register_on_meta(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=False)
+
+    torch.nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
+def checkpoint_key(name: str, names: Mapping[str, object] | set[str], prefix: str) -> str | None:
+    """The checkpoint's name for a module's parameter ``name``: as is, or with/without the base model prefix."""
+    if name in names:
+        return name
+    if prefix and name.startswith(prefix + ".") and name[len(prefix) + 1 :] in names:
+        return name[len(prefix) + 1 :]
+    if prefix and f"{prefix}.{name}" in names:
+        return f"{prefix}.{name}"
+    return None
+
+
+class StreamedWeights:
+    """Hooks that fill a meta-parameter module from one checkpoint at a time (see the module docstring)."""
+
+    def __init__(self, network: torch.nn.Module, device: torch.device) -> None:
+        self.network = network
+        self.device = device
+        self.prefix = getattr(network, "base_model_prefix", "") or ""
+        self.checkpoint: Checkpoint | None = None
+        self.sources: dict[str, str] = {}  # parameter name in the module -> tensor name in the checkpoint
+        # every name of each parameter object: tied weights (an embedding and the LM head) have several
+        self.aliases: dict[str, list[str]] = {}
+        by_object: dict[int, list[str]] = {}
+        for name, param in network.named_parameters(remove_duplicate=False):
+            by_object.setdefault(id(param), []).append(name)
+        for names in by_object.values():
+            for name in names:
+                self.aliases[name] = names
+        # each module that owns parameters: its own parameters' (name, qualified name, meta placeholder)
+        self.owned: list[tuple[torch.nn.Module, list[tuple[str, str, torch.nn.Parameter]]]] = []
+        self.handles = []
+        for module_name, module in network.named_modules():
+            own = [
+                (name, f"{module_name}.{name}" if module_name else name, param)
+                for name, param in module._parameters.items()
+                if param is not None
+            ]
+            if own:
+                self.owned.append((module, own))
+                self.handles.append(module.register_forward_pre_hook(self._loader(own)))
+                self.handles.append(module.register_forward_hook(self._unloader(own)))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def drop(self) -> None:
+        """Every parameter back to its placeholder (a forward that raised leaves some loaded)."""
+        for module, own in self.owned:
+            for name, _, meta in own:
+                module._parameters[name] = meta
+
+    @contextmanager
+    def bound(self, folder: Path, *, first: Path) -> Iterator[None]:
+        """Point the hooks at ``folder``'s checkpoint, after checking every parameter has a tensor there.
+
+        For the first model a parameter without a tensor means the model cannot be streamed
+        (:class:`NotStreamable`); for the others it means the models differ (``CocktailError``).
+        """
+        with Checkpoint(folder) as checkpoint:
+            self.sources = self._map(checkpoint, folder, first)
+            self._load_buffers(checkpoint)
+            self.checkpoint = checkpoint
+            try:
+                yield
+            finally:
+                self.checkpoint = None
+                self.drop()
+
+    def _map(self, checkpoint: Checkpoint, folder: Path, first: Path) -> dict[str, str]:
+        names = set(checkpoint.names)
+        sources = {}
+        for name, param in sorted(self.network.named_parameters(remove_duplicate=False)):
+            key = next(
+                (k for alias in self.aliases[name] if (k := checkpoint_key(alias, names, self.prefix))), None
+            )
+            if key is None:
+                if folder == first:
+                    raise NotStreamable(f"its checkpoint has no tensor for the parameter {name!r}")
+                raise CocktailError(f"{folder} lacks the tensor {name!r} that {first} has: {MISMATCH}")
+            shape = checkpoint.info(key).shape
+            if shape != tuple(param.shape):
+                if folder == first:
+                    raise NotStreamable(
+                        f"its tensor {key!r} has shape {list(shape)}, the parameter {list(param.shape)}"
+                    )
+                raise CocktailError(
+                    f"{folder}: tensor {key!r} has shape {list(shape)} "
+                    f"but {first} has {list(param.shape)}: {MISMATCH}"
+                )
+            sources[name] = key
+        return sources
+
+    @torch.no_grad()
+    def _load_buffers(self, checkpoint: Checkpoint) -> None:
+        """Saved buffers (a few, small) are resident, as from_pretrained loads them; the rest keep their init."""
+        persistent, names = set(self.network.state_dict(keep_vars=True)), set(checkpoint.names)
+        for name, buffer in self.network.named_buffers():
+            key = checkpoint_key(name, names, self.prefix) if name in persistent else None
+            if key is not None and checkpoint.info(key).shape == tuple(buffer.shape):
+                buffer.copy_(checkpoint.read(key))
+
+    def _loader(self, own: list[tuple[str, str, torch.nn.Parameter]]):
+        def load(module: torch.nn.Module, args) -> None:
+            assert self.checkpoint is not None, "streamed module run outside StreamedWeights.bound()"
+            for name, qualified, meta in own:
+                value = self.checkpoint.read(self.sources[qualified])
+                module._parameters[name] = torch.nn.Parameter(
+                    value.to(device=self.device, dtype=meta.dtype), requires_grad=False
+                )
+
+        return load
+
+    @staticmethod
+    def _unloader(own: list[tuple[str, str, torch.nn.Parameter]]):
+        def unload(module: torch.nn.Module, args, output) -> None:
+            for name, _, meta in own:
+                module._parameters[name] = meta
+
+        return unload
+
+
+def build_skeleton(factory: Callable[..., torch.nn.Module], config, dtype: torch.dtype) -> torch.nn.Module:
+    """``factory(config, dtype=...)`` (a transformers from_config), parameters on meta, weights tied."""
+    try:
+        with parameters_on_meta():
+            network = factory(config, dtype=dtype)
+        network.tie_weights()  # as from_pretrained does (outside: tying re-registers the shared parameter)
+    except Exception as error:  # any construction failure: the caller loads the model whole instead
+        raise NotStreamable(
+            f"building it without its weights failed ({type(error).__name__}: {error})"
+        ) from None
+    network.eval()
+    return network

@@ -2,7 +2,7 @@
 
 Each module in :mod:`cocktail_bot.commands` registers its own subcommand and imports heavy libraries (torch,
 transformers) only inside its handler, so ``cocktail --version`` and ``--help`` start fast and a command loads only
-what it uses (``validate`` and ``plan`` load torch through the merge methods' parameter checks).
+what it uses (``validate`` and ``plan`` never load torch: tests/test_architecture.py checks it).
 """
 
 from __future__ import annotations

@@ -33,10 +33,11 @@ from tqdm.auto import tqdm
 
 from cocktail_bot.checkpoint import Checkpoint, TensorInfo
 from cocktail_bot.errors import CocktailError
+from cocktail_bot.memory import CHUNK_ELEMENTS, PREFETCH
 from cocktail_bot.methods import MergeMethod, get_method
 from cocktail_bot.model_files import copy_files, file_sha256, support_files, weight_dirs
 from cocktail_bot.model_types import ModelType
-from cocktail_bot.overlap import PREFETCH, BufferPool, Task, run_tasks
+from cocktail_bot.overlap import BufferPool, Task, run_tasks
 from cocktail_bot.shards import Shard, ShardWriter, parse_size, plan_shards, write_index
 
 logger = logging.getLogger(__name__)
@@ -53,8 +54,6 @@ DTYPES = {
     "float64": torch.float64,
     "fp64": torch.float64,
 }
-# Elements per chunk of an elementwise merge, summed over the inputs: bounds memory whatever the model count.
-CHUNK_ELEMENTS = 16 * 2**20
 BLOCK_ELEMENTS = 2**18  # per input, a float64 scratch block of 2 MB: close to a core's cache
 # Threads summing a chunk's blocks (torch releases the GIL). Half the cores, as reading, writing and hashing
 # need the rest; on 2 cores the caller's thread alone does the sums.

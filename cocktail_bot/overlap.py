@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-PREFETCH = 2  # tasks read ahead of the arithmetic, and results queued for the writer
+from cocktail_bot.memory import PREFETCH
 
 
 class BufferPool:

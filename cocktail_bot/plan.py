@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from cocktail_bot import __version__
 from cocktail_bot.manifest import STEP_PREFIX, Manifest, StepSpec, load_manifest
+from cocktail_bot.memory import CHUNK_ELEMENTS, PREFETCH
 from cocktail_bot.model_types import PIPELINE_TAG, ModelType
 from cocktail_bot.report import Provenance, Report, SourceReport, StepReport
 from cocktail_bot.templating import fmt_size
@@ -63,7 +64,6 @@ class Plan(BaseModel):
 
 
 def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | None = None) -> Plan:
-    from cocktail_bot.engine import CHUNK_ELEMENTS, PREFETCH
     from cocktail_bot.pipeline import resolve_sources
 
     resolved = resolve_sources(manifest, None, token=token, endpoint=endpoint, download=False)

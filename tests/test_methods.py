@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cocktail_bot.errors import CocktailError
-from cocktail_bot.methods import METHODS, get_method, tensor_seed
+from cocktail_bot.merge_kernels import tensor_seed
+from cocktail_bot.methods import METHODS, get_method
 
 BASE = torch.tensor([1.0, 1.0, 1.0, 1.0])
 DELTAS = [  # no two entries of one task vector share a magnitude, so TIES' top-k is unambiguous
@@ -377,14 +378,14 @@ def test_elementwise_methods_give_the_same_result_chunk_by_chunk():
 def test_masks_built_piece_by_piece_are_the_whole_tensor_masks(monkeypatch):
     """DARE's draws and TIES' mask are made MASK_CHUNK entries at a time: the same mask as in one piece (one
     torch.rand call; a full sort keeping ties at the threshold by position), with ties spread over pieces."""
-    from cocktail_bot import methods
+    from cocktail_bot import merge_kernels
 
-    monkeypatch.setattr(methods, "MASK_CHUNK", 97)
+    monkeypatch.setattr(merge_kernels, "MASK_CHUNK", 97)
     generator = torch.Generator().manual_seed(4)
     delta = torch.randn(1000, generator=generator)
     delta[::3] = 0.5  # 334 entries tied at 0.5, in every piece
     delta[1::7] = 0.0
-    dropped = methods.drop_randomly(delta.clone(), 0.4, False, torch.Generator().manual_seed(9))
+    dropped = merge_kernels.drop_randomly(delta.clone(), 0.4, False, torch.Generator().manual_seed(9))
     draws = torch.rand(1000, generator=torch.Generator().manual_seed(9))
     assert torch.equal(dropped, delta * (draws < 0.4))
     for density in (0.2, 0.5, 0.9):
@@ -392,7 +393,7 @@ def test_masks_built_piece_by_piece_are_the_whole_tensor_masks(monkeypatch):
         order = torch.sort(delta.abs(), descending=True, stable=True).indices[:keep]
         expected = torch.zeros_like(delta)
         expected[order] = delta[order]
-        assert torch.equal(methods.keep_largest(delta.clone(), density, False), expected), density
+        assert torch.equal(merge_kernels.keep_largest(delta.clone(), density, False), expected), density
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from cocktail_bot.engine import merge
-from cocktail_bot.methods import METHODS, get_method, tensor_seed
+from cocktail_bot.merge_kernels import tensor_seed
+from cocktail_bot.methods import METHODS, get_method
 
 pytest.importorskip("mergekit")
 from mergekit.merge_methods import registry  # noqa: E402

@@ -1,0 +1,78 @@
+"""The layout's rules, checked: torch only in the modules that handle tensors, and `validate` / `plan` free of it."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import cocktail_bot
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "examples" / "quickstart" / "cocktail.yml"
+# The modules that hold, read, write or compute on tensors; every other module must import without torch.
+TENSOR_MODULES = {
+    "cocktail_bot.api",  # LM_Cocktail's drop-in: merges in process
+    "cocktail_bot.checkpoint",
+    "cocktail_bot.engine",
+    "cocktail_bot.losses",
+    "cocktail_bot.merge_kernels",
+    "cocktail_bot.overlap",
+    "cocktail_bot.scoring",
+    "cocktail_bot.shards",
+}
+
+
+def all_modules() -> list[str]:
+    found = ["cocktail_bot"]
+    for info in pkgutil.walk_packages(cocktail_bot.__path__, "cocktail_bot."):
+        if info.name != "cocktail_bot.__main__":
+            found.append(info.name)
+    return sorted(found)
+
+
+def _loads_torch(code: str) -> bool:
+    probe = f"import sys\n{code}\nprint('torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_the_tensor_modules_exist():
+    """A renamed tensor module must be renamed here too, or the rule below would silently check nothing."""
+    assert TENSOR_MODULES <= set(all_modules())
+
+
+def test_only_tensor_modules_import_torch():
+    """Each module on its own, in a fresh interpreter: the ones outside TENSOR_MODULES leave torch unloaded."""
+    modules = [name for name in all_modules() if name not in TENSOR_MODULES]
+    code = "\n".join(
+        [
+            "import importlib, subprocess, sys",
+            f"for name in {modules!r}:",
+            "    probe = f'import sys, {name}; print(\"torch\" in sys.modules)'",
+            "    out = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True)",
+            "    if out.returncode or out.stdout.strip() != 'False':",
+            "        print(name, out.stdout.strip(), out.stderr.strip()[-300:])",
+        ]
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True, timeout=600
+    )
+    assert result.stdout == "", f"these modules import torch (or fail to import):\n{result.stdout}"
+
+
+def test_a_tensor_module_does_load_torch():
+    """The probe can fail: a module from TENSOR_MODULES is seen loading torch."""
+    assert _loads_torch("import cocktail_bot.merge_kernels")
+
+
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_validate_and_plan_run_without_torch(command):
+    code = f"from cocktail_bot.cli import main\nassert main([{command!r}, {str(QUICKSTART)!r}]) == 0"
+    assert not _loads_torch(code)

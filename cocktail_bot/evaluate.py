@@ -27,6 +27,7 @@ def evaluate(
     device: str = "auto",
     seed: int = DEFAULT_SEED,
     progress: bool = True,
+    dtype: str = "auto",
 ) -> list[EvalResult]:
     """One :class:`EvalResult` per (eval set, model), eval sets outermost, models in the order given.
 
@@ -49,6 +50,7 @@ def evaluate(
         device=device,
         seed=seed,
         progress=progress,
+        dtype=dtype,
         labels=list(models),
     )
     return [
@@ -58,6 +60,7 @@ def evaluate(
             loss=score[name].loss,
             accuracy=score[name].accuracy,
             examples=score[name].examples,
+            dtype=scoring.dtype,
         )
         for name in example_sets
         for label, score in zip(models, scoring.scores, strict=True)

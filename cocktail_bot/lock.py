@@ -42,6 +42,7 @@ class LockedStep(_Strict):
     weights_mode: str
     weights: list[float]
     losses: list[float] | None = None
+    loss_dtype: str | None = Field(None, description="dtype the example losses were computed in")
     method: str
     method_params: dict[str, float | int | str | bool | None] = Field(default_factory=dict)
     output_files: dict[str, str] = Field(

@@ -248,7 +248,7 @@ def run_step(context: RunContext, step: StepSpec) -> tuple[StepReport, LockedSte
     manifest = context.manifest
     paths = [context.path_of(source) for source in step.models]
     labels = [source.label for source in step.models]
-    weights, losses = step_weights(context, step, paths)
+    weights, losses, loss_dtype = step_weights(context, step, paths)
     method = get_method(step.merge.method, step.merge.parameters)
     base = step.base or (step.models[0] if step.models else None)
     logger.info("step %s: %s with weights %s", step.name, ", ".join(labels), [round(w, 4) for w in weights])
@@ -273,6 +273,7 @@ def run_step(context: RunContext, step: StepSpec) -> tuple[StepReport, LockedSte
         weights=weights,
         losses=losses,
         examples=_relative(step.examples_path, manifest.root) if step.examples_path else None,
+        loss_dtype=loss_dtype,
         temperature=step.example_weights.temperature if step.example_weights else None,
         method=method.name,
         method_params=dict(method.params),
@@ -286,6 +287,7 @@ def run_step(context: RunContext, step: StepSpec) -> tuple[StepReport, LockedSte
         weights_mode=step.weights_mode,
         weights=weights,
         losses=losses,
+        loss_dtype=loss_dtype,
         method=method.name,
         method_params=dict(method.params),
         output_files=dict(result.files),
@@ -295,16 +297,17 @@ def run_step(context: RunContext, step: StepSpec) -> tuple[StepReport, LockedSte
 
 def step_weights(
     context: RunContext, step: StepSpec, paths: list[Path]
-) -> tuple[list[float], list[float] | None]:
-    """The step's weights: the manifest's, uniform, the lock's (`--locked`), or computed from the examples."""
+) -> tuple[list[float], list[float] | None, str | None]:
+    """The step's weights: the manifest's, uniform, the lock's (`--locked`), or computed from the examples;
+    with the example losses and the dtype they were computed in."""
     if context.locked is not None:
         pinned = context.locked.step(step.name)
         if pinned is None or pinned.models != [source.label for source in step.models]:
             raise CocktailError(f"step {step.name!r} is not in the lock as written: run without --locked")
-        return list(pinned.weights), pinned.losses
+        return list(pinned.weights), pinned.losses, pinned.loss_dtype
     explicit = step.explicit_weights
     if explicit is not None:
-        return explicit, None
+        return explicit, None, None
     from cocktail_bot.weights import compute_weights
 
     options = step.example_weights
@@ -321,7 +324,7 @@ def step_weights(
         device=context.device or step.merge.device or "auto",
         progress=context.progress,
     )
-    return list(result.weights), list(result.losses)
+    return list(result.weights), list(result.losses), result.dtype
 
 
 def engine_device(device: str | None) -> str:

@@ -44,6 +44,7 @@ class StepReport(BaseModel):
         None, description="example losses per model, when weights came from examples"
     )
     examples: str | None = Field(None, description="example file the weights were computed from")
+    loss_dtype: str | None = Field(None, description="dtype the example losses were computed in")
     temperature: float | None = None
     method: str = "linear"
     method_params: dict[str, bool | float | int | str | None] = Field(default_factory=dict)
@@ -62,6 +63,7 @@ class EvalResult(BaseModel):
     loss: float
     accuracy: float | None = Field(None, description="top-1 accuracy for encoders and rerankers")
     examples: int
+    dtype: str | None = Field(None, description="dtype the loss was computed in")
 
 
 class OutputReport(BaseModel):

@@ -23,6 +23,7 @@ TENSOR_MODULES = {
     "cocktail_bot.overlap",
     "cocktail_bot.scoring",
     "cocktail_bot.shards",
+    "cocktail_bot.streamed",
 }
 
 

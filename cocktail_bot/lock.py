@@ -170,7 +170,7 @@ def verify_hub_repo(
     """
     from huggingface_hub import HfApi, hf_hub_download
 
-    from cocktail_bot.hub import hub_errors
+    from cocktail_bot.hub_access import hub_errors
 
     repo_id, _, revision = reference.partition("@")
     api = HfApi(endpoint=endpoint, token=token)

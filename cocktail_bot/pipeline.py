@@ -32,9 +32,11 @@ from cocktail_bot.lock import (
     read_lock,
     write_lock,
 )
-from cocktail_bot.manifest import STEP_PREFIX, Manifest, SourceSpec, StepSpec, load_manifest
+from cocktail_bot.manifest import load_manifest
 from cocktail_bot.model_types import is_sentence_transformer
 from cocktail_bot.plan import manifest_report, plan_manifest
+from cocktail_bot.recipe import Manifest, SourceSpec, StepSpec
+from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import OutputReport, Provenance, Report, StepReport
 from cocktail_bot.templating import MERGED
 

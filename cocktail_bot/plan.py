@@ -14,9 +14,11 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from cocktail_bot import __version__
-from cocktail_bot.manifest import STEP_PREFIX, Manifest, StepSpec, load_manifest
+from cocktail_bot.manifest import load_manifest
 from cocktail_bot.memory import CHUNK_ELEMENTS, PREFETCH
 from cocktail_bot.model_types import PIPELINE_TAG, ModelType
+from cocktail_bot.recipe import Manifest, StepSpec
+from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import Provenance, Report, SourceReport, StepReport
 from cocktail_bot.templating import fmt_size
 

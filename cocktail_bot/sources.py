@@ -237,7 +237,7 @@ def _resolve_hub(
 ) -> ResolvedSource:
     from huggingface_hub import HfApi, constants, snapshot_download
 
-    from cocktail_bot.hub import hub_errors, with_retries
+    from cocktail_bot.hub_access import hub_errors, with_retries
 
     where = f"{repo_id}@{revision}" if revision else repo_id
     offline = constants.is_offline_mode()
@@ -290,7 +290,7 @@ def _listing(api, repo_id: str, sha: str, *, offline: bool) -> _Listing:
     """
     from huggingface_hub import get_cached_repo_tree
 
-    from cocktail_bot.hub import with_retries
+    from cocktail_bot.hub_access import with_retries
 
     if offline:
         tree = get_cached_repo_tree(repo_id, revision=sha)

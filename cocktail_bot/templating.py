@@ -24,7 +24,7 @@ from jinja2.loaders import split_template_path
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from cocktail_bot.errors import CocktailError
-from cocktail_bot.manifest import STEP_PREFIX
+from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import EvalResult, Report
 
 TEMPLATES_PACKAGE = "cocktail_bot.templates"

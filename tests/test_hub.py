@@ -10,7 +10,7 @@ import pytest
 from huggingface_hub import CommitOperationAdd, HfApi, snapshot_download
 from huggingface_hub.utils import _auth
 
-from cocktail_bot import hub
+from cocktail_bot import hub_access
 from cocktail_bot.errors import CocktailError, RemoteError
 from cocktail_bot.hub import local_files, publish_folder
 
@@ -19,7 +19,7 @@ REPO = "cocktail/merged"
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hub, "RETRY_DELAYS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(hub_access, "RETRY_DELAYS", (0.0, 0.0, 0.0))
 
 
 @pytest.fixture
@@ -217,7 +217,7 @@ def test_transient_failures_are_retried(hub_server, model, route, status, caplog
 
 
 def test_a_connection_that_keeps_dropping_gives_up_with_one_message(hub_server, model):
-    hub_server.fail("create_repo", 0, times=1 + len(hub.RETRY_DELAYS))
+    hub_server.fail("create_repo", 0, times=1 + len(hub_access.RETRY_DELAYS))
     with pytest.raises(RemoteError) as error:
         publish(model, hub_server)
     assert str(error.value) == (
@@ -272,7 +272,7 @@ def test_an_upload_failing_halfway_leaves_the_target_revision_unchanged(
     assert len(hub_server.seen("lfs_upload")) > 1
     assert hub_server.head(REPO) == before.commit_sha
     hub_server.fail(
-        "commit", 500, times=1 + len(hub.RETRY_DELAYS)
+        "commit", 500, times=1 + len(hub_access.RETRY_DELAYS)
     )  # every shard is up, every commit attempt fails
     with pytest.raises(RemoteError, match=r"^the Hub failed on cocktail/merged@main \(HTTP 500\)"):
         publish(sharded, hub_server)

@@ -11,7 +11,8 @@ import yaml
 
 from cocktail_bot.cli import main
 from cocktail_bot.errors import CocktailError
-from cocktail_bot.manifest import MAX_MANIFEST_BYTES, json_schema, load_manifest
+from cocktail_bot.manifest import MAX_MANIFEST_BYTES, load_manifest
+from cocktail_bot.manifest_schema import json_schema
 
 HEADER = "version: 1\nname: demo\ntype: decoder\n"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cocktail_bot import hub
+from cocktail_bot import hub_access
 from cocktail_bot.cli import main
 
 
@@ -23,7 +23,7 @@ def model(tmp_path: Path, tiny_llamas) -> Path:
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hub, "RETRY_DELAYS", (0.0,))
+    monkeypatch.setattr(hub_access, "RETRY_DELAYS", (0.0,))
 
 
 def test_publish_prints_the_commit_url_then_reports_no_change(hub_server, model, monkeypatch, capsys):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants
 
-from cocktail_bot import hub
+from cocktail_bot import hub_access
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.sources import needed_files, resolve_source
 
@@ -24,7 +24,7 @@ def sha256(path: Path) -> str:
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hub, "RETRY_DELAYS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(hub_access, "RETRY_DELAYS", (0.0, 0.0, 0.0))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ def register(subparsers) -> None:
 
 
 def handle(args) -> int:
-    from cocktail_bot.manifest import json_schema
+    from cocktail_bot.manifest_schema import json_schema
 
     print(json.dumps(json_schema(), indent=2, sort_keys=True))
     return 0

@@ -1,0 +1,295 @@
+"""`cocktail.yml`'s schema: what each key may hold, as pydantic models; the JSON Schema for editors.
+
+A new manifest field is a field here (with its description); a check the schema cannot express goes to
+:mod:`cocktail_bot.manifest_checks`, and what the rest of the code reads to :mod:`cocktail_bot.recipe`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictFloat,
+    Tag,
+    TypeAdapter,
+    field_validator,
+)
+
+from cocktail_bot.references import LOCAL_PREFIXES, STEP_PREFIX
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_reference(value: str, *, allow_revision: bool) -> str:
+    """A model reference is a local path (./, ../ or /) or a Hub repo id, optionally ``@revision``."""
+    if value.startswith(LOCAL_PREFIXES):
+        return value
+    if value.startswith(STEP_PREFIX):
+        raise ValueError(
+            f"{value!r}: a step's output cannot be named here; list {{step: {value.removeprefix(STEP_PREFIX)}, weight: ...}} first "
+            "among the models (the first model is the default base)"
+        )
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    repo_id, at, revision = value.partition("@")
+    if at and not allow_revision:
+        raise ValueError(f"{value!r}: put the revision in 'revision:', not after '@'")
+    if at and not revision.strip():
+        raise ValueError(
+            f"{value!r}: nothing after '@'; write org/name@revision (a branch, tag or commit sha)"
+        )
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ValueError(
+            f"{value!r} is not a model reference: use a Hub id 'org/name', 'org/name@revision', "
+            "or a local folder starting with './'"
+        ) from None
+    return value
+
+
+def _reference(value: str) -> str:
+    return _check_reference(value, allow_revision=True)
+
+
+def _repo_id(value: str) -> str:
+    return _check_reference(value, allow_revision=False)
+
+
+def _hub_repo_id(value: str) -> str:
+    if value.startswith(LOCAL_PREFIXES):
+        raise ValueError(f"{value!r} is a local path: output.repo is the Hub repo 'org/name' to publish to")
+    try:
+        return _repo_id(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a Hub repo id: output.repo is the Hub repo 'org/name' to publish to"
+        ) from None
+
+
+REFERENCE_PATTERN = r"^(\.{0,2}/.*|[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)?(@\S+)?)$"
+Reference = Annotated[
+    str, AfterValidator(_reference), Field(json_schema_extra={"pattern": REFERENCE_PATTERN})
+]
+RepoIdOrPath = Annotated[
+    str, AfterValidator(_repo_id), Field(json_schema_extra={"pattern": REFERENCE_PATTERN})
+]
+
+
+class HubOrLocalModel(_Strict):
+    """A source written as a mapping: ``{id: org/name, revision: v1, weight: 0.3}``."""
+
+    id: RepoIdOrPath = Field(
+        description="Hub repo id 'org/name' or a local folder './path' inside the repository"
+    )
+    revision: str | None = Field(
+        None, description="branch, tag or commit sha (Hub sources only); default main"
+    )
+    # Strict: YAML's `true` or a quoted "0.5" is a mistake, not a weight of 1.0 or 0.5.
+    weight: StrictFloat | None = Field(
+        None, description="this model's weight; give every model one, or use 'weights:'"
+    )
+
+    @field_validator("revision")
+    @classmethod
+    def _no_revision_for_local(cls, value: str | None, info) -> str | None:
+        if value is not None and str(info.data.get("id", "")).startswith(LOCAL_PREFIXES):
+            raise ValueError("a local folder has no revision: remove 'revision:' or use a Hub id")
+        return value
+
+
+class StepOutput(_Strict):
+    """The output of an earlier step, as a source of a later one: ``{step: helpers, weight: 0.5}``."""
+
+    step: str = Field(description="name of an earlier step")
+    weight: StrictFloat | None = None
+
+
+def _entry_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "reference"
+    if isinstance(value, dict):
+        return "StepOutput" if "step" in value else "HubOrLocalModel"
+    if isinstance(value, (HubOrLocalModel, StepOutput)):
+        return type(value).__name__
+    return None
+
+
+ModelEntry = Annotated[
+    Annotated[Reference, Tag("reference")]
+    | Annotated[HubOrLocalModel, Tag("HubOrLocalModel")]
+    | Annotated[StepOutput, Tag("StepOutput")],
+    Discriminator(
+        _entry_kind,
+        custom_error_type="model_reference",
+        custom_error_message="expected a model reference: 'org/name', 'org/name@rev', './local/path', "
+        "{id: ..., weight: ...} or {step: ..., weight: ...}",
+    ),
+]
+
+
+class ExampleWeights(_Strict):
+    """LM-Cocktail's weights from examples: softmax(-loss / T) of each model's loss on a few examples."""
+
+    examples: str = Field(description="JSON or JSONL example file, relative to the manifest")
+    temperature: float = Field(5.0, gt=0)
+    max_input_length: int = Field(2048, gt=0)
+    neg_number: int = Field(7, ge=0, description="negatives per query (encoder, reranker)")
+    batch_size: int = Field(2, gt=0)
+
+
+def _weights_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "uniform"
+    if isinstance(value, (dict, ExampleWeights)):
+        return "ExampleWeights"
+    return None
+
+
+WeightsSpec = Annotated[
+    Annotated[Literal["uniform"], Tag("uniform")] | Annotated[ExampleWeights, Tag("ExampleWeights")],
+    Discriminator(
+        _weights_kind,
+        custom_error_type="weights_spec",
+        custom_error_message="expected 'uniform' or a mapping {examples: FILE, temperature: ...}",
+    ),
+]
+
+SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*[KMGT]B\s*$"
+
+
+def _size(value: str | int) -> str | int:
+    from huggingface_hub.serialization._base import parse_size_to_int
+
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError(f"{value} must be a positive number of bytes")
+        return value
+    try:
+        if parse_size_to_int(value) <= 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{value!r} is not a size: write a number of bytes or e.g. '500MB', '5GB'") from None
+    return value
+
+
+Size = Annotated[str | int, AfterValidator(_size), Field(json_schema_extra={"pattern": SIZE_PATTERN})]
+
+
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
+
+
+class MergeOptions(_Strict):
+    method: str = Field("linear", description="linear, task_arithmetic, ties, dare_linear, dare_ties, slerp")
+    parameters: dict[str, float | int | str | bool | None] = Field(
+        default_factory=dict, description="method parameters, e.g. {density: 0.5} for ties"
+    )
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        None, description="output dtype; default: the sources' dtype"
+    )
+    shard_size: Size = Field("5GB", description="largest output shard, e.g. '5GB'")
+    max_memory: str | int = Field(
+        "auto", description="memory budget for the plan's check, 'auto' or e.g. '16GB'"
+    )
+    device: str | None = Field(
+        None,
+        json_schema_extra={"pattern": DEVICE_PATTERN},
+        description="where weights and evaluation run: auto, cpu, cuda, cuda:N",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(DEVICE_PATTERN, value):
+            raise ValueError(f"{value!r} is not a device: use auto, cpu, mps, cuda or cuda:N")
+        return value
+
+    @field_validator("max_memory")
+    @classmethod
+    def _check_max_memory(cls, value: str | int) -> str | int:
+        return value if value == "auto" else _size(value)
+
+
+class Step(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=64)
+    models: list[ModelEntry] = Field(min_length=1)
+    weights: WeightsSpec | None = None
+    merge: MergeOptions = Field(default_factory=MergeOptions)
+    base: Reference | None = Field(
+        None, description="config, tokenizer and modules come from here (default: first)"
+    )
+
+
+class EvalSet(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._ -]*$", max_length=64)
+    examples: str = Field(description="JSON or JSONL example file, relative to the manifest")
+
+
+class Output(_Strict):
+    repo: Annotated[str, AfterValidator(_hub_repo_id)] | None = Field(
+        None, description="Hub repo 'org/name' to publish to; omitted = build only"
+    )
+    private: bool = Field(True, description="create the Hub repo private (default: true)")
+    license: str = Field("inherit", description="SPDX id, or 'inherit': the sources' common license")
+    card: str | None = Field(
+        None, description="your own Jinja2 model card template, relative to the manifest"
+    )
+
+
+class ManifestDocument(_Strict):
+    """cocktail.yml, version 1: one merge (models/weights/merge/base at the top) or several `steps:`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="cocktail.yml")
+
+    version: Literal[1] = Field(description="manifest format version")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=96, description="names the output")
+    type: Literal["decoder", "encoder", "reranker"]
+    models: list[ModelEntry] | None = Field(None, min_length=1)
+    weights: WeightsSpec | None = None
+    merge: MergeOptions | None = None
+    base: Reference | None = None
+    steps: list[Step] | None = Field(None, min_length=1, description="a multi-stage recipe, run in order")
+    eval: list[EvalSet] = Field(default_factory=list, description="held-out example sets")
+    output: Output = Field(default_factory=Output)
+
+
+STEP_KEYS = ("models", "weights", "merge", "base")
+TAGS = {"reference", "HubOrLocalModel", "StepOutput", "uniform", "ExampleWeights"}
+FIELD_CLASS: dict[str, type[BaseModel]] = {
+    "steps": Step,
+    "weights": ExampleWeights,
+    "merge": MergeOptions,
+    "eval": EvalSet,
+    "output": Output,
+}
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of cocktail.yml, for editors (YAML language servers) and for `cocktail schema`."""
+    schema = ManifestDocument.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://github.com/cocktail-bot/cocktail-bot/schema/cocktail.schema.json"
+    schema["description"] = (
+        "cocktail-bot merge recipe (LM-Cocktail). Give either models/weights/merge/base, or steps."
+    )
+    schema["oneOf"] = [
+        {"required": ["models"], "not": {"required": ["steps"]}},
+        {"required": ["steps"], "not": {"anyOf": [{"required": [k]} for k in STEP_KEYS]}},
+    ]
+    return schema
+
+
+# ------------------------------------------------------------------------------------------------------
+
+
+ENTRY: TypeAdapter[Any] = TypeAdapter(ModelEntry)
+REFERENCE: TypeAdapter[Any] = TypeAdapter(Reference)
+WEIGHTS: TypeAdapter[Any] = TypeAdapter(WeightsSpec)

@@ -1,0 +1,85 @@
+"""The loaded, normalised recipe every later stage reads: steps of sources with paths resolved.
+
+Built by :func:`cocktail_bot.manifest.load_manifest` once every check passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from cocktail_bot.manifest_schema import ExampleWeights, ManifestDocument, MergeOptions, Output
+
+SINGLE_STEP_NAME = "merge"  # the one step of a manifest without `steps:`
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One input of a step: a Hub repo, a local folder, or an earlier step's output."""
+
+    label: str  # as the manifest writes it: 'org/name', 'org/name@rev', './path', 'step:NAME'
+    kind: Literal["hub", "local", "step"]
+    ref: str  # repo id, absolute local path, or step name
+    revision: str | None = None
+    weight: float | None = None
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    name: str
+    models: tuple[SourceSpec, ...]
+    weights_mode: Literal["explicit", "uniform", "examples"]
+    example_weights: ExampleWeights | None
+    examples_path: Path | None
+    merge: MergeOptions
+    base: SourceSpec | None  # None: the first model
+
+    @property
+    def explicit_weights(self) -> list[float] | None:
+        if self.weights_mode == "uniform":
+            return [1.0 / len(self.models)] * len(self.models)
+        if self.weights_mode == "explicit":
+            return [float(m.weight) for m in self.models]  # type: ignore[arg-type]
+        return None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path  # absolute
+    root: Path  # the repository the manifest lives in; every path stays inside it
+    text: str
+    sha256: str
+    document: ManifestDocument
+    steps: tuple[StepSpec, ...]
+    eval_sets: dict[str, Path] = field(default_factory=dict)
+    card_template: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.document.name
+
+    @property
+    def model_type(self) -> str:
+        return self.document.type
+
+    @property
+    def output(self) -> Output:
+        return self.document.output
+
+    @property
+    def relative_path(self) -> str:
+        return self.path.relative_to(self.root).as_posix()
+
+    def external_sources(self) -> list[SourceSpec]:
+        """Hub and local sources of every step (and bases), each once, in order of appearance."""
+        seen: dict[tuple[str, str | None], SourceSpec] = {}
+        for step in self.steps:
+            for source in (*step.models, *([step.base] if step.base else [])):
+                if source.kind != "step":
+                    seen.setdefault((source.label, source.revision), source)
+        return list(seen.values())
+
+
+# ------------------------------------------------------------------------------------------------------
+# Loading: YAML nodes, problems, checks

@@ -323,6 +323,7 @@ def step_weights(
         max_input_length=options.max_input_length,
         neg_number=options.neg_number,
         batch_size=options.batch_size,
+        dtype=options.dtype,
         device=context.device or step.merge.device or "auto",
         progress=context.progress,
     )

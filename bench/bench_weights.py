@@ -148,6 +148,9 @@ def main() -> None:
     if (len(folders) + 1) * max(params) * 4 > free_memory() * 0.8:  # LM_Cocktail: every state dict + a model
         print("LM_Cocktail skipped: its N+1 float32 models do not fit in the free memory\n")
         del runs["LM_Cocktail mix_models_with_data"]
+    if max(params) * 4 > free_memory() * 0.8:
+        print("whole-model path skipped: one float32 model does not fit in the free memory\n")
+        del runs["whole-model path (before)"]
     # Same start for every contender: model files in the page cache (as far as they fit), bytecode compiled.
     for folder in folders:
         for path in Path(folder).iterdir():

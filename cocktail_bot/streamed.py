@@ -76,8 +76,10 @@ class StreamedWeights:
                 self.aliases[name] = names
         # each module that owns parameters: its own parameters' (name, qualified name, meta placeholder)
         self.owned: list[tuple[torch.nn.Module, list[tuple[str, str, torch.nn.Parameter]]]] = []
-        self.handles = []
         for module_name, module in network.named_modules():
+            for name, buffer in module._buffers.items():  # built on the CPU; the forward runs on ``device``
+                if buffer is not None:
+                    module._buffers[name] = buffer.to(device)
             own = [
                 (name, f"{module_name}.{name}" if module_name else name, param)
                 for name, param in module._parameters.items()
@@ -85,12 +87,8 @@ class StreamedWeights:
             ]
             if own:
                 self.owned.append((module, own))
-                self.handles.append(module.register_forward_pre_hook(self._loader(own)))
-                self.handles.append(module.register_forward_hook(self._unloader(own)))
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
+                module.register_forward_pre_hook(self._loader(own))
+                module.register_forward_hook(self._unloader(own))
 
     def drop(self) -> None:
         """Every parameter back to its placeholder (a forward that raised leaves some loaded)."""

@@ -91,12 +91,12 @@ def child(kind: str, folders: list[str], examples_path: Path, output: Path) -> N
         weights = json.loads(printed.getvalue())["weights"]
     elif kind == "ours_whole":
         from cocktail_bot.scoring import score_models
-        from cocktail_bot.weights import softmax_weights
+        from cocktail_bot.weights import rounded_weights
 
         scoring = score_models(
             folders, "decoder", {"e": examples}, device="cpu", load="whole", progress=False
         )
-        weights = softmax_weights([score["e"].loss for score in scoring.scores], 5.0)
+        weights = rounded_weights([round(s["e"].loss, 4) for s in scoring.scores], 5.0)
     else:
         if kind == "ours_mix":
             from cocktail_bot.api import mix_models_with_data

@@ -4,7 +4,8 @@ Same names, signatures and results as LM_Cocktail 0.0.4: each returns the merged
 transformers (``AutoModelForCausalLM``, ``AutoModel`` or ``AutoModelForSequenceClassification``) and writes it
 to ``output_path`` when one is given. Unlike LM_Cocktail, a merge never holds every model in memory, the
 output is written atomically, and an encoder keeps its base's sentence-transformers modules (its pooling)
-instead of being rewritten to CLS pooling. Model names that are not local folders are Hugging Face Hub
+instead of being rewritten to CLS pooling. An existing ``output_path`` is written into as LM_Cocktail does, each
+file replaced atomically; nothing the merge did not write is deleted. Model names that are not local folders are Hugging Face Hub
 references, downloaded and pinned first.
 """
 
@@ -19,6 +20,7 @@ from cocktail_bot.engine import check_arguments, merge
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.model_types import ModelType, load_transformers_model
 from cocktail_bot.weights import compute_weights
+from cocktail_bot.writable import writing
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +51,17 @@ def _mix_and_load(
         logger.info("weight for %s: %s", name, weight)
     if output_path is not None:
         output = Path(output_path)
-        if output.exists():
-            logger.warning("replacing the existing %s with the merged model (as LM_Cocktail does)", output)
-        merge(folders, weights, output, model_type=kind, force=True)
+        if output.is_dir():
+            logger.info(
+                "writing the merged model into the existing %s; its other files stay (as LM_Cocktail)", output
+            )
+        with writing(output, "the merged model"):
+            merge(folders, weights, output, model_type=kind, into_existing=True)
         return load_transformers_model(output, kind)
     with tempfile.TemporaryDirectory(prefix="cocktail-") as scratch:
         output = Path(scratch, "merged")
-        merge(folders, weights, output, model_type=kind)
+        with writing(scratch, "the merged model"):
+            merge(folders, weights, output, model_type=kind)
         return load_transformers_model(output, kind)
 
 

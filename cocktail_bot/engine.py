@@ -35,10 +35,18 @@ from cocktail_bot.checkpoint import Checkpoint, TensorInfo
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.memory import CHUNK_ELEMENTS, PREFETCH
 from cocktail_bot.methods import MergeMethod, get_method
-from cocktail_bot.model_files import copy_files, file_sha256, support_files, weight_dirs
+from cocktail_bot.model_files import (
+    SAFETENSORS_INDEX,
+    copy_files,
+    file_sha256,
+    is_weight_file,
+    support_files,
+    weight_dirs,
+)
 from cocktail_bot.model_types import ModelType
 from cocktail_bot.overlap import BufferPool, Task, run_tasks
 from cocktail_bot.shards import Shard, ShardWriter, parse_size, plan_shards, write_index
+from cocktail_bot.writable import check_writable
 
 logger = logging.getLogger(__name__)
 
@@ -368,18 +376,59 @@ class _Merge:
         return base
 
 
-def _check_output(output: Path, models: Sequence[Path], force: bool) -> None:
+def _check_output(output: Path, models: Sequence[Path], force: bool, into_existing: bool) -> None:
+    resolved = output.resolve()
     for model in models:
-        if model.resolve() == output.resolve() or output.resolve() in model.resolve().parents:
+        holds = resolved == model.resolve() or (resolved in model.resolve().parents and not into_existing)
+        if holds:
             raise CocktailError(
                 f"the output folder {output} holds the model {model}: choose another output folder"
             )
     if output.exists() and not output.is_dir():
         raise CocktailError(f"the output path {output} is a file, not a folder: choose another output folder")
-    if output.exists() and not force:
+    if output.exists() and not (force or into_existing):
         raise CocktailError(
             f"the output folder {output} already exists: choose another one or pass --force to replace it"
         )
+    if output.exists() and force and not into_existing and Path.cwd().is_relative_to(resolved):
+        raise CocktailError(
+            f"the output folder {output} is (or contains) the current folder, which cannot be replaced: "
+            "choose another output folder"
+        )
+    check_writable(output if into_existing and output.is_dir() else output.parent, "the merged model")
+
+
+def _check_existing_files(output: Path, weight_dirs: Sequence[str], written: set[str]) -> None:
+    """Writing into an existing folder keeps every file the merge does not write. Weights it would not replace
+    (another shard layout) are refused: transformers could load them instead of the merge."""
+    stale = sorted(
+        path.relative_to(output).as_posix()
+        for relative in weight_dirs
+        if (output / relative).is_dir()
+        for path in (output / relative).iterdir()
+        if is_weight_file(path, output / relative) and path.relative_to(output).as_posix() not in written
+    )
+    if stale:
+        raise CocktailError(
+            f"the output folder {output} holds model weights this merge would not replace ({_listed(stale)}): "
+            "transformers could load them instead of the merged model; remove them or choose another folder"
+        )
+    blocked = sorted(name for name in written if (output / name).exists() and not (output / name).is_file())
+    if blocked:
+        raise CocktailError(
+            f"the output folder {output} has folders where the merged model has files ({_listed(blocked)}): "
+            "choose another output folder"
+        )
+
+
+def _written_files(copied: Sequence[Path], layout: dict[str, list[Shard]]) -> set[str]:
+    """The relative POSIX paths a merge writes: the copied files, the shards and their indexes."""
+    names = {path.as_posix() for path in copied}
+    for relative, shards in layout.items():
+        names.update((Path(relative) / shard.filename).as_posix() for shard in shards)
+        if len(shards) > 1:
+            names.add((Path(relative) / SAFETENSORS_INDEX).as_posix())
+    return names
 
 
 @contextmanager
@@ -416,10 +465,11 @@ def _update_config_dtype(folder: Path, dtype: torch.dtype) -> None:
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def _staging_folder(output: Path) -> Path:
-    """A fresh folder beside ``output`` that becomes it. mkdtemp makes it private (0700); it gets the mode a plain
-    mkdir would give, so the finished model is as readable as any other folder the user creates."""
-    folder = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+def _staging_folder(parent: Path, prefix: str) -> Path:
+    """A fresh folder in ``parent`` (on the output's file system) where the model is built. mkdtemp makes it
+    private (0700); it gets the mode a plain mkdir would give, so the finished model is as readable as any other
+    folder the user creates."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     umask = os.umask(0)
     os.umask(umask)
     folder.chmod(0o777 & ~umask)
@@ -435,6 +485,15 @@ def _replace(temporary: Path, output: Path) -> None:
     os.replace(output, trash / output.name)
     os.replace(temporary, output)
     shutil.rmtree(trash)
+
+
+def _move_files(temporary: Path, output: Path, files: Sequence[str]) -> None:
+    """Move each finished file into the existing ``output``, each replaced atomically; files the merge did not
+    write stay as they are (as LM_Cocktail's ``save_pretrained`` leaves them). ``temporary`` (ours) goes."""
+    for name in files:
+        (output / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temporary / name, output / name)
+    shutil.rmtree(temporary)
 
 
 def check_arguments(
@@ -474,9 +533,14 @@ def merge(
     shard_size: str | int = "5GB",
     device: str = "cpu",
     force: bool = False,
+    into_existing: bool = False,
     progress: bool = True,
 ) -> MergeResult:
-    """Merge model folders into ``output``; every check runs before anything is written."""
+    """Merge model folders into ``output``; every check runs before anything is written.
+
+    An existing ``output`` is refused, replaced as a whole (``force``), or, with ``into_existing``, written into
+    file by file: its other files are kept (LM_Cocktail's behaviour, for the drop-in API).
+    """
     started = time.perf_counter()
     ModelType.parse(model_type)
     paths = [Path(source) for source in sources]
@@ -493,7 +557,7 @@ def merge(
     )
     base_path = Path(base) if base is not None else paths[0]
     output = Path(output)
-    _check_output(output, [*paths, base_path], force)
+    _check_output(output, [*paths, base_path], force, into_existing)
     torch_device = _usable_device(device)
 
     with ExitStack() as stack:
@@ -502,8 +566,15 @@ def merge(
         dtype_name = plan.output_dtype_name()
         layout = {relative: plan.shards(relative, max_shard_bytes) for relative in plan.dirs}
         copied = support_files(base_path)
+        in_place = into_existing and output.is_dir()
+        if in_place:
+            _check_existing_files(output, plan.dirs, _written_files(copied, layout))
         output.parent.mkdir(parents=True, exist_ok=True)
-        temporary = _staging_folder(output)
+        temporary = (
+            _staging_folder(output, ".cocktail-partial-")
+            if in_place
+            else _staging_folder(output.parent, f".{output.name}.partial-")
+        )
         writers: list[ShardWriter] = []
         try:
             files = copy_files(base_path, temporary, copied)
@@ -538,7 +609,10 @@ def merge(
             for writer in writers:
                 files[writer.path.relative_to(temporary).as_posix()] = writer.finish()
             writers.clear()
-            _replace(temporary, output)
+            if in_place:
+                _move_files(temporary, output, sorted(files))
+            else:
+                _replace(temporary, output)
         except BaseException:
             for writer in writers:
                 writer.abort()

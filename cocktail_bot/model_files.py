@@ -78,7 +78,7 @@ def weight_dirs(base: Path) -> list[str]:
     return dirs
 
 
-def _is_weight_file(path: Path, folder: Path) -> bool:
+def is_weight_file(path: Path, folder: Path) -> bool:
     """Weights of ``folder`` (merged, never copied): the known names and the shards their indexes list."""
     if path.parent != folder:
         return False
@@ -104,7 +104,7 @@ def support_files(base: Path) -> list[Path]:
         files += [
             path
             for path in folder.rglob("*")
-            if path.is_file() and not (relative in merged and _is_weight_file(path, folder))
+            if path.is_file() and not (relative in merged and is_weight_file(path, folder))
         ]
     return sorted(path.relative_to(base) for path in files)
 

@@ -39,6 +39,7 @@ from cocktail_bot.recipe import Manifest, SourceSpec, StepSpec
 from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import OutputReport, Provenance, Report, StepReport
 from cocktail_bot.templating import MERGED
+from cocktail_bot.writable import check_writable, write_error
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,9 @@ def run_manifest(
             f"cannot publish: {manifest.relative_path} has no output.repo; "
             "name the Hub repo there or drop --publish"
         )
+    check_writable(out.parent, "the model")
+    if lock is None:
+        check_writable(lock_file.parent, f"the lock {lock_file.name}")
     provenance = provenance or git_provenance(manifest.path.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".cocktail-work", dir=out.parent))
@@ -144,13 +148,18 @@ def run_manifest(
                 pr_title=pr_title,
             )
         write_report(final, report)
-        _move_into_place(final, out, work)
-        if lock is None:
-            write_lock(lock_file, new_lock)
+        if lock is None:  # before the model moves into place: if this fails, --out stays as it was
+            try:
+                write_lock(lock_file, new_lock)
+            except OSError as error:
+                raise write_error(error, lock_file, "the lock") from None
             logger.info("wrote %s", lock_file)
+        _move_into_place(final, out, work)
         if publish_error is not None:
             raise publish_error
         return report
+    except OSError as error:
+        raise write_error(error, out, "the model") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

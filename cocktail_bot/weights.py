@@ -3,6 +3,10 @@
 A model that already does the target task well has a low loss and gets a large weight; a helper model that
 does not help gets a small one. The temperature sets how sharply the best model dominates (LM_Cocktail's
 default, 5).
+
+Losses and weights are rounded to ``DECIMALS`` decimal places: a loss computed on another CPU differs around
+its 8th digit, and unrounded weights would make a different model and a different lock. The weights are the
+softmax of the rounded losses, rounded in turn, the largest taking what rounding left so that they sum to 1.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from cocktail_bot.examples import load_examples
 from cocktail_bot.model_types import ModelType
 
 DEFAULT_SEED = 0
+DECIMALS = 4  # of losses and example-based weights: the same examples give the same weights on any CPU
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,14 @@ def softmax_weights(losses: Sequence[float], temperature: float) -> list[float]:
     return [value / total for value in scaled]
 
 
+def rounded_weights(losses: Sequence[float], temperature: float) -> list[float]:
+    """``softmax_weights`` rounded to ``DECIMALS`` places; the largest takes the rest, so they sum to 1."""
+    weights = [round(weight, DECIMALS) for weight in softmax_weights(losses, temperature)]
+    largest = weights.index(max(weights))
+    weights[largest] = round(1.0 - sum(weights[:largest]) - sum(weights[largest + 1 :]), DECIMALS)
+    return weights
+
+
 def compute_weights(
     models: Sequence[str | Path],
     model_type: ModelType | str,
@@ -63,8 +76,9 @@ def compute_weights(
     """Losses of each model (local folders of one architecture) on ``examples`` and the weights they give.
 
     ``examples`` is an example file (JSON list or JSONL) or the records themselves. Negatives are sampled with
-    ``seed``, so the same inputs always give the same weights. ``dtype`` is the compute dtype of the losses
-    (``auto``: float32 on CPU, the checkpoint's dtype on a GPU).
+    ``seed``, so the same inputs always give the same weights; losses and weights are rounded to ``DECIMALS``
+    places, so that they are the same on any CPU. ``dtype`` is the compute dtype of the losses (``auto``:
+    float32 on CPU, the checkpoint's dtype on a GPU).
     """
     from cocktail_bot.scoring import score_models
 
@@ -88,6 +102,7 @@ def compute_weights(
     for label, loss in zip(labels, losses, strict=True):
         if not math.isfinite(loss):
             raise CocktailError(f"the loss of {label} on the examples is {loss}: check the model's weights")
+    losses = [round(loss, DECIMALS) for loss in losses]
     return WeightsResult(
-        models=labels, losses=losses, weights=softmax_weights(losses, temperature), dtype=scoring.dtype
+        models=labels, losses=losses, weights=rounded_weights(losses, temperature), dtype=scoring.dtype
     )

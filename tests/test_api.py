@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -77,12 +78,72 @@ def test_mix_models_by_layers_gives_the_same_model(tiny_llamas, tmp_path):
         assert torch.equal(left, right), name
 
 
-def test_existing_output_path_is_replaced_like_lm_cocktail(tiny_llamas, tmp_path):
-    output = tmp_path / "out"
+def test_existing_output_path_is_written_into_and_keeps_the_users_files(tiny_llamas, tmp_path):
+    output = tmp_path / "precious"
+    (output / "data").mkdir(parents=True)
+    (output / "notes.txt").write_text("mine")
+    (output / "data" / "train.csv").write_text("a,b\n")
     mix_models(tiny_llamas[:2], "decoder", [0.9, 0.1], output_path=output)
     model = mix_models(tiny_llamas[:2], "decoder", [0.1, 0.9], output_path=output)
     assert_state_close(model, weighted_sum(tiny_llamas[:2], [0.1, 0.9]))
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+    assert (output / "notes.txt").read_text() == "mine"
+    assert (output / "data" / "train.csv").read_text() == "a,b\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["precious"]
+    assert not [path for path in output.iterdir() if path.name.startswith(".")]
+
+
+def test_lm_cocktail_keeps_the_same_files_in_an_existing_output_path(tiny_llamas, tmp_path):
+    lm_cocktail = pytest.importorskip("LM_Cocktail")
+    kept = {}
+    for name, mix in (("ours", mix_models), ("theirs", lm_cocktail.mix_models)):
+        output = tmp_path / name
+        output.mkdir()
+        (output / "notes.txt").write_text("mine")
+        mix([str(path) for path in tiny_llamas[:2]], "decoder", [0.5, 0.5], output_path=str(output))
+        kept[name] = (output / "notes.txt").read_text()
+    assert kept == {"ours": "mine", "theirs": "mine"}
+
+
+def test_output_path_dot_writes_into_the_current_folder(tiny_llamas, tmp_path, monkeypatch):
+    for index, folder in enumerate(tiny_llamas[:2]):
+        shutil.copytree(folder, tmp_path / "models" / str(index))
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    model = mix_models(["models/0", "models/1"], "decoder", [0.5, 0.5], output_path=".")
+    assert_state_close(model, weighted_sum(tiny_llamas[:2], [0.5, 0.5]))
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "models",
+        "notes.txt",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == ["0", "1"]
+
+
+def test_weights_the_merge_would_not_replace_are_refused(tiny_llamas, tmp_path):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "model-00001-of-00002.safetensors").write_bytes(b"old")
+    with pytest.raises(CocktailError) as raised:
+        mix_models(tiny_llamas[:2], "decoder", [0.5, 0.5], output_path=output)
+    assert str(raised.value) == (
+        f"the output folder {output} holds model weights this merge would not replace "
+        "(model-00001-of-00002.safetensors): transformers could load them instead of the merged model; "
+        "remove them or choose another folder"
+    )
+    assert [path.name for path in output.iterdir()] == ["model-00001-of-00002.safetensors"]
+
+
+def test_the_output_path_may_not_be_a_source(tiny_llamas, tmp_path):
+    source = tmp_path / "model"
+    shutil.copytree(tiny_llamas[0], source)
+    with pytest.raises(CocktailError, match="holds the model"):
+        mix_models([source, tiny_llamas[1]], "decoder", [0.5, 0.5], output_path=source)
+    assert (source / "model.safetensors").read_bytes() == (tiny_llamas[0] / "model.safetensors").read_bytes()
 
 
 def test_agrees_with_lm_cocktail(tiny_llamas, tmp_path):

@@ -62,6 +62,18 @@ def test_existing_output_needs_force(tiny_llamas, tmp_path, capsys):
     assert (out / "model.safetensors").is_file()
 
 
+def test_force_on_the_current_folder_is_refused(tiny_llamas, tmp_path, capsys, monkeypatch):
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    assert main(mix(*tiny_llamas[:2], extra=("--out", ".", "--force"))) == 2
+    assert capsys.readouterr().err == (
+        "error: the output folder . is (or contains) the current folder, which cannot be replaced: "
+        "choose another output folder\n"
+    )
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
+    assert [path.name for path in tmp_path.parent.iterdir() if ".old-" in path.name] == []
+
+
 def test_weight_count_error(tiny_llamas, tmp_path, capsys):
     code = main(mix(*tiny_llamas, weights=("0.5", "0.5"), extra=("--out", str(tmp_path / "out"))))
     assert code == 2

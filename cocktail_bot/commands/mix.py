@@ -46,22 +46,24 @@ def register(subparsers) -> None:
 def handle(args: argparse.Namespace) -> int:
     from cocktail_bot.api import resolve_model_folders
     from cocktail_bot.engine import check_arguments, merge
+    from cocktail_bot.writable import writing
 
     check_arguments(args.models, args.weights, base=args.base, dtype=args.dtype, shard_size=args.shard_size)
     folders = resolve_model_folders(args.models)
     base = resolve_model_folders([args.base])[0] if args.base else None
-    result = merge(
-        folders,
-        args.weights,
-        args.out,
-        model_type=args.model_type,
-        base=base,
-        dtype=args.dtype,
-        shard_size=args.shard_size,
-        device=args.device,
-        force=args.force,
-        progress=not args.quiet,
-    )
+    with writing(args.out, "the merged model"):
+        result = merge(
+            folders,
+            args.weights,
+            args.out,
+            model_type=args.model_type,
+            base=base,
+            dtype=args.dtype,
+            shard_size=args.shard_size,
+            device=args.device,
+            force=args.force,
+            progress=not args.quiet,
+        )
     print(
         f"wrote {result.output} ({result.total_bytes / 1e9:.2f} GB, {result.dtype}, "
         f"{len(result.files)} files) in {result.seconds:.1f} s"

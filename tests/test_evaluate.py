@@ -40,7 +40,7 @@ def test_decoder_table_shows_each_model_best_on_its_own_task(trained_decoders, t
         assert min(models, key=lambda model: loss[task, model]) == task
     # the same numbers the weights are computed from
     weights = compute_weights(list(models.values()), "decoder", sets["topic"], progress=False)
-    assert [loss["topic", model] for model in models] == pytest.approx(weights.losses, rel=1e-6)
+    assert [loss["topic", model] for model in models] == pytest.approx(weights.losses, abs=5e-5)  # rounded
 
 
 @pytest.mark.parametrize("model_type", ["encoder", "reranker"])

@@ -16,11 +16,13 @@ GPU; ``dtype`` picks another.
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -28,9 +30,11 @@ from cocktail_bot.checkpoint import Checkpoint
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.losses import (
     Score,
+    combine_scores,
     decoder_batches,
     decoder_score,
     encoder_score,
+    query_groups,
     reranker_score,
     sample_negatives,
 )
@@ -89,6 +93,7 @@ Load = Literal["auto", "streamed", "whole"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GPU_HEADROOM = 0.8  # share of free GPU memory a whole model may take; the rest is for activations
 RAM_HEADROOM = 0.8  # the same for a model loaded whole on CPU as a fallback
+WAVE_TOKENS = 4096  # tokens of the batches that run together, each weight read once for them all
 
 
 @dataclass(frozen=True)
@@ -275,6 +280,7 @@ class Runner:
         self.first, self.model_type, self.device, self.dtype = folder, model_type, device, dtype
         self.example_sets, self.batch_size = example_sets, batch_size
         self.st = None
+        self.tokenizer_lock = threading.Lock()
         if model_type is ModelType.ENCODER and is_sentence_transformer(folder):
             self.st = _sentence_transformer(folder, dtype, device, streamed=streamed)
             limit = token_limit(
@@ -339,35 +345,74 @@ class Runner:
                 raise
 
     def _score_all(self) -> dict[str, Score]:
+        """Every batch of every set, block-streamed batches in waves of up to ``WAVE_TOKENS`` tokens (each
+        weight read once per wave), then each set's batches combined as one call over the set would give."""
         self.network.eval()
-        return {name: self._score(name) for name in self.example_sets}
+        batches = [(name, index) for name, count in self._batch_counts().items() for index in range(count)]
+        waves: list[list[tuple[str, int]]] = [[]]
+        tokens = 0
+        for batch in batches:
+            cost = self._tokens(*batch)
+            if waves[-1] and (self.weights is None or tokens + cost > WAVE_TOKENS):
+                waves.append([])
+                tokens = 0
+            waves[-1].append(batch)
+            tokens += cost
+        scores: dict[tuple[str, int], Score] = {}
+        for wave in waves:
+            tasks = [functools.partial(self._score_batch, *batch) for batch in wave]
+            results = self.weights.together(tasks) if self.weights else [task() for task in tasks]
+            scores.update(zip(wave, results, strict=True))
+        return {
+            name: combine_scores([scores[name, index] for index in range(count)])
+            for name, count in self._batch_counts().items()
+        }
 
-    def _score(self, name: str) -> Score:
+    def _batch_counts(self) -> dict[str, int]:
         if self.model_type is ModelType.DECODER:
-            return decoder_score(self.network, self.batches[name], self.device)
+            return {name: len(batches) for name, batches in self.batches.items()}
+        return {name: -(-len(examples) // self.batch_size) for name, examples in self.example_sets.items()}
+
+    def _tokens(self, name: str, index: int) -> int:
+        """A batch's size in tokens (retrieval: estimated at 4 characters a token, capped by the limit)."""
+        if self.model_type is ModelType.DECODER:
+            return self.batches[name][index].input_ids.numel()
+        start = index * self.batch_size
+        examples = self.example_sets[name][start : start + self.batch_size]
+        negatives = self.negatives[name][start : start + self.batch_size]
+        texts = [t for (query, group) in query_groups(examples, negatives) for t in (query, *group)]
+        return sum(min(self.limit, len(text) // 4 + 2) for text in texts)
+
+    def _score_batch(self, name: str, index: int) -> Score:
+        if self.model_type is ModelType.DECODER:
+            return decoder_score(self.network, self.batches[name][index : index + 1], self.device)
+        start = index * self.batch_size
+        examples = self.example_sets[name][start : start + self.batch_size]
+        negatives = self.negatives[name][start : start + self.batch_size]
         if self.model_type is ModelType.ENCODER:
-            return encoder_score(self._embed, self.example_sets[name], self.negatives[name], self.batch_size)
-        return reranker_score(
-            self._score_pairs, self.example_sets[name], self.negatives[name], self.batch_size
-        )
+            return encoder_score(self._embed, examples, negatives, self.batch_size)
+        return reranker_score(self._score_pairs, examples, negatives, self.batch_size)
+
+    def _tokenize(self, *texts: list[str]) -> Any:
+        """Fast tokenizers are not safe to call from several threads at once (the batches of a wave)."""
+        with self.tokenizer_lock:
+            if self.st is not None:
+                return self.st.preprocess(texts[0])
+            return self.tokenizer(
+                *texts, padding=True, truncation=True, max_length=self.limit, return_tensors="pt"
+            )
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
+        features = self._tokenize(texts)
         if self.st is not None:
-            features = self.st.preprocess(texts)
             features = {
                 k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()
             }
             return self.st(features)["sentence_embedding"]
-        tokens = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.limit, return_tensors="pt"
-        )
-        return self.network(**tokens.to(self.device), return_dict=True).last_hidden_state[:, 0]
+        return self.network(**features.to(self.device), return_dict=True).last_hidden_state[:, 0]
 
     def _score_pairs(self, queries: list[str], passages: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(
-            queries, passages, padding=True, truncation=True, max_length=self.limit, return_tensors="pt"
-        )
-        logits = self.network(**tokens.to(self.device)).logits
+        logits = self.network(**self._tokenize(queries, passages).to(self.device)).logits
         return logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
 
 

@@ -9,13 +9,22 @@ own parameters themselves, whatever the model's size and with no list of archite
 ``forward`` runs unchanged. A model that touches a parameter outside its owner's forward, or whose checkpoint
 names do not map onto its parameters (transformers renames or fuses some on load), cannot run this way: the
 error says so and the caller loads it whole instead.
+
+Several batches run as one *wave*: each in its own thread, the threads in lockstep at every hook (a barrier),
+so each module's weights are read once per wave rather than once per batch, while every batch keeps its own
+forward pass and so its own numbers. The batches of a wave must call the modules in the same order (they do:
+the code path of a transformers model does not depend on the data); if they do not, the wave fails with
+:class:`NotStreamable` instead of hanging.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -23,6 +32,7 @@ from cocktail_bot.checkpoint import Checkpoint
 from cocktail_bot.errors import CocktailError
 
 MISMATCH = "example-based weights need models of one architecture"
+T = TypeVar("T")
 
 
 class NotStreamable(Exception):
@@ -46,6 +56,38 @@ def parameters_on_meta() -> Iterator[None]:
         torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
+class Wave:
+    """A barrier at every hook event: the last thread to arrive checks that all arrived at the same event and
+    runs its load or unload once for all."""
+
+    def __init__(self, count: int) -> None:
+        self.events: dict[int, tuple[str, int]] = {}
+        self.action: Callable[[], None] = lambda: None
+        self.lock = threading.Lock()
+        self.barrier = threading.Barrier(count, action=self._act)
+
+    def step(self, event: tuple[str, int], action: Callable[[], None]) -> None:
+        with self.lock:
+            self.events[threading.get_ident()] = event
+            self.action = action
+        self.barrier.wait()
+
+    def _act(self) -> None:
+        if len(set(self.events.values())) != 1:
+            raise NotStreamable("its batches call its modules in different orders")
+        self.action()
+
+    def run(self, task: Callable[[], T]) -> T:
+        """``task`` in this thread, then a last event that every other thread must reach too."""
+        try:
+            result = task()
+            self.step(("end", 0), lambda: None)
+        except BaseException:
+            self.barrier.abort()  # the other threads stop waiting (BrokenBarrierError) instead of hanging
+            raise
+        return result
+
+
 def checkpoint_key(name: str, names: Mapping[str, object] | set[str], prefix: str) -> str | None:
     """The checkpoint's name for a module's parameter ``name``: as is, or with/without the base model prefix."""
     if name in names:
@@ -65,6 +107,7 @@ class StreamedWeights:
         self.device = device
         self.prefix = getattr(network, "base_model_prefix", "") or ""
         self.checkpoint: Checkpoint | None = None
+        self.wave: Wave | None = None
         self.sources: dict[str, str] = {}  # parameter name in the module -> tensor name in the checkpoint
         # every name of each parameter object: tied weights (an embedding and the LM head) have several
         self.aliases: dict[str, list[str]] = {}
@@ -146,8 +189,30 @@ class StreamedWeights:
             if key is not None and checkpoint.info(key).shape == tuple(buffer.shape):
                 buffer.copy_(checkpoint.read(key))
 
+    def together(self, tasks: Sequence[Callable[[], T]]) -> list[T]:
+        """Run ``tasks`` (each one or more forward passes) as one wave: each weight read once for all."""
+        if len(tasks) == 1:
+            return [tasks[0]()]
+        self.wave = wave = Wave(len(tasks))
+        try:
+            with ThreadPoolExecutor(len(tasks), thread_name_prefix="wave") as pool:
+                futures = [pool.submit(wave.run, task) for task in tasks]
+                errors = [error for future in futures if (error := future.exception()) is not None]
+        finally:
+            self.wave = None
+            self.drop()
+        if errors:  # the cause, rather than the other threads' BrokenBarrierError
+            raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
+        return [future.result() for future in futures]
+
+    def _event(self, event: tuple[str, int], action: Callable[[], None]) -> None:
+        if self.wave is None:
+            action()
+        else:
+            self.wave.step(event, action)
+
     def _loader(self, own: list[tuple[str, str, torch.nn.Parameter]]):
-        def load(module: torch.nn.Module, args) -> None:
+        def read(module: torch.nn.Module) -> None:
             assert self.checkpoint is not None, "streamed module run outside StreamedWeights.bound()"
             for name, qualified, meta in own:
                 value = self.checkpoint.read(self.sources[qualified])
@@ -155,13 +220,18 @@ class StreamedWeights:
                     value.to(device=self.device, dtype=meta.dtype), requires_grad=False
                 )
 
+        def load(module: torch.nn.Module, args) -> None:
+            self._event(("load", id(module)), lambda: read(module))
+
         return load
 
-    @staticmethod
-    def _unloader(own: list[tuple[str, str, torch.nn.Parameter]]):
-        def unload(module: torch.nn.Module, args, output) -> None:
+    def _unloader(self, own: list[tuple[str, str, torch.nn.Parameter]]):
+        def drop(module: torch.nn.Module) -> None:
             for name, _, meta in own:
                 module._parameters[name] = meta
+
+        def unload(module: torch.nn.Module, args, output) -> None:
+            self._event(("unload", id(module)), lambda: drop(module))
 
         return unload
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from cocktail_bot.scoring import (
     score_models,
     stays_resident,
 )
+from cocktail_bot.streamed import Wave
 from tools import tiny_models, tiny_tasks
 
 DECODER_SETS = {task: tiny_tasks.make_examples(task, 5, seed=41) for task in ("sentiment", "topic")}
@@ -157,3 +159,20 @@ def test_bfloat16_losses_are_close_to_float32_and_say_their_dtype(tiny_llamas) -
         for name in DECODER_SETS:
             assert low[name].loss == pytest.approx(high[name].loss, rel=2e-2)
             assert low[name].loss != high[name].loss
+
+
+def test_a_wave_whose_batches_call_different_modules_fails_instead_of_hanging() -> None:
+    def batch(wave: Wave, module: int):
+        return lambda: wave.step(("load", module), lambda: None)
+
+    wave = Wave(2)
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(wave.run, batch(wave, module)) for module in (1, 2)]
+        errors = [future.exception(timeout=60) for future in futures]
+    assert sorted(type(error).__name__ for error in errors) == ["BrokenBarrierError", "NotStreamable"]
+
+    wave, ran = Wave(2), []
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(wave.run, lambda: wave.step(("load", 1), lambda: ran.append(1))) for _ in "ab"]
+        assert [future.result(timeout=60) for future in futures] == [None, None]
+    assert ran == [1]  # the load ran once for both batches

@@ -200,7 +200,8 @@ def _run_pipeline(env: ActionEnv, decision: Decision) -> tuple[Report, Decision]
     preview = decision.publish == "preview"
     report = pipeline.run_manifest(
         env.manifest,
-        env.work_dir / MODEL_DIR,
+        # publishing streams: sources read in place, shards uploaded as written, no local copy (runner disk)
+        None if decision.publish else env.work_dir / MODEL_DIR,
         publish=decision.publish is not None,
         create_pr=preview,
         pr_title=preview_pr_title(env, decision) if preview else None,

@@ -3,7 +3,8 @@
 safetensors files are read by offset: the header (8 bytes of little-endian length, then JSON) gives each
 tensor's byte range, and ``os.preadv`` copies just that range into a fresh buffer. Nothing is memory-mapped,
 so pages of the input files live in the kernel's page cache, not in the process's resident memory, and peak
-RSS stays a small multiple of the largest tensor read. Pickle checkpoints (``pytorch_model.bin``) are only
+RSS stays a small multiple of the largest tensor read. A Hub model's weights are read the same way from the Hub
+by HTTP range requests (``RemoteCheckpoint``, see ``remote``); ``open_checkpoint`` picks the reader. Pickle checkpoints (``pytorch_model.bin``) are only
 opened with ``torch.load(weights_only=True)``, memory-mapped where the format allows it, and with a warning.
 """
 
@@ -27,6 +28,7 @@ from cocktail_bot.model_files import (
     SAFETENSORS_INDEX,
     no_weights_error,
 )
+from cocktail_bot.remote import HubModel, RemoteFile
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +75,15 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class _Entry:
-    """Where one tensor lives in a safetensors file."""
+    """Where one tensor lives in a safetensors file (a local path, or a file's name in a Hub repo)."""
 
-    file: Path
+    file: Path | str
     info: TensorInfo
     start: int  # absolute byte offset of the tensor's first byte in the file
 
 
 def read_safetensors_header(path: Path) -> tuple[int, dict]:
-    """Return (offset of the data section, header dict) of a safetensors file, validating the layout."""
+    """Return (offset of the data section, header dict) of a safetensors file; entries are checked by the caller."""
     try:
         with open(path, "rb") as file:
             prefix = file.read(8)
@@ -96,41 +98,44 @@ def read_safetensors_header(path: Path) -> tuple[int, dict]:
             header = json.loads(raw)
             if not isinstance(header, dict):
                 raise ValueError("header is not a JSON object")
-            size = os.fstat(file.fileno()).st_size
     except (OSError, ValueError, UnicodeDecodeError) as error:
         raise CocktailError(
             f"{path} is not a readable safetensors file ({error}): re-download or re-save it"
         ) from None
-    data_start = 8 + length
+    return 8 + length, header
+
+
+def _header_entries(
+    where: str, file: Path | str, data_start: int, size: int, header: dict
+) -> dict[str, _Entry]:
+    """Each tensor's dtype, shape and absolute offset, every entry checked against the file's size."""
+    entries = {}
     for name, entry in header.items():
         if name == "__metadata__":
             continue
         begin, end = entry.get("data_offsets", (None, None))
         if entry.get("dtype") not in DTYPES or begin is None or not 0 <= begin <= end <= size - data_start:
             raise CocktailError(
-                f"{path} has a malformed entry for tensor {name!r}: re-download or re-save it"
+                f"{where} has a malformed entry for tensor {name!r}: re-download or re-save it"
             )
-    return data_start, header
+        info = TensorInfo(DTYPES[entry["dtype"]], tuple(entry["shape"]))
+        if end - begin != info.nbytes:
+            raise CocktailError(
+                f"{where}: tensor {name!r} has {end - begin} bytes but its shape needs {info.nbytes}"
+            )
+        entries[name] = _Entry(file, info, data_start + begin)
+    return entries
 
 
 def _safetensors_entries(path: Path) -> dict[str, _Entry]:
     data_start, header = read_safetensors_header(path)
-    entries = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        info = TensorInfo(DTYPES[entry["dtype"]], tuple(entry["shape"]))
-        begin, end = entry["data_offsets"]
-        if end - begin != info.nbytes:
-            raise CocktailError(
-                f"{path}: tensor {name!r} has {end - begin} bytes but its shape needs {info.nbytes}"
-            )
-        entries[name] = _Entry(path, info, data_start + begin)
-    return entries
+    return _header_entries(str(path), path, data_start, path.stat().st_size, header)
 
 
-def _index_files(folder: Path, index_name: str) -> list[Path]:
-    """The shard files an index names, each checked to exist."""
+def _index_files(
+    folder: Path, index_name: str, remote: dict[str, tuple[int, str]] | None = None, prefix: str = ""
+) -> list[Path]:
+    """The shard files an index names, each checked to exist (locally, or in ``remote`` under ``prefix``)."""
     index_path = folder / index_name
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
@@ -141,7 +146,7 @@ def _index_files(folder: Path, index_name: str) -> list[Path]:
     files = []
     for shard in sorted(set(weight_map.values())):
         path = folder / shard
-        if not path.is_file():
+        if not (path.is_file() if remote is None else prefix + shard in remote):
             raise CocktailError(
                 f"{index_path} names the shard {shard}, which is missing: download the complete model"
             )
@@ -185,7 +190,7 @@ class Checkpoint:
             raise CocktailError(f"model folder {self.folder} does not exist: check the path")
         self._entries: dict[str, _Entry] = {}
         self._pickled: dict[str, torch.Tensor] = {}
-        self._fds: dict[Path, int] = {}
+        self._fds: dict[Path | str, int] = {}
         if (self.folder / SAFETENSORS_INDEX).is_file():
             files = _index_files(self.folder, SAFETENSORS_INDEX)
         elif (self.folder / SAFETENSORS_FILE).is_file():
@@ -196,13 +201,16 @@ class Checkpoint:
         else:
             raise no_weights_error(self.folder)
         for path in files:
-            for name, entry in _safetensors_entries(path).items():
-                if name in self._entries:
-                    raise CocktailError(
-                        f"tensor {name!r} appears in two shards of {self.folder}: re-save the model"
-                    )
-                self._entries[name] = entry
+            self._add(_safetensors_entries(path))
         self.names: list[str] = sorted(self._entries or self._pickled)
+
+    def _add(self, entries: dict[str, _Entry]) -> None:
+        for name, entry in entries.items():
+            if name in self._entries:
+                raise CocktailError(
+                    f"tensor {name!r} appears in two shards of {self.folder}: re-save the model"
+                )
+            self._entries[name] = entry
 
     def _load_pickles(self) -> None:
         files = (
@@ -236,6 +244,9 @@ class Checkpoint:
         self._fds.clear()
         self._pickled.clear()
 
+    def verify(self) -> None:
+        """Check that the bytes read were the pinned ones: a local folder's files were hashed when resolved."""
+
     def __contains__(self, name: str) -> bool:
         return name in self._entries or name in self._pickled
 
@@ -267,8 +278,11 @@ class Checkpoint:
         entry = self._entries[name]
         if count:
             view = memoryview(out.view(torch.uint8).numpy())
-            _read_exact(self._fd(entry.file), view, entry.start + start * info.dtype.itemsize)
+            self._read_into(entry.file, view, entry.start + start * info.dtype.itemsize)
         return out
+
+    def _read_into(self, file: Path | str, view: memoryview, offset: int) -> None:
+        _read_exact(self._fd(file), view, offset)
 
     def _tensor(self, name: str) -> torch.Tensor:
         try:
@@ -276,7 +290,80 @@ class Checkpoint:
         except KeyError:
             raise CocktailError(f"{self.folder} has no tensor named {name!r}") from None
 
-    def _fd(self, path: Path) -> int:
+    def _fd(self, path: Path | str) -> int:
         if path not in self._fds:
             self._fds[path] = os.open(path, os.O_RDONLY)
         return self._fds[path]
+
+
+class RemoteCheckpoint(Checkpoint):
+    """A Hub model's safetensors weights (root or a sentence-transformers module folder ``relative``), read
+    by range requests at the pinned commit; the headers come from ``HfApi.parse_safetensors_file_metadata``
+    and the shard list from the downloaded index. ``verify`` checks every file's sha256."""
+
+    def __init__(self, model: HubModel, relative: str = "") -> None:
+        from huggingface_hub import HfApi
+
+        from cocktail_bot.hub_access import hub_errors, with_retries
+
+        self.folder = model.folder / relative
+        self._entries, self._pickled, self._fds = {}, {}, {}
+        self._files: dict[str, RemoteFile] = {}
+        prefix = f"{relative}/" if relative else ""
+        if (self.folder / SAFETENSORS_INDEX).is_file():
+            names = [
+                prefix + path.name
+                for path in _index_files(self.folder, SAFETENSORS_INDEX, model.weights, prefix)
+            ]
+        elif prefix + SAFETENSORS_FILE in model.weights:
+            names = [prefix + SAFETENSORS_FILE]
+        else:
+            raise no_weights_error(self.folder)
+        api = HfApi(endpoint=model.endpoint, token=model.token)
+        for name in names:
+            where = f"{model.repo_id}@{model.revision[:12]}: {name}"
+            with hub_errors(model.repo_id, model.revision, reading=True, token=model.token):
+                parsed = with_retries(
+                    lambda n=name: api.parse_safetensors_file_metadata(
+                        model.repo_id, n, revision=model.revision, token=model.token
+                    ),
+                    f"reading the header of {where}",
+                )
+            size = model.weights[name][0]
+            header = {
+                tensor: {"dtype": t.dtype, "shape": t.shape, "data_offsets": list(t.data_offsets)}
+                for tensor, t in parsed.tensors.items()
+            }
+            # safetensors data runs to the end of the file: the header's length follows (checked on the wire)
+            data_start = size - max((t.data_offsets[1] for t in parsed.tensors.values()), default=0)
+            self._files[name] = RemoteFile(model, name, data_start)
+            self._add(_header_entries(where, name, data_start, size, header))
+        self.names = sorted(self._entries)
+
+    def close(self) -> None:
+        for file in self._files.values():
+            file.close()
+        self._pickled.clear()
+
+    def verify(self) -> None:
+        """Read what the merge did not need and check each file's sha256 against the pinned one."""
+        for file in self._files.values():
+            file.verify()
+        extra = sum(file.extra_bytes for file in self._files.values())
+        if extra:
+            logger.debug("%s: %d bytes were read twice (tensors read out of file order)", self.folder, extra)
+
+    def _read_into(self, file: Path | str, view: memoryview, offset: int) -> None:
+        self._files[str(file)].read_into(offset, view)
+
+
+def open_checkpoint(model: Path | HubModel, relative: str = "") -> Checkpoint:
+    """The weights of a local folder or a Hub model (``relative``: a sentence-transformers module folder)."""
+    if isinstance(model, HubModel):
+        return RemoteCheckpoint(model, relative)
+    return Checkpoint(Path(model) / relative)
+
+
+def model_folder(model: Path | HubModel) -> Path:
+    """Where a model's config, tokenizer and module files are."""
+    return model.folder if isinstance(model, HubModel) else Path(model)

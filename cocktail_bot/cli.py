@@ -60,10 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
     except Terminated:
-        print("terminated: nothing was written to the output path", file=sys.stderr)
+        print("terminated: nothing was written to the output path or published", file=sys.stderr)
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print("interrupted: nothing was written to the output path", file=sys.stderr)
+        print("interrupted: nothing was written to the output path or published", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -11,6 +11,11 @@ value within one ulp of the exact sum (float32 sums can lose more where terms ca
 float32 values (float64 for float64 inputs), as ``methods`` expects. Results are appended to safetensors files
 whose headers were written first (see ``shards``). Reading, arithmetic and writing overlap (see ``overlap``).
 Everything lands in a temporary folder beside the output, renamed into place only when complete.
+
+A source may be a ``remote.HubModel``: its weights are read from the Hub by range requests (``open_checkpoint``)
+and every such file's sha256 is checked (``verify``) before the merge counts as done. ``on_shard`` sees each
+output shard as soon as its last byte is written (the publisher uploads it, and may delete it, while the next
+shard is merged).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from cocktail_bot.checkpoint import Checkpoint, TensorInfo
+from cocktail_bot.checkpoint import Checkpoint, TensorInfo, model_folder, open_checkpoint
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.memory import CHUNK_ELEMENTS, PREFETCH
 from cocktail_bot.methods import MergeMethod, get_method
@@ -45,6 +50,7 @@ from cocktail_bot.model_files import (
 )
 from cocktail_bot.model_types import ModelType
 from cocktail_bot.overlap import BufferPool, Task, run_tasks
+from cocktail_bot.remote import HubModel
 from cocktail_bot.shards import Shard, ShardWriter, parse_size, plan_shards, write_index
 from cocktail_bot.writable import check_writable
 
@@ -67,6 +73,8 @@ BLOCK_ELEMENTS = 2**18  # per input, a float64 scratch block of 2 MB: close to a
 # need the rest; on 2 cores the caller's thread alone does the sums.
 SUM_WORKERS = max(1, min(8, (os.cpu_count() or 1) // 2))
 MAX_LISTED = 8
+
+Model = Path | HubModel  # a local folder, or a Hub model read in place
 
 
 @dataclass(frozen=True)
@@ -105,36 +113,42 @@ class _Merge:
 
     def __init__(
         self,
-        sources: list[Path],
+        sources: list[Model],
         merged: list[int],
         weights: list[float],
-        base: Path,
+        base: Model,
         method: MergeMethod,
         dtype: torch.dtype | None,
         device: torch.device,
         stack: ExitStack,
     ) -> None:
-        self.sources, self.base, self.method = sources, base, method
+        self.sources = [model_folder(source) for source in sources]
+        self.base, self.method = model_folder(base), method
         # the models whose tensors the method combines (methods with a base leave it out) and their weights
         self.merged = merged
         self.weights = [weights[index] for index in merged]
         self.dtype, self.device = dtype, device
         self.base_index = next(
-            (i for i, path in enumerate(sources) if path.resolve() == base.resolve()), None
+            (i for i, path in enumerate(self.sources) if path.resolve() == self.base.resolve()), None
         )
-        self.dirs = weight_dirs(base)
+        self.dirs = weight_dirs(self.base, _remote_files(base))
         # checkpoints[dir] = (one per source..., base) ; the base shares a source's checkpoint when it is one
         self.checkpoints: dict[str, list[Checkpoint]] = {}
         for relative in self.dirs:
-            opened = [stack.enter_context(Checkpoint(path / relative)) for path in sources]
+            opened = [stack.enter_context(open_checkpoint(source, relative)) for source in sources]
             base_checkpoint = (
                 opened[self.base_index]
                 if self.base_index is not None
-                else stack.enter_context(Checkpoint(base / relative))
+                else stack.enter_context(open_checkpoint(base, relative))
             )
             self.checkpoints[relative] = [*opened, base_checkpoint]
         self._check()
         self._workers = stack.enter_context(ThreadPoolExecutor(SUM_WORKERS, "cocktail-sum"))
+
+    def verify(self) -> None:
+        """Every file read from the Hub had its pinned sha256 (reads what no tensor needed)."""
+        for checkpoint in {id(c): c for cs in self.checkpoints.values() for c in cs}.values():
+            checkpoint.verify()
 
     def _models(self, relative: str) -> list[tuple[str, Checkpoint]]:
         labels = [str(path / relative) for path in self.sources] + [str(self.base / relative)]
@@ -376,6 +390,10 @@ class _Merge:
         return base
 
 
+def _remote_files(model: Model) -> frozenset[str]:
+    return frozenset(model.weights) if isinstance(model, HubModel) else frozenset()
+
+
 def _check_output(output: Path, models: Sequence[Path], force: bool, into_existing: bool) -> None:
     resolved = output.resolve()
     for model in models:
@@ -452,6 +470,34 @@ def _usable_device(device: str) -> torch.device:
     return torch_device
 
 
+@dataclass
+class _Finisher:
+    """Finishes each shard as its last bytes are written: hashed, sized, handed to ``on_shard``."""
+
+    folder: Path
+    files: dict[str, str]
+    sizes: dict[str, int]
+    on_shard: Callable[[str, Path, str], None] | None
+
+    def writing(self, writer: ShardWriter) -> Callable[[torch.Tensor], None]:
+        def write(values: torch.Tensor) -> None:
+            writer.write(values)
+            if writer.complete:
+                self.finish(writer)
+
+        return write
+
+    def finish(self, writer: ShardWriter) -> None:
+        """Once per shard (a shard of empty tensors gets no write: the engine finishes it at the end)."""
+        name = writer.path.relative_to(self.folder).as_posix()
+        if name in self.files:
+            return
+        self.files[name] = writer.finish()
+        self.sizes[name] = writer.path.stat().st_size
+        if self.on_shard is not None:
+            self.on_shard(name, writer.path, self.files[name])
+
+
 def _update_config_dtype(folder: Path, dtype: torch.dtype) -> None:
     """With --dtype, config.json must say so, or transformers would load the model in the base's dtype."""
     path = folder / "config.json"
@@ -521,12 +567,12 @@ def check_arguments(
 
 
 def merge(
-    sources: Sequence[str | Path],
+    sources: Sequence[str | Model],
     weights: Sequence[float],
     output: str | Path,
     *,
     model_type: ModelType | str,
-    base: str | Path | None = None,
+    base: str | Model | None = None,
     method: str = "linear",
     method_params: dict[str, Any] | None = None,
     dtype: str | torch.dtype | None = None,
@@ -535,37 +581,45 @@ def merge(
     force: bool = False,
     into_existing: bool = False,
     progress: bool = True,
+    on_shard: Callable[[str, Path, str], None] | None = None,
 ) -> MergeResult:
-    """Merge model folders into ``output``; every check runs before anything is written.
+    """Merge models (folders, or Hub models read in place) into ``output``; every check runs before anything
+    is written.
 
     An existing ``output`` is refused, replaced as a whole (``force``), or, with ``into_existing``, written into
     file by file: its other files are kept (LM_Cocktail's behaviour, for the drop-in API).
+    ``on_shard(name, path, sha256)`` runs as each weights file is complete, on the writer thread (it may block
+    to hold the merge back, and may take the file away: ``output`` then lacks it).
     """
     started = time.perf_counter()
     ModelType.parse(model_type)
-    paths = [Path(source) for source in sources]
+    models: list[Model] = [s if isinstance(s, HubModel) else Path(s) for s in sources]
+    paths = [model_folder(model) for model in models]
     weights = [float(weight) for weight in weights]
     resolved = [path.resolve() for path in paths]
+    base_model: Model | None = base if isinstance(base, HubModel) or base is None else Path(base)
     merge_method, out_dtype, max_shard_bytes = check_arguments(
         resolved,
         weights,
-        base=Path(base).resolve() if base is not None else None,
+        base=model_folder(base_model).resolve() if base_model is not None else None,
         method=method,
         method_params=method_params,
         dtype=dtype,
         shard_size=shard_size,
     )
-    base_path = Path(base) if base is not None else paths[0]
+    if base_model is None:
+        base_model = models[0]
+    base_path = model_folder(base_model)
     output = Path(output)
     _check_output(output, [*paths, base_path], force, into_existing)
     torch_device = _usable_device(device)
 
     with ExitStack() as stack:
         merged = merge_method.split_base(resolved, base_path.resolve())
-        plan = _Merge(paths, merged, weights, base_path, merge_method, out_dtype, torch_device, stack)
+        plan = _Merge(models, merged, weights, base_model, merge_method, out_dtype, torch_device, stack)
         dtype_name = plan.output_dtype_name()
         layout = {relative: plan.shards(relative, max_shard_bytes) for relative in plan.dirs}
-        copied = support_files(base_path)
+        copied = support_files(base_path, _remote_files(base_model))
         in_place = into_existing and output.is_dir()
         if in_place:
             _check_existing_files(output, plan.dirs, _written_files(copied, layout))
@@ -581,14 +635,17 @@ def merge(
             if out_dtype is not None:
                 _update_config_dtype(temporary, out_dtype)
                 files["config.json"] = file_sha256(temporary / "config.json")
+            sizes = {name: (temporary / name).stat().st_size for name in files}
+            finisher = _Finisher(temporary, files, sizes, on_shard)
             parts = []
             for relative, shards in layout.items():
                 (temporary / relative).mkdir(parents=True, exist_ok=True)
                 if (index := write_index(temporary / relative, shards)) is not None:
                     files[index.relative_to(temporary).as_posix()] = file_sha256(index)
+                    sizes[index.relative_to(temporary).as_posix()] = index.stat().st_size
                 for shard in shards:
                     writers.append(ShardWriter(temporary / relative / shard.filename, shard))
-                    parts.append((relative, shard, writers[-1].write))
+                    parts.append((relative, shard, finisher.writing(writers[-1])))
             total = sum(shard.nbytes for shards in layout.values() for shard in shards)
             logger.info(
                 "merging %d models into %s (%s, %.2f GB of tensors, %s)",
@@ -607,7 +664,8 @@ def merge(
                 )
                 run_tasks(tasks, bar.update, plan.allocate_pools())
             for writer in writers:
-                files[writer.path.relative_to(temporary).as_posix()] = writer.finish()
+                finisher.finish(writer)
+            plan.verify()
             writers.clear()
             if in_place:
                 _move_files(temporary, output, sorted(files))
@@ -619,7 +677,7 @@ def merge(
             shutil.rmtree(temporary, ignore_errors=True)
             raise
     files = dict(sorted(files.items()))
-    total_bytes = sum((output / name).stat().st_size for name in files)
+    total_bytes = sum(sizes.values())
     seconds = time.perf_counter() - started
     logger.debug("wrote %s (%.2f GB) in %.1f s", output, total_bytes / 1e9, seconds)
     return MergeResult(output, files, total_bytes, dtype_name, seconds)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +33,7 @@ from cocktail_bot.hub_access import hub_errors, with_retries
 from cocktail_bot.report import PublishReport
 
 if TYPE_CHECKING:
-    from huggingface_hub import DiscussionWithDetails
+    from huggingface_hub import CommitOperationAdd, DiscussionWithDetails
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,20 @@ class LocalFile:
     git_blob_id: str
 
 
-def local_files(folder: Path) -> dict[str, LocalFile]:
-    """Every file to publish (relative POSIX path -> hashes), reading each file once."""
+@dataclass(frozen=True)
+class UploadedFile:
+    """A file handed over before the commit (``stream_publish``), not read from the folder again: ``operation``
+    is its ``preupload_lfs_files``'d addition, which the commit only references (the local copy may be gone);
+    None when the Hub keeps the file in git, which is then sent with the commit from ``path``."""
+
+    path: Path
+    size: int
+    sha256: str
+    operation: CommitOperationAdd | None
+
+
+def local_files(folder: Path, skip: Mapping[str, object] | None = None) -> dict[str, LocalFile]:
+    """Every file to publish (relative POSIX path -> hashes), reading each file once; ``skip``: names not read."""
     files = {}
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
@@ -61,6 +74,7 @@ def local_files(folder: Path) -> dict[str, LocalFile]:
             not path.is_file()
             or SKIPPED_PARTS.intersection(relative.parts)
             or relative.as_posix() in RUN_REPORTS
+            or relative.as_posix() in (skip or {})
         ):
             continue
         size = path.stat().st_size
@@ -99,8 +113,10 @@ def publish_folder(
     commit_description: str | None = None,
     token: str | None = None,
     endpoint: str | None = None,
+    uploaded: Mapping[str, UploadedFile] | None = None,
 ) -> PublishReport:
-    """Make ``revision`` (a branch, default ``main``) of ``repo_id`` hold exactly the files of ``folder``.
+    """Make ``revision`` (a branch, default ``main``) of ``repo_id`` hold exactly the files of ``folder``, and
+    the ``uploaded`` ones (already in storage, see ``stream_publish``: they may be gone from ``folder``).
 
     Creates the repo (and the branch) when missing. With ``create_pr`` the change is proposed as a new Hub
     pull request against ``revision`` instead. With ``pr_title`` (implies ``create_pr``) it goes to the open
@@ -112,17 +128,21 @@ def publish_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise CocktailError(f"{folder} is not a folder: publish a model folder built by cocktail-bot")
-    local = local_files(folder)
+    uploaded = uploaded or {}
+    local = local_files(folder, skip=uploaded)
+    local.update({name: LocalFile(f.path, f.size, f.sha256, "") for name, f in uploaded.items()})
+    stored = {name: f.operation for name, f in uploaded.items() if f.operation is not None}
     if not local:
         raise CocktailError(f"{folder} is empty: nothing to publish")
     branch = revision or "main"
     api = HfApi(endpoint=endpoint)
     with hub_errors(repo_id, branch, reading=False, token=token):
-        token = token or _resolved_token(repo_id)
+        token = token or resolved_token(repo_id)
         return with_retries(
             lambda: _publish_once(
                 api,
                 local,
+                stored,
                 repo_id,
                 branch,
                 private=private,
@@ -136,7 +156,7 @@ def publish_folder(
         )
 
 
-def _resolved_token(repo_id: str) -> str:
+def resolved_token(repo_id: str) -> str:
     """``HF_TOKEN``, the stored login, or a short-lived trusted-publishing token (``HF_OIDC_RESOURCE``)."""
     from huggingface_hub import get_token
 
@@ -153,6 +173,7 @@ def _resolved_token(repo_id: str) -> str:
 def _publish_once(
     api,
     local: dict[str, LocalFile],
+    stored: Mapping[str, CommitOperationAdd],
     repo_id: str,
     branch: str,
     *,
@@ -203,7 +224,10 @@ def _publish_once(
         f"@{target}" if pr is not None or not create_pr else " as a new pull request",
     )
     operations = [
-        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(local[name].path)) for name in upload
+        stored[name]
+        if name in stored
+        else CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(local[name].path))
+        for name in upload
     ]
     operations += [CommitOperationDelete(path_in_repo=name) for name in delete]
     opening = create_pr and pr is None

@@ -12,6 +12,7 @@ import fnmatch
 import hashlib
 import json
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 from cocktail_bot.errors import CocktailError
@@ -70,9 +71,17 @@ def module_dirs(base: Path) -> list[str]:
         raise CocktailError(f"{path} is not a valid sentence-transformers module list ({error!r})") from None
 
 
-def weight_dirs(base: Path) -> list[str]:
-    """Folders (relative; ``""`` is the root) whose weights are merged: the root and modules with weights."""
-    dirs = [relative for relative in ["", *module_dirs(base)] if has_weights(base / relative)]
+def weight_dirs(base: Path, remote: Collection[str] = ()) -> list[str]:
+    """Folders (relative; ``""`` is the root) whose weights are merged: the root and modules with weights.
+
+    ``remote``: weight files (paths relative to ``base``) read from the Hub rather than stored in ``base``.
+    """
+    dirs = [
+        relative
+        for relative in ["", *module_dirs(base)]
+        if has_weights(base / relative)
+        or any(f"{relative}/{name}".lstrip("/") in remote for name in WEIGHT_FILES)
+    ]
     if not dirs:
         raise no_weights_error(base)
     return dirs
@@ -89,14 +98,15 @@ def is_weight_file(path: Path, folder: Path) -> bool:
     )
 
 
-def support_files(base: Path) -> list[Path]:
-    """The base's files to copy unchanged into the merged model, relative to ``base``, sorted."""
+def support_files(base: Path, remote: Collection[str] = ()) -> list[Path]:
+    """The base's files to copy unchanged into the merged model, relative to ``base``, sorted (``remote``: as
+    for ``weight_dirs``)."""
     files = [
         path
         for path in base.iterdir()
         if path.is_file() and any(fnmatch.fnmatch(path.name, pattern) for pattern in ROOT_FILE_PATTERNS)
     ]
-    merged = set(weight_dirs(base))
+    merged = set(weight_dirs(base, remote))
     for relative in [*ROOT_DIRS, *module_dirs(base)]:
         folder = base / relative
         if not folder.is_dir():

@@ -1,7 +1,10 @@
 """`cocktail run`: validate, resolve, weights, merge (step by step), evaluate, card, publish, report, lock.
 
 Everything is built in a work folder beside ``--out`` and moved into place only when the model, its card,
-the lock and the report are complete, so a failure leaves ``--out`` as it was. Intermediate steps' outputs
+the lock and the report are complete, so a failure leaves ``--out`` as it was. Hub sources are read in place
+when nothing needs them whole on disk (see ``needs_whole_sources``). With ``publish`` the final step's shards
+are uploaded as they are written and the model appears on the Hub in one commit at the end (see
+``stream_publish``); without ``--out`` no local copy is kept and the work folder is in the temp dir. Intermediate steps' outputs
 live in the work folder and feed later steps; only the final step's output is the model.
 """
 
@@ -57,16 +60,23 @@ class RunContext:
     progress: bool
     sources: dict[str, Any] = field(default_factory=dict)  # label -> sources.ResolvedSource
     step_outputs: dict[str, Path] = field(default_factory=dict)
+    output_bytes: dict[str, int] = field(default_factory=dict)  # step -> bytes of its output files
 
     def path_of(self, source: SourceSpec) -> Path:
         if source.kind == "step":
             return self.step_outputs[source.ref]
         return Path(self.sources[source.label].path)
 
+    def model_of(self, source: SourceSpec) -> Any:
+        """What the engine reads: a folder, or a Hub source's ``remote.HubModel`` (weights read in place)."""
+        if source.kind == "step":
+            return self.step_outputs[source.ref]
+        return self.sources[source.label].model
+
 
 def run_manifest(
     path: str | Path,
-    out: str | Path,
+    out: str | Path | None,
     *,
     locked: bool = False,
     publish: bool | None = None,
@@ -86,13 +96,17 @@ def run_manifest(
 
     Writes ``out``: the model files, ``README.md`` (the card), ``cocktail.lock``, ``report.json`` and
     ``report.md``; and the lock beside the manifest (``lock_path``; default ``<manifest>.lock``), unless
-    ``locked``, where the lock is read instead and the output must match it byte for byte.
+    ``locked``, where the lock is read instead and the output must match it byte for byte. ``out=None``
+    (only with ``publish``): the model goes to the Hub and nowhere else.
     """
     started = time.perf_counter()
     manifest = load_manifest(path)
-    out = Path(out).resolve()
+    if out is None and not publish:
+        raise CocktailError("give --out DIR for the model, or --publish to publish it without a local copy")
+    out = Path(out).resolve() if out is not None else None
     lock_file = Path(lock_path) if lock_path is not None else default_lock_path(manifest.path)
-    _check_out(out, manifest, force)
+    if out is not None:
+        _check_out(out, manifest, force)
     lock = read_lock(lock_file) if locked else None
     if lock is not None:
         check_lock_matches(manifest, lock, lock_file)
@@ -101,19 +115,42 @@ def run_manifest(
             f"cannot publish: {manifest.relative_path} has no output.repo; "
             "name the Hub repo there or drop --publish"
         )
-    check_writable(out.parent, "the model")
+    if out is not None:
+        check_writable(out.parent, "the model")
+    else:  # the shards pass through the temp folder on their way to the Hub
+        check_writable(tempfile.gettempdir(), "the model's shards before they are uploaded")
     if lock is None:
         check_writable(lock_file.parent, f"the lock {lock_file.name}")
     provenance = provenance or git_provenance(manifest.path.parent)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".cocktail-work", dir=out.parent))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(
+        tempfile.mkdtemp(
+            prefix=f".{out.name if out else manifest.name}.",
+            suffix=".cocktail-work",
+            dir=out.parent if out else None,
+        )
+    )
+    uploader = None
     try:
         context = RunContext(manifest, work, lock, device, progress)
-        context.sources = resolve_sources(manifest, lock, token=token, endpoint=endpoint)
+        context.sources = resolve_sources(
+            manifest, lock, token=token, endpoint=endpoint, stream=not needs_whole_sources(manifest, lock)
+        )
         license_ = output_license(manifest, context.sources, publishing=bool(publish))
+        if publish:
+            uploader = shard_uploader(
+                manifest,
+                work / "upload",
+                keep=out is not None,
+                token=token,
+                endpoint=endpoint,
+                pr=create_pr or pr_title is not None,
+            )
         step_reports, locked_steps = [], []
         for step in manifest.steps:
-            step_report, locked_step = run_step(context, step)
+            last = step is manifest.steps[-1]
+            step_report, locked_step = run_step(context, step, on_shard=uploader if last else None)
             step_reports.append(step_report)
             locked_steps.append(locked_step)
         final = context.step_outputs[manifest.steps[-1].name]
@@ -132,12 +169,13 @@ def run_manifest(
             check_reproduced(lock, new_lock)
         report = build_report(manifest, context, step_reports, final, output_files, provenance, license_)
         report.evals = run_evals(context, final)
-        _finish_report(report, started, out)
+        _finish_report(report, started, str(out) if out else f"{manifest.output.repo} (no local copy)")
         write_model_card(final, report, manifest)
         write_lock(final / LOCK_NAME, lock if lock is not None else new_lock)
         publish_error = None
-        if publish:
-            publish_error = publish_output(
+        if uploader is not None:
+            uploader.wait()
+            publish_error = uploader.error or publish_output(
                 final,
                 manifest,
                 report,
@@ -146,7 +184,10 @@ def run_manifest(
                 endpoint=endpoint,
                 create_pr=create_pr,
                 pr_title=pr_title,
+                uploaded=uploader.uploaded,
             )
+            if publish_error is not None:
+                report.status, report.error = "failure", str(publish_error)
         write_report(final, report)
         if lock is None:  # before the model moves into place: if this fails, --out stays as it was
             try:
@@ -154,7 +195,8 @@ def run_manifest(
             except OSError as error:
                 raise write_error(error, lock_file, "the lock") from None
             logger.info("wrote %s", lock_file)
-        _move_into_place(final, out, work)
+        if out is not None:
+            _move_into_place(final, out, work)
         if publish_error is not None:
             raise publish_error
         return report
@@ -209,10 +251,24 @@ def check_reproduced(lock: Lock, rebuilt: Lock) -> None:
 # ---- sources -----------------------------------------------------------------------------------------------
 
 
+def needs_whole_sources(manifest: Manifest, lock: Lock | None) -> bool:
+    """Whether a source must be on disk whole: example-based weights (unless the lock has them) and evaluation
+    load every source's model; a merge alone reads Hub weights in place."""
+    scoring = lock is None and any(step.explicit_weights is None for step in manifest.steps)
+    return scoring or bool(manifest.eval_sets)
+
+
 def resolve_sources(
-    manifest: Manifest, lock: Lock | None, *, token: str | None, endpoint: str | None, download: bool = True
+    manifest: Manifest,
+    lock: Lock | None,
+    *,
+    token: str | None,
+    endpoint: str | None,
+    download: bool = True,
+    stream: bool = False,
 ) -> dict[str, Any]:
-    """Pin every Hub and local source (a `--locked` run pins to the lock's commits and checks the files)."""
+    """Pin every Hub and local source (a `--locked` run pins to the lock's commits and checks the files);
+    ``stream``: leave Hub weights on the Hub (see ``sources.resolve_source``)."""
     from cocktail_bot.sources import resolve_source
 
     resolved = {}
@@ -223,7 +279,9 @@ def resolve_sources(
             raise CocktailError(f"{spec.label} is not in the lock: run without --locked to update the lock")
         if pinned is not None and pinned.resolved_revision:
             revision = pinned.resolved_revision
-        source = resolve_source(spec.ref, revision, token=token, endpoint=endpoint, download=download)
+        source = resolve_source(
+            spec.ref, revision, token=token, endpoint=endpoint, download=download, stream=stream
+        )
         if pinned is not None and download:
             differences = compare_files(pinned.files, source.files)
             if differences:
@@ -251,7 +309,25 @@ def _locked_source(label: str, resolved: Any) -> LockedSource:
 # ---- steps -------------------------------------------------------------------------------------------------
 
 
-def run_step(context: RunContext, step: StepSpec) -> tuple[StepReport, LockedStep]:
+def shard_uploader(
+    manifest: Manifest, folder: Path, *, keep: bool, token: str | None, endpoint: str | None, pr: bool
+) -> Any:
+    """Uploads the final step's shards as they are written; keeps them on disk for ``--out`` or evaluation."""
+    from cocktail_bot.stream_publish import ShardUploader
+
+    assert manifest.output.repo is not None
+    return ShardUploader(
+        manifest.output.repo,
+        folder,
+        private=manifest.output.private,
+        create_pr=pr,
+        keep=keep or bool(manifest.eval_sets),
+        token=token,
+        endpoint=endpoint,
+    )
+
+
+def run_step(context: RunContext, step: StepSpec, on_shard: Any = None) -> tuple[StepReport, LockedStep]:
     from cocktail_bot import engine
     from cocktail_bot.methods import get_method
 
@@ -264,19 +340,21 @@ def run_step(context: RunContext, step: StepSpec) -> tuple[StepReport, LockedSte
     base = step.base or (step.models[0] if step.models else None)
     logger.info("step %s: %s with weights %s", step.name, ", ".join(labels), [round(w, 4) for w in weights])
     result = engine.merge(
-        paths,
+        [context.model_of(source) for source in step.models],
         weights,
         context.work / "steps" / step.name,
         model_type=manifest.model_type,
-        base=context.path_of(base) if step.base is not None else None,
+        base=context.model_of(base) if step.base is not None else None,
         method=step.merge.method,
         method_params=dict(step.merge.parameters),
         dtype=step.merge.dtype,
         shard_size=step.merge.shard_size,
         device=engine_device(context.device or step.merge.device),
         progress=context.progress,
+        on_shard=on_shard,
     )
     context.step_outputs[step.name] = result.output
+    context.output_bytes[step.name] = result.total_bytes
     report = StepReport(
         name=step.name,
         models=labels,
@@ -378,7 +456,7 @@ def build_report(
     license_: str | None,
 ) -> Report:
     sources = [source.to_report() for source in context.sources.values()]
-    total = sum((final / name).stat().st_size for name in files)
+    total = context.output_bytes[manifest.steps[-1].name]
     return manifest_report(
         manifest,
         sources=sources,
@@ -404,9 +482,9 @@ def output_license(manifest: Manifest, sources: dict[str, Any], *, publishing: b
         return None
 
 
-def _finish_report(report: Report, started: float, out: Path) -> None:
+def _finish_report(report: Report, started: float, out: str) -> None:
     assert report.output is not None
-    report.output.path = str(out)
+    report.output.path = out
     report.seconds = round(time.perf_counter() - started, 3)
     report.peak_rss_bytes = peak_rss_bytes()
 
@@ -440,9 +518,11 @@ def publish_output(
     endpoint: str | None,
     create_pr: bool = False,
     pr_title: str | None = None,
+    uploaded: Any = None,
 ) -> CocktailError | None:
-    """Publish the model folder (model, card, lock); a failure is kept in the report and returned, not raised,
-    so that the complete build still lands in --out. For ``create_pr``/``pr_title`` see ``publish_folder``."""
+    """Publish the model folder (model, card, lock) and the shards already ``uploaded``; a failure is kept in
+    the report and returned, not raised, so that the complete build still lands in --out. For
+    ``create_pr``/``pr_title`` see ``publish_folder``."""
     from cocktail_bot.hub import publish_folder
 
     assert manifest.output.repo is not None
@@ -461,6 +541,7 @@ def publish_output(
             endpoint=endpoint,
             create_pr=create_pr,
             pr_title=pr_title,
+            uploaded=uploaded,
         )
     except CocktailError as error:
         report.status, report.error = "failure", str(error)

@@ -152,6 +152,11 @@ class ShardWriter:
         self._remaining -= len(data)
         self._emit(data)
 
+    @property
+    def complete(self) -> bool:
+        """Every planned byte is written."""
+        return not self._remaining
+
     def finish(self) -> str:
         """Close the file and return its sha256 (hex)."""
         self._file.close()

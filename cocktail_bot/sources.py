@@ -3,9 +3,12 @@
 A Hub reference is pinned to the commit sha its revision points at *now* (``resolve_revision``, which also
 records the branch or tag in the cache for offline runs), and everything after that reads at the sha, so a
 branch moving mid-run cannot mix two versions. Only the files a
-merge reads are downloaded (weights, preferring safetensors; config; tokenizer and chat template;
-sentence-transformers modules), with ``snapshot_download`` into the Hugging Face cache, which also makes a
-second run and offline mode work. Models that need their own Python code are refused: cocktail-bot never sets
+merge reads are fetched (weights, preferring safetensors; config; tokenizer and chat template;
+sentence-transformers modules). With ``stream=True`` (what ``cocktail run`` does when nothing needs the whole
+model on disk) the safetensors weights are not downloaded at all: the source carries a ``remote.HubModel`` and
+the engine reads them from the Hub by range requests; only the small files go through ``snapshot_download``
+into the Hugging Face cache. Otherwise everything is downloaded there, which also makes a second run and
+offline mode work. Models that need their own Python code are refused: cocktail-bot never sets
 ``trust_remote_code``.
 """
 
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.model_files import ROOT_DIRS, ROOT_FILE_PATTERNS, file_sha256
+from cocktail_bot.remote import HubModel
 from cocktail_bot.report import SourceReport
 
 logger = logging.getLogger(__name__)
@@ -40,7 +44,8 @@ class ResolvedSource:
     """A model reference pinned to an exact revision, with the sha256 of each file the merge reads.
 
     ``path`` is None when resolved without downloading (``cocktail plan``); ``sizes`` then still tells how big
-    the download and the merge input are.
+    the download and the merge input are. ``streamed`` is set when the weights stay on the Hub (``path`` then
+    holds only the small files).
     """
 
     label: str
@@ -51,10 +56,19 @@ class ResolvedSource:
     files: dict[str, str] = field(default_factory=dict)
     license: str | None = None
     sizes: dict[str, int] = field(default_factory=dict)
+    streamed: HubModel | None = None
 
     @property
     def total_bytes(self) -> int:
         return sum(self.sizes.values())
+
+    @property
+    def model(self) -> Path | HubModel:
+        """What the engine reads: the Hub model when streamed, else the local folder."""
+        if self.streamed is not None:
+            return self.streamed
+        assert self.path is not None, f"{self.label} was resolved without its files"
+        return self.path
 
     def to_report(self) -> SourceReport:
         return SourceReport(
@@ -75,8 +89,10 @@ def resolve_source(
     token: str | None = None,
     endpoint: str | None = None,
     download: bool = True,
+    stream: bool = False,
 ) -> ResolvedSource:
-    """Pin ``ref`` (``org/name``, ``org/name@rev`` or a local folder); fetch it unless ``download=False``."""
+    """Pin ``ref`` (``org/name``, ``org/name@rev`` or a local folder); fetch it unless ``download=False``;
+    with ``stream`` a Hub source's safetensors weights are left on the Hub, to be read in place."""
     local = _local_folder(ref)
     if local is not None:
         if revision is not None:
@@ -94,7 +110,13 @@ def resolve_source(
             f"{ref} names revision {ref_revision} but the revision {revision} was also given: keep one"
         )
     return _resolve_hub(
-        ref, repo_id, revision or ref_revision, token=token, endpoint=endpoint, download=download
+        ref,
+        repo_id,
+        revision or ref_revision,
+        token=token,
+        endpoint=endpoint,
+        download=download,
+        stream=stream,
     )
 
 
@@ -233,7 +255,14 @@ class _Listing:
 
 
 def _resolve_hub(
-    label: str, repo_id: str, revision: str | None, *, token: str | None, endpoint: str | None, download: bool
+    label: str,
+    repo_id: str,
+    revision: str | None,
+    *,
+    token: str | None,
+    endpoint: str | None,
+    download: bool,
+    stream: bool,
 ) -> ResolvedSource:
     from huggingface_hub import HfApi, constants, snapshot_download
 
@@ -256,13 +285,14 @@ def _resolve_hub(
     _check_model_files(pinned, chosen)
     lfs_hashes = {n: listing.files[n][1] for n in chosen if listing.files[n][1]}
     sizes = {n: listing.files[n][0] for n in chosen}
-    path, files = None, dict(lfs_hashes)
+    streamed = _streamable(chosen, lfs_hashes) if stream and not offline else {}
+    path, files, model = None, dict(lfs_hashes), None
     if download:
         with hub_errors(repo_id, sha, reading=True, token=token):
             folder = snapshot_download(
                 repo_id,
                 revision=sha,
-                allow_patterns=chosen,
+                allow_patterns=[n for n in chosen if n not in streamed],
                 token=token,
                 endpoint=endpoint,
                 local_files_only=offline,
@@ -270,7 +300,17 @@ def _resolve_hub(
         path = Path(folder)
         _refuse_custom_code(pinned, custom_code_reason(_config_contents(path), chosen))
         files = {n: lfs_hashes.get(n) or file_sha256(path / n) for n in chosen}
-    logger.info("pinned %s to %s (%d files, %.1f MB)", where, sha, len(chosen), sum(sizes.values()) / 1e6)
+        if streamed:
+            weights = {n: (sizes[n], sha256) for n, sha256 in streamed.items()}
+            model = HubModel(path, repo_id, sha, weights, endpoint=endpoint, token=token)
+    logger.info(
+        "pinned %s to %s (%d files, %.1f MB%s)",
+        where,
+        sha,
+        len(chosen),
+        sum(sizes.values()) / 1e6,
+        ", weights read from the Hub" if model is not None else "",
+    )
     return ResolvedSource(
         label=label,
         repo_id=repo_id,
@@ -280,7 +320,18 @@ def _resolve_hub(
         files=files,
         license=listing.license,
         sizes=sizes,
+        streamed=model,
     )
+
+
+def _streamable(chosen: list[str], lfs_hashes: dict[str, str]) -> dict[str, str]:
+    """The weight files to read in place (name -> pinned sha256): all of them when they are safetensors with
+    an LFS sha256 to check against; none otherwise (pickles cannot be read by range: they are downloaded)."""
+    weights = [n for n in chosen if _is_weight(n) and not n.endswith(".index.json")]
+    if all(n.endswith(".safetensors") and n in lfs_hashes for n in weights):
+        return {n: lfs_hashes[n] for n in weights}
+    logger.info("weights %s cannot be read in place: downloading them", ", ".join(weights))
+    return {}
 
 
 def _listing(api, repo_id: str, sha: str, *, offline: bool) -> _Listing:

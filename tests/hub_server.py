@@ -12,18 +12,25 @@ Errors carry the ``X-Error-Code`` / ``X-Error-Message`` headers the client maps 
 (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``). Tokens: a write token, a read-only token (writes
 get 403), another user's write token and tokens minted by the OIDC exchange (``POST /oauth/token``). Private
 repos need a token of their namespace. ``fail(route, status, times)`` makes the next requests of a route fail
-(status 0 drops the connection).
+(status 0 drops the connection); ``cut(route, at)`` drops it when a file's bytes being sent reach byte ``at``.
+
+File reads answer like the Hub's resolve endpoint: LFS files redirect (302, with ``X-Linked-Size``,
+``X-Linked-Etag`` and ``X-Repo-Commit``) to a second, CDN-like origin on another port, which serves the bytes;
+both honour ``Range: bytes=a-b`` (206 with ``Content-Range``; 416 when unsatisfiable). ``bandwidth_down`` and
+``bandwidth_up`` (bytes per second, shared by all connections) throttle file bodies sent and uploads received.
 """
 
 from __future__ import annotations
 
 import base64
 import fnmatch
+import functools
 import hashlib
 import itertools
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,6 +47,7 @@ USER = "cocktail-tester"
 OTHER_USER = "someone-else"
 ORG = "cocktail"
 DISCUSSIONS_PER_PAGE = 50
+STEP = 1 << 20  # bytes per write of a file body or read of an upload: the unit of throttling
 
 LFS_PATTERNS = (
     "*.safetensors",
@@ -84,7 +92,7 @@ class Entry:
     def size(self) -> int:
         return len(self.data)
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
 
@@ -92,7 +100,7 @@ class Entry:
     def pointer(self) -> bytes:
         return lfs_pointer(self.sha256, self.size)
 
-    @property
+    @functools.cached_property
     def blob_id(self) -> str:
         return git_blob_id(self.pointer if self.lfs else self.data)
 
@@ -167,6 +175,42 @@ class Request:
     token: str | None
 
 
+class Throttle:
+    """A shared bandwidth limit: callers reserve time for their bytes in turn (None: unlimited); ``total``
+    counts the bytes."""
+
+    def __init__(self) -> None:
+        self.rate: float | None = None
+        self.total = 0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> None:
+        with self._lock:
+            self.total += nbytes
+            if not self.rate:
+                return
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + nbytes / self.rate
+            wait = self._next - now
+        time.sleep(wait)
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """The inclusive (first, last) byte of a single ``bytes=`` range, or None when it cannot be satisfied."""
+    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    if not match or not (match.group(1) or match.group(2)):
+        return None
+    first, last = match.groups()
+    if not first:  # suffix range: the last N bytes
+        start = max(0, size - int(last))
+        return (start, size - 1) if size and int(last) else None
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    return (start, end) if start <= end else None
+
+
 class HubError(Exception):
     def __init__(self, status: int, message: str, code: str | None = None, **extra: Any) -> None:
         super().__init__(message)
@@ -201,24 +245,53 @@ class HubServer:
         self.oidc_subject_tokens: dict[str, str] = {}  # id token -> the resource it may be exchanged for
         self.requests: list[Request] = []
         self._failures: list[list[Any]] = []  # [route, method, status, remaining, error code]
+        self._cuts: list[list[Any]] = []  # [route, byte of the file where the connection drops, remaining]
+        self.down, self.up = Throttle(), Throttle()
         self._lock = threading.RLock()
         self._counter = itertools.count()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.hub = self  # type: ignore[attr-defined]
         self.endpoint = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="hub-server", daemon=True)
+        # The storage the Hub redirects LFS reads to: another origin, so the client drops its token there.
+        self._cdn = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._cdn.daemon_threads = True
+        self._cdn.hub = self  # type: ignore[attr-defined]
+        self.cdn_endpoint = f"http://127.0.0.1:{self._cdn.server_address[1]}"
+        self._threads = [
+            threading.Thread(target=server.serve_forever, name=name, daemon=True)
+            for server, name in ((self._httpd, "hub-server"), (self._cdn, "hub-cdn"))
+        ]
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     def start(self) -> HubServer:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        for server in (self._httpd, self._cdn):
+            server.shutdown()
+            server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    @property
+    def bandwidth_down(self) -> float | None:
+        return self.down.rate
+
+    @bandwidth_down.setter
+    def bandwidth_down(self, rate: float | None) -> None:
+        self.down.rate = rate
+
+    @property
+    def bandwidth_up(self) -> float | None:
+        return self.up.rate
+
+    @bandwidth_up.setter
+    def bandwidth_up(self, rate: float | None) -> None:
+        self.up.rate = rate
 
     # -- seeding helpers for tests ---------------------------------------------------------------------------
 
@@ -329,6 +402,27 @@ class HubServer:
         with self._lock:
             self._failures.append([route, method, status, times, code])
 
+    def cut(self, route: str, at: int, times: int = 1) -> None:
+        """Drop the connection of the next ``times`` answers of ``route`` (e.g. 'cdn') that send byte ``at``
+        of a file, just before it, like a network failure in the middle of a download; a client that resumes
+        from byte ``at`` is cut again while ``times`` lasts."""
+        with self._lock:
+            self._cuts.append([route, at, times])
+
+    def heal(self) -> None:
+        """Forget the failures and cuts not yet used up."""
+        with self._lock:
+            self._failures.clear()
+            self._cuts.clear()
+
+    def _take_cut(self, route: str, first: int, last: int) -> int | None:
+        with self._lock:
+            for cut in self._cuts:
+                if cut[0] == route and cut[2] > 0 and first <= cut[1] <= last:
+                    cut[2] -= 1
+                    return cut[1]
+        return None
+
     def seen(self, route: str, method: str | None = None) -> list[Request]:
         with self._lock:
             return [r for r in self.requests if r.route == route and (method is None or r.method == method)]
@@ -423,6 +517,8 @@ def _route(method: str, parts: list[str]) -> tuple[str, str | None, dict[str, st
         return "lfs_upload", f"{parts[1]}/{parts[2]}", {"oid": parts[3]}
     if n == 3 and parts[0] == "lfs-verify":
         return "lfs_verify", f"{parts[1]}/{parts[2]}", {}
+    if n == 2 and parts[0] == "cdn":
+        return "cdn", None, {"oid": parts[1]}
     if n >= 5 and parts[2] == "resolve":
         return "resolve", f"{parts[0]}/{parts[1]}", {"revision": parts[3], "path": "/".join(parts[4:])}
     return "unknown", None, {}
@@ -462,10 +558,22 @@ class _Handler(BaseHTTPRequestHandler):
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
                     return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
+                chunks.append(self._read(size))
                 self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        return self._read(length) if length else b""
+
+    def _read(self, size: int) -> bytes:
+        """``size`` bytes of the request body, at most as fast as the upload bandwidth allows."""
+        parts, left = [], size
+        while left > 0:
+            part = self.rfile.read(min(left, STEP))
+            if not part:
+                break
+            self.hub.up.take(len(part))
+            parts.append(part)
+            left -= len(part)
+        return b"".join(parts)
 
     def _token(self) -> str | None:
         value = self.headers.get("Authorization", "")
@@ -486,6 +594,39 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def _send_file(self, data: bytes, headers: dict[str, str]) -> None:
+        """A file's bytes, or the single range the request asks for (206), throttled to ``bandwidth_down``,
+        cut short where a test asked for a dropped connection."""
+        size, status = len(data), 200
+        start, end = 0, size - 1
+        requested = self.headers.get("Range")
+        if requested:
+            parsed = parse_range(requested, size)
+            if parsed is None:
+                raise HubError(416, f"range {requested} not satisfiable", extra_headers=f"bytes */{size}")
+            (start, end), status = parsed, 206
+            headers = {**headers, "Content-Range": f"bytes {start}-{end}/{size}"}
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(end + 1 - start))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        route = _route(self.command, [unquote(p) for p in urlsplit(self.path).path.strip("/").split("/")])[0]
+        cut = self.hub._take_cut(route, start, end)
+        stop = end + 1 if cut is None else cut
+        view = memoryview(data)
+        for offset in range(start, stop, STEP):
+            piece = view[offset : min(offset + STEP, stop)]
+            self.hub.down.take(len(piece))
+            self.wfile.write(piece)
+        if cut is not None:
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)
 
     def _json(self, obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(obj).encode(), headers)
@@ -517,6 +658,8 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {"X-Error-Message": error.message}
             if error.code:
                 headers["X-Error-Code"] = error.code
+            if "extra_headers" in error.extra:  # a 416's Content-Range
+                headers["Content-Range"] = error.extra.pop("extra_headers")
             self._json({"error": error.message, **error.extra}, error.status, headers)
 
     # -- authorisation ---------------------------------------------------------------------------------------
@@ -870,9 +1013,25 @@ class _Handler(BaseHTTPRequestHandler):
             "ETag": f'"{entry.sha256 if entry.lfs else entry.blob_id}"',
             "Accept-Ranges": "bytes",
         }
-        if entry.lfs:
-            headers.update({"X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": str(entry.size)})
-        self._send(200, entry.data, headers, content_type="application/octet-stream")
+        if not entry.lfs:
+            self._send_file(entry.data, headers)
+            return
+        # Like the Hub: LFS content is served by storage on another origin, the metadata rides on the redirect.
+        headers.update(
+            {
+                "X-Linked-Etag": f'"{entry.sha256}"',
+                "X-Linked-Size": str(entry.size),
+                "Location": f"{self.hub.cdn_endpoint}/cdn/{entry.sha256}",
+            }
+        )
+        self._send(302, b"", headers)
+
+    def _cdn(self, *, params: dict, **_: Any) -> None:
+        """The storage behind the redirect: the URL is the authorisation, as with the Hub's signed URLs."""
+        data = self.hub.lfs_objects.get(params["oid"])
+        if data is None:
+            raise HubError(404, "object not found")
+        self._send_file(data, {"ETag": f'"{params["oid"]}"', "Accept-Ranges": "bytes"})
 
     # -- pull requests (the Hub's discussions API; this Hub hosts pull requests only) ------------------------
 

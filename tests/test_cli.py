@@ -62,5 +62,5 @@ def test_sigterm_unwinds_like_ctrl_c_so_work_folders_are_removed(monkeypatch, tm
     before = signal.getsignal(signal.SIGTERM)
     assert main(["validate", "cocktail.yml"]) == 143
     assert not work.exists()
-    assert capsys.readouterr().err == "terminated: nothing was written to the output path\n"
+    assert capsys.readouterr().err == "terminated: nothing was written to the output path or published\n"
     assert signal.getsignal(signal.SIGTERM) is before

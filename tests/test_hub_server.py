@@ -172,3 +172,34 @@ def test_pull_requests_are_listed_by_page_detailed_closed_and_take_commits_on_th
         )
     assert error.value.response.status_code == 403
     assert mine.pr_num == 1
+
+
+def test_file_reads_answer_ranges_like_the_resolve_endpoint(hub_server, api):
+    """LFS files redirect to storage on another origin (no token sent there); both honour Range with 206."""
+    from huggingface_hub.utils import get_session
+
+    api.create_repo(REPO)
+    data = bytes(range(256)) * 100
+    api.create_commit(REPO, [CommitOperationAdd("model.safetensors", data)], commit_message="w")
+    url = hf_hub_url(REPO, "model.safetensors", endpoint=hub_server.endpoint)
+    session = get_session()
+    redirect = session.get(url, follow_redirects=False)
+    assert redirect.status_code == 302 and redirect.headers["X-Linked-Size"] == str(len(data))
+    assert redirect.headers["Location"].startswith(hub_server.cdn_endpoint)
+    ranged = session.get(
+        url, headers={"Range": "bytes=10-19", "Authorization": f"Bearer {hub_server.read_token}"}
+    )
+    assert ranged.status_code == 206 and ranged.content == data[10:20]
+    assert ranged.headers["Content-Range"] == f"bytes 10-19/{len(data)}"
+    assert hub_server.seen("cdn")[-1].token is None  # the token stayed on the Hub's origin
+    assert session.get(url, headers={"Range": "bytes=-5"}).content == data[-5:]
+    assert session.get(url, headers={"Range": "bytes=25590-"}).content == data[25590:]
+    unsatisfiable = session.get(url, headers={"Range": f"bytes={len(data)}-"})
+    assert (
+        unsatisfiable.status_code == 416 and unsatisfiable.headers["Content-Range"] == f"bytes */{len(data)}"
+    )
+    api.create_commit(REPO, [CommitOperationAdd("config.json", b'{"a": 1}')], commit_message="c")
+    small = session.get(
+        hf_hub_url(REPO, "config.json", endpoint=hub_server.endpoint), headers={"Range": "bytes=1-3"}
+    )
+    assert small.status_code == 206 and small.content == b'"a"'

@@ -1,4 +1,8 @@
-"""`cocktail run FILE --out DIR`: build (and optionally publish) the model a manifest describes."""
+"""`cocktail run FILE --out DIR`: build (and optionally publish) the model a manifest describes.
+
+`cocktail run FILE --publish` without `--out` keeps no local copy: Hub sources are read in place and each
+shard is uploaded as it is written, so the disk holds about two shards whatever the model's size.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("manifest", metavar="FILE", help="the cocktail.yml manifest")
     parser.add_argument(
-        "--out", required=True, metavar="DIR", help="folder for the model, card, lock and report"
+        "--out",
+        metavar="DIR",
+        help="folder for the model, card, lock and report (optional with --publish: without it, no local copy)",
     )
     parser.add_argument(
         "--locked",
@@ -54,10 +60,8 @@ def handle(args) -> int:
         progress=not args.quiet,
     )
     assert report.output is not None
-    print(
-        f"built {report.name} in {report.output.path} "
-        f"({report.output.total_bytes} bytes, {report.seconds:.1f} s)"
-    )
+    where = f"in {report.output.path}" if args.out else "without a local copy"
+    print(f"built {report.name} {where} ({report.output.total_bytes} bytes, {report.seconds:.1f} s)")
     if report.publish is not None:
         print(f"published {report.publish.repo_url} ({report.publish.commit_url or report.publish.revision})")
     return 0

@@ -194,11 +194,15 @@ class StreamedWeights:
         if len(tasks) == 1:
             return [tasks[0]()]
         self.wave = wave = Wave(len(tasks))
+        pool = ThreadPoolExecutor(len(tasks), thread_name_prefix="wave")
         try:
-            with ThreadPoolExecutor(len(tasks), thread_name_prefix="wave") as pool:
-                futures = [pool.submit(wave.run, task) for task in tasks]
-                errors = [error for future in futures if (error := future.exception()) is not None]
+            futures = [pool.submit(wave.run, task) for task in tasks]
+            errors = [error for future in futures if (error := future.exception()) is not None]
+        except BaseException:  # Ctrl-C, SIGTERM: the batches stop at their next module, not at their end
+            wave.barrier.abort()
+            raise
         finally:
+            pool.shutdown(wait=True)
             self.wave = None
             self.drop()
         if errors:  # the cause, rather than the other threads' BrokenBarrierError

@@ -224,7 +224,7 @@ def preview_pr_title(env: ActionEnv, decision: Decision) -> str | None:
 def execute(env: ActionEnv, decision: Decision) -> tuple[ActionResult, int]:
     """Run the pipeline; any error becomes a failed result carrying the message for the comment, and the exit
     code the CLI gives that error (2 for bad input, 1 for a remote or internal failure)."""
-    common = {
+    common: dict[str, Any] = {
         "mode": decision.mode,
         "manifest_path": env.manifest,
         "reason": decision.reason,
@@ -245,7 +245,17 @@ def execute(env: ActionEnv, decision: Decision) -> tuple[ActionResult, int]:
         "failure" if report.status == "failure" else ("planned" if decision.mode == "plan" else "success")
     )
     common.update(mode=decision.mode, reason=decision.reason)
-    return ActionResult(status=status, error=report.error, report=report, **common), int(status == "failure")
+    card = env.work_dir / MODEL_DIR / "README.md"
+    return (
+        ActionResult(
+            status=status,
+            error=report.error,
+            report=report,
+            card=card.read_text(encoding="utf-8") if status == "success" and card.is_file() else None,
+            **common,
+        ),
+        int(status == "failure"),
+    )
 
 
 def load_saved_result(env: ActionEnv) -> ActionResult:

@@ -34,7 +34,7 @@ def resolve_model_folders(model_names_or_paths: Sequence[str | Path]) -> list[Pa
         else:
             from cocktail_bot.sources import resolve_source
 
-            folders.append(Path(resolve_source(str(reference)).path))
+            folders.append(resolve_source(str(reference)).folder)
     return folders
 
 

@@ -16,6 +16,7 @@ import os
 import pickle
 import struct
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -277,7 +278,7 @@ class Checkpoint:
             return out.copy_(self._tensor(name).reshape(-1)[start : start + count])
         entry = self._entries[name]
         if count:
-            view = memoryview(out.view(torch.uint8).numpy())
+            view = out.view(torch.uint8).numpy().data
             self._read_into(entry.file, view, entry.start + start * info.dtype.itemsize)
         return out
 
@@ -324,8 +325,12 @@ class RemoteCheckpoint(Checkpoint):
             where = f"{model.repo_id}@{model.revision[:12]}: {name}"
             with hub_errors(model.repo_id, model.revision, reading=True, token=model.token):
                 parsed = with_retries(
-                    lambda n=name: api.parse_safetensors_file_metadata(
-                        model.repo_id, n, revision=model.revision, token=model.token
+                    partial(
+                        api.parse_safetensors_file_metadata,
+                        model.repo_id,
+                        name,
+                        revision=model.revision,
+                        token=model.token,
                     ),
                     f"reading the header of {where}",
                 )

@@ -27,15 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Merge language models LM-Cocktail style, from a cocktail.yml manifest or the command line.",
     )
     parser.add_argument("--version", action="version", version=f"cocktail-bot {__version__}")
-    quiet = {"action": "store_true", "help": "only warnings and errors, no progress bars"}
-    parser.add_argument("-q", "--quiet", **quiet)
+    quiet = "only warnings and errors, no progress bars"
+    parser.add_argument("-q", "--quiet", action="store_true", help=quiet)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"cocktail_bot.commands.{name}")
         module.register(subparsers)
     for subparser in subparsers.choices.values():
         # `cocktail run x.yml -q` too; SUPPRESS keeps a -q given before the command when this one is absent.
-        subparser.add_argument("-q", "--quiet", default=argparse.SUPPRESS, **quiet)
+        subparser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=quiet)
     return parser
 
 

@@ -34,6 +34,7 @@ class ActionResult(BaseModel):
     head_sha: str | None = None
     run_url: str | None = None
     tool_version: str = __version__
+    card: str | None = None  # the README.md the run wrote (and published): a custom output.card included
 
 
 def _render(result: ActionResult, *, card: str | None) -> str:
@@ -50,9 +51,15 @@ def _render(result: ActionResult, *, card: str | None) -> str:
 
 
 def model_card(result: ActionResult) -> str | None:
-    """The card that was (or would be) published, for the collapsed section; only a good build has one."""
+    """The card that was (or would be) published, for the collapsed section; only a good build has one.
+
+    The run's own README.md when the result carries it (it is shown fenced, as text); else, for a result
+    without one, the built-in card of its report.
+    """
     if result.status != "success" or result.report is None:
         return None
+    if result.card is not None:
+        return result.card
     from cocktail_bot.card import render_card
 
     return render_card(result.report)

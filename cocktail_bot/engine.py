@@ -22,23 +22,32 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from cocktail_bot.atomic import move_files_into, replace_folder, staging_folder
 from cocktail_bot.checkpoint import Checkpoint, TensorInfo, model_folder, open_checkpoint
+from cocktail_bot.dtypes import DTYPE_BYTES, canonical_dtype
 from cocktail_bot.errors import CocktailError
-from cocktail_bot.memory import CHUNK_ELEMENTS, PREFETCH
+from cocktail_bot.memory import (
+    BLOCK_ELEMENTS,
+    CHUNK_ELEMENTS,
+    FLOAT32,
+    SUM_WORKERS,
+    MergeMemory,
+    chunk_elements,
+    merge_memory,
+)
 from cocktail_bot.methods import MergeMethod, get_method
 from cocktail_bot.model_files import (
     SAFETENSORS_INDEX,
@@ -51,27 +60,12 @@ from cocktail_bot.model_files import (
 from cocktail_bot.model_types import ModelType
 from cocktail_bot.overlap import BufferPool, Task, run_tasks
 from cocktail_bot.remote import HubModel
-from cocktail_bot.shards import Shard, ShardWriter, parse_size, plan_shards, write_index
+from cocktail_bot.shards import Shard, ShardWriter, parse_shard_size, plan_shards, write_index
 from cocktail_bot.writable import check_writable
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float64": torch.float64,
-    "fp64": torch.float64,
-}
-BLOCK_ELEMENTS = 2**18  # per input, a float64 scratch block of 2 MB: close to a core's cache
-# Threads summing a chunk's blocks (torch releases the GIL). Half the cores, as reading, writing and hashing
-# need the rest; on 2 cores the caller's thread alone does the sums.
-SUM_WORKERS = max(1, min(8, (os.cpu_count() or 1) // 2))
+TORCH_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_BYTES}
 MAX_LISTED = 8
 
 Model = Path | HubModel  # a local folder, or a Hub model read in place
@@ -84,17 +78,16 @@ class MergeResult:
     total_bytes: int
     dtype: str
     seconds: float
+    memory: MergeMemory  # the buffers the merge held, as cocktail_bot.memory sized them
 
 
 def parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
     if value is None or isinstance(value, torch.dtype):
         return value
     try:
-        return DTYPES[str(value).lower().removeprefix("torch.")]
-    except KeyError:
-        raise CocktailError(
-            f"unknown dtype {value!r}: use one of bfloat16, float16, float32, float64"
-        ) from None
+        return TORCH_DTYPES[canonical_dtype(value)]
+    except ValueError as error:
+        raise CocktailError(str(error)) from None
 
 
 def _split(items: range, parts: int) -> list[range]:
@@ -198,7 +191,9 @@ class _Merge:
             info = base.info(name)
             if info.dtype.is_floating_point:
                 sizes[info.dtype] = sizes.get(info.dtype, 0) + info.nbytes
-        return str(max(sizes, key=sizes.get) if sizes else torch.float32).removeprefix("torch.")
+        return str(max(sizes, key=lambda dtype: sizes[dtype]) if sizes else torch.float32).removeprefix(
+            "torch."
+        )
 
     def shards(self, relative: str, max_bytes: int) -> list[Shard]:
         base = self.checkpoints[relative][-1]
@@ -224,39 +219,46 @@ class _Merge:
         return torch.float32
 
     def allocate_pools(self) -> list[BufferPool]:
-        """Reused buffers: input chunks (read ahead), per-worker scratch blocks, output chunks (written later)
-        and, for methods that are not elementwise, one buffer for a whole tensor of every input."""
-        step = self.chunk_elements()
+        """Reused buffers, sized by :func:`cocktail_bot.memory.merge_memory` (which `plan` estimates with): input
+        chunks (read ahead), per-worker scratch blocks, output chunks (written later) and, for methods that are
+        not elementwise, one buffer for a whole tensor of every input."""
         count = len(self._inputs(self.dirs[0]))
         widest = max(
             (c.info(n).dtype.itemsize for cs in self.checkpoints.values() for c in cs for n in c.names),
             default=1,
         )
-        self.inputs = BufferPool(count * (PREFETCH + 1), step * widest)
+        floats = [
+            (base.info(name).numel, self._wide_dtype(self._inputs(relative), name).itemsize)
+            for relative, (*_, base) in self.checkpoints.items()
+            for name in base.names
+            if base.info(name).dtype.is_floating_point
+        ]
+        self.memory = merge_memory(
+            self.method,
+            inputs=count,
+            input_itemsize=widest,
+            output_itemsize=self.dtype.itemsize if self.dtype is not None else widest,
+            largest_numel=max((numel for numel, _ in floats), default=0),
+            wide_itemsize=max((itemsize for _, itemsize in floats), default=FLOAT32),
+            chunk=CHUNK_ELEMENTS,
+            block=BLOCK_ELEMENTS,
+            workers=SUM_WORKERS,
+        )
+        self.inputs = BufferPool(self.memory.inputs.count, self.memory.inputs.nbytes)
         self._scratch = [
-            [torch.empty(BLOCK_ELEMENTS * torch.float64.itemsize, dtype=torch.uint8) for _ in range(count)]
+            [torch.empty(self.memory.scratch.nbytes, dtype=torch.uint8) for _ in range(count)]
             for _ in range(SUM_WORKERS)
         ]
-        widest_output = max(widest, self.dtype.itemsize if self.dtype is not None else 1)
-        self.outputs = BufferPool(PREFETCH + 2, step * widest_output)
+        self.outputs = BufferPool(self.memory.outputs.count, self.memory.outputs.nbytes)
         pools = [self.inputs, self.outputs]
-        if not self.method.elementwise:
-            largest = max(
-                (
-                    base.info(name).numel * self._wide_dtype(self._inputs(relative), name).itemsize
-                    for relative, (*_, base) in self.checkpoints.items()
-                    for name in base.names
-                    if base.info(name).dtype.is_floating_point
-                ),
-                default=0,
-            )
+        if self.memory.rows.count:
             # one, not one per task in flight: a tensor's rows are read once the previous tensor is written
-            self.rows = BufferPool(1, count * largest)
+            self.rows = BufferPool(self.memory.rows.count, self.memory.rows.nbytes)
             pools.append(self.rows)
         return pools
 
     def chunk_elements(self) -> int:
-        return max(1, CHUNK_ELEMENTS // len(self._inputs(self.dirs[0])))
+        return chunk_elements(len(self._inputs(self.dirs[0])), CHUNK_ELEMENTS)
 
     def tasks(self, relative: str, shard: Shard, write: Callable[[torch.Tensor], None]) -> Iterator[Task]:
         checkpoints, inputs = self.checkpoints[relative], self._inputs(relative)
@@ -264,8 +266,8 @@ class _Merge:
             if not out.dtype.is_floating_point:
                 yield Task(
                     out.nbytes,
-                    lambda n=name: [c.read(n) for c in checkpoints],
-                    lambda tensors, n=name: (self._non_float(relative, n, tensors), None),
+                    partial(_read_all, checkpoints, name),
+                    partial(self._non_float_task, relative, name),
                     write,
                 )
                 continue
@@ -276,15 +278,15 @@ class _Merge:
                     count = min(step, out.numel - start)
                     yield Task(
                         count * out.dtype.itemsize,
-                        lambda n=name, s=start, k=count: self._read_chunk(inputs, n, s, k),
-                        lambda chunks, n=name, d=out.dtype, w=wide: self._merge_chunk(n, chunks, d, w),
+                        partial(self._read_chunk, inputs, name, start, count),
+                        partial(self._merge_chunk, name, dtype=out.dtype, wide=wide),
                         write,
                     )
             else:
                 yield Task(
                     out.nbytes,
-                    lambda n=name, w=wide: self._read_rows(inputs, n, w),
-                    lambda rows, n=name, d=out.dtype: self._merge_rows(n, rows, d),
+                    partial(self._read_rows, inputs, name, wide),
+                    partial(self._merge_rows, name, dtype=out.dtype),
                     write,
                 )
 
@@ -372,6 +374,11 @@ class _Merge:
         values = self._apply(name, list(rows.to(self.device))).to(dtype).cpu()
         return values, lambda: self.rows.give(rows)
 
+    def _non_float_task(
+        self, relative: str, name: str, tensors: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, None]:
+        return self._non_float(relative, name, tensors), None
+
     def _non_float(self, relative: str, name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
         """Integer and bool buffers cannot be averaged: keep the base's, and say where sources disagree."""
         *others, base = tensors
@@ -388,6 +395,10 @@ class _Merge:
                 ", ".join(differing),
             )
         return base
+
+
+def _read_all(checkpoints: list[Checkpoint], name: str) -> list[torch.Tensor]:
+    return [checkpoint.read(name) for checkpoint in checkpoints]
 
 
 def _remote_files(model: Model) -> frozenset[str]:
@@ -511,37 +522,6 @@ def _update_config_dtype(folder: Path, dtype: torch.dtype) -> None:
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def _staging_folder(parent: Path, prefix: str) -> Path:
-    """A fresh folder in ``parent`` (on the output's file system) where the model is built. mkdtemp makes it
-    private (0700); it gets the mode a plain mkdir would give, so the finished model is as readable as any other
-    folder the user creates."""
-    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    return folder
-
-
-def _replace(temporary: Path, output: Path) -> None:
-    """Move the finished model into place; an existing output (--force) is swapped out, then deleted."""
-    if not output.exists():
-        os.replace(temporary, output)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-    os.replace(output, trash / output.name)
-    os.replace(temporary, output)
-    shutil.rmtree(trash)
-
-
-def _move_files(temporary: Path, output: Path, files: Sequence[str]) -> None:
-    """Move each finished file into the existing ``output``, each replaced atomically; files the merge did not
-    write stay as they are (as LM_Cocktail's ``save_pretrained`` leaves them). ``temporary`` (ours) goes."""
-    for name in files:
-        (output / name).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(temporary / name, output / name)
-    shutil.rmtree(temporary)
-
-
 def check_arguments(
     models: Sequence[Hashable],
     weights: Sequence[float],
@@ -563,7 +543,7 @@ def check_arguments(
         raise CocktailError(f"got {len(weights)} weights for {len(models)} models: give one weight per model")
     merge_method = get_method(method, method_params)
     merge_method.check_recipe(list(models), [float(weight) for weight in weights], base)
-    return merge_method, parse_dtype(dtype), parse_size(shard_size)
+    return merge_method, parse_dtype(dtype), parse_shard_size(shard_size)
 
 
 def merge(
@@ -625,9 +605,9 @@ def merge(
             _check_existing_files(output, plan.dirs, _written_files(copied, layout))
         output.parent.mkdir(parents=True, exist_ok=True)
         temporary = (
-            _staging_folder(output, ".cocktail-partial-")
+            staging_folder(output, ".cocktail-partial-")
             if in_place
-            else _staging_folder(output.parent, f".{output.name}.partial-")
+            else staging_folder(output.parent, f".{output.name}.partial-")
         )
         writers: list[ShardWriter] = []
         try:
@@ -668,9 +648,9 @@ def merge(
             plan.verify()
             writers.clear()
             if in_place:
-                _move_files(temporary, output, sorted(files))
+                move_files_into(temporary, output, sorted(files))
             else:
-                _replace(temporary, output)
+                replace_folder(temporary, output)
         except BaseException:
             for writer in writers:
                 writer.abort()
@@ -680,4 +660,4 @@ def merge(
     total_bytes = sum(sizes.values())
     seconds = time.perf_counter() - started
     logger.debug("wrote %s (%.2f GB) in %.1f s", output, total_bytes / 1e9, seconds)
-    return MergeResult(output, files, total_bytes, dtype_name, seconds)
+    return MergeResult(output, files, total_bytes, dtype_name, seconds, plan.memory)

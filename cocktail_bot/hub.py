@@ -189,7 +189,7 @@ def _publish_once(
 
     repo_url = str(api.create_repo(repo_id, private=private, exist_ok=True, token=token))
     pr = _own_open_pull_request(api, repo_id, branch, pr_title, token) if pr_title is not None else None
-    target = pr.git_reference if pr is not None else branch
+    target = pr.git_reference if pr is not None and pr.git_reference else branch
     try:
         info = api.model_info(repo_id, revision=target, files_metadata=True, token=token)
     except RevisionNotFoundError:
@@ -223,7 +223,7 @@ def _publish_once(
         repo_id,
         f"@{target}" if pr is not None or not create_pr else " as a new pull request",
     )
-    operations = [
+    operations: list[CommitOperationAdd | CommitOperationDelete] = [
         stored[name]
         if name in stored
         else CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(local[name].path))

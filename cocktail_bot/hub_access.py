@@ -127,8 +127,8 @@ def hub_errors(
         # The client wraps a failed LFS transfer (after its retries) as "Error while uploading 'NAME' ...".
         if not isinstance(error.__cause__, errors.HfHubHTTPError):
             raise
-        name = re.search(r"'(.+)'", str(error))
-        during = f"{where} (uploading {name.group(1)})" if name else where
+        uploading = re.search(r"'(.+)'", str(error))
+        during = f"{where} (uploading {uploading.group(1)})" if uploading else where
         raise _http_error(error.__cause__, repo_id, during, reading) from None
     except OSError as error:  # httpx2.TransportError is not an OSError; caught below
         raise RemoteError(f"could not use Hub repo {where}: {error}") from None

@@ -7,14 +7,15 @@ the lock in a pull request shows exactly which revision, weight or output file c
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cocktail_bot.atomic import write_text_atomic
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.model_files import file_sha256
+from cocktail_bot.records import MergedStep, PinnedSource
+from cocktail_bot.references import split_revision
 
 LOCK_VERSION = 1
 LOCK_SUFFIX = ".lock"
@@ -28,23 +29,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LockedSource(_Strict):
-    label: str = Field(description="as the manifest writes it: 'org/name', 'org/name@rev' or './path'")
-    repo_id: str | None = None
-    requested_revision: str | None = None
-    resolved_revision: str | None = Field(None, description="commit sha; None for local folders")
-    files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256")
+class LockedSource(PinnedSource, _Strict):
+    """A source as the lock pins it: nothing beyond :class:`PinnedSource`, and nothing unknown."""
 
 
-class LockedStep(_Strict):
-    name: str
-    models: list[str] = Field(description="source labels, 'step:NAME' for an earlier step's output")
-    weights_mode: str
-    weights: list[float]
-    losses: list[float] | None = None
-    loss_dtype: str | None = Field(None, description="dtype the example losses were computed in")
-    method: str
-    method_params: dict[str, float | int | str | bool | None] = Field(default_factory=dict)
+class LockedStep(MergedStep, _Strict):
+    method: str  # required in a lock
     output_files: dict[str, str] = Field(
         default_factory=dict, description="the step's output: name -> sha256"
     )
@@ -87,23 +77,7 @@ def lock_text(lock: Lock) -> str:
 
 def write_lock(path: str | Path, lock: Lock) -> None:
     """Write atomically: a reader never sees half a lock, and a failed write leaves the old one."""
-    path = Path(path)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file private (0600); a lock is committed and published like any file.
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(lock_text(lock))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
+    write_text_atomic(Path(path), lock_text(lock))
 
 
 def read_lock(path: str | Path) -> Lock:
@@ -172,11 +146,11 @@ def verify_hub_repo(
 
     from cocktail_bot.hub_access import hub_errors
 
-    repo_id, _, revision = reference.partition("@")
+    repo_id, revision = split_revision(reference)
     api = HfApi(endpoint=endpoint, token=token)
     actual: dict[str, str] = {}
-    with hub_errors(repo_id, revision or None, reading=True, token=token):
-        info = api.model_info(repo_id, revision=revision or None, files_metadata=True)
+    with hub_errors(repo_id, revision, reading=True, token=token):
+        info = api.model_info(repo_id, revision=revision, files_metadata=True)
         for sibling in info.siblings or []:
             name = sibling.rfilename
             if name in RUN_FILES or name == ".gitattributes":

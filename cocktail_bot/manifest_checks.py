@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.manifest_schema import (
@@ -28,21 +29,23 @@ from cocktail_bot.manifest_schema import (
 )
 from cocktail_bot.model_files import has_weights
 from cocktail_bot.recipe import SINGLE_STEP_NAME, SourceSpec, StepSpec
-from cocktail_bot.references import LOCAL_PREFIXES, STEP_PREFIX
+from cocktail_bot.references import STEP_PREFIX, is_local, split_revision
 from cocktail_bot.suggest import did_you_mean
 from cocktail_bot.yaml_lines import Loc, NodeIndex, Problem
+
+TAGGED: dict[str, type[BaseModel]] = {
+    "HubOrLocalModel": HubOrLocalModel,
+    "StepOutput": StepOutput,
+    "ExampleWeights": ExampleWeights,
+}
 
 
 def _model_class_at(loc: Loc) -> type[BaseModel]:
     """The schema class whose keys are allowed at ``loc`` (the parent of an unknown key)."""
     for part in reversed(loc):
         if isinstance(part, str):
-            if part in ("HubOrLocalModel", "StepOutput", "ExampleWeights"):
-                return {
-                    "HubOrLocalModel": HubOrLocalModel,
-                    "StepOutput": StepOutput,
-                    "ExampleWeights": ExampleWeights,
-                }[part]
+            if part in TAGGED:
+                return TAGGED[part]
             return FIELD_CLASS.get(part, ManifestDocument)
     return ManifestDocument
 
@@ -52,7 +55,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def schema_message(error: dict[str, Any]) -> str:
+def schema_message(error: ErrorDetails) -> str:
     kind, loc, value = error["type"], error["loc"], error.get("input")
     if kind == "missing":
         return "required key is missing"
@@ -192,8 +195,9 @@ class Checker:
             if partial is not None:
                 self.method(prefix, partial)
         complete = None not in entries and None not in sources
+        present = [source for source in sources if source is not None]
         if method is not None and mode is not None and complete:
-            labels = [s.label for s in sources]  # type: ignore[union-attr]
+            labels = [s.label for s in present]
             base_label = base.label if base is not None else None
             try:
                 method.check_base(base_label)
@@ -209,9 +213,9 @@ class Checker:
             return None
         return StepSpec(
             raw["name"],
-            tuple(sources),
+            tuple(present),
             mode,
-            weights if mode == "examples" else None,  # type: ignore
+            weights if mode == "examples" else None,
             examples_path,
             merge,
             base,
@@ -231,13 +235,12 @@ class Checker:
                 return None
             return SourceSpec(f"{STEP_PREFIX}{entry.step}", "step", entry.step, None, entry.weight)
         if isinstance(entry, str):
-            reference, weight, revision = entry, None, None
-            if not entry.startswith(LOCAL_PREFIXES) and "@" in entry:
-                reference, _, revision = entry.partition("@")
+            weight = None
+            reference, revision = split_revision(entry)
         else:
             reference, weight, revision = entry.id, entry.weight, entry.revision
         label = f"{reference}@{revision}" if revision else reference
-        if reference.startswith(LOCAL_PREFIXES):
+        if is_local(reference):
             folder = self.path(loc if isinstance(entry, str) else (*loc, "id"), reference, kind="folder")
             if folder is None:
                 return None

@@ -6,7 +6,6 @@ A new manifest field is a field here (with its description); a check the schema 
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -21,51 +20,26 @@ from pydantic import (
     field_validator,
 )
 
-from cocktail_bot.references import LOCAL_PREFIXES, STEP_PREFIX
+from cocktail_bot.devices import DEVICE_CHOICES, DEVICE_PATTERN, is_device
+from cocktail_bot.dtypes import OutputDtype
+from cocktail_bot.references import REFERENCE_PATTERN, check_reference, is_local
+from cocktail_bot.sizes import SIZE_PATTERN, parse_size
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _check_reference(value: str, *, allow_revision: bool) -> str:
-    """A model reference is a local path (./, ../ or /) or a Hub repo id, optionally ``@revision``."""
-    if value.startswith(LOCAL_PREFIXES):
-        return value
-    if value.startswith(STEP_PREFIX):
-        raise ValueError(
-            f"{value!r}: a step's output cannot be named here; list {{step: {value.removeprefix(STEP_PREFIX)}, weight: ...}} first "
-            "among the models (the first model is the default base)"
-        )
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    repo_id, at, revision = value.partition("@")
-    if at and not allow_revision:
-        raise ValueError(f"{value!r}: put the revision in 'revision:', not after '@'")
-    if at and not revision.strip():
-        raise ValueError(
-            f"{value!r}: nothing after '@'; write org/name@revision (a branch, tag or commit sha)"
-        )
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        raise ValueError(
-            f"{value!r} is not a model reference: use a Hub id 'org/name', 'org/name@revision', "
-            "or a local folder starting with './'"
-        ) from None
-    return value
-
-
 def _reference(value: str) -> str:
-    return _check_reference(value, allow_revision=True)
+    return check_reference(value, allow_revision=True)
 
 
 def _repo_id(value: str) -> str:
-    return _check_reference(value, allow_revision=False)
+    return check_reference(value, allow_revision=False)
 
 
 def _hub_repo_id(value: str) -> str:
-    if value.startswith(LOCAL_PREFIXES):
+    if is_local(value):
         raise ValueError(f"{value!r} is a local path: output.repo is the Hub repo 'org/name' to publish to")
     try:
         return _repo_id(value)
@@ -75,7 +49,6 @@ def _hub_repo_id(value: str) -> str:
         ) from None
 
 
-REFERENCE_PATTERN = r"^(\.{0,2}/.*|[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)?(@\S+)?)$"
 Reference = Annotated[
     str, AfterValidator(_reference), Field(json_schema_extra={"pattern": REFERENCE_PATTERN})
 ]
@@ -101,7 +74,7 @@ class HubOrLocalModel(_Strict):
     @field_validator("revision")
     @classmethod
     def _no_revision_for_local(cls, value: str | None, info) -> str | None:
-        if value is not None and str(info.data.get("id", "")).startswith(LOCAL_PREFIXES):
+        if value is not None and is_local(str(info.data.get("id", ""))):
             raise ValueError("a local folder has no revision: remove 'revision:' or use a Hub id")
         return value
 
@@ -168,20 +141,13 @@ WeightsSpec = Annotated[
     ),
 ]
 
-SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*[KMGT]B\s*$"
-
 
 def _size(value: str | int) -> str | int:
-    from huggingface_hub.serialization._base import parse_size_to_int
-
-    if isinstance(value, int):
-        if value <= 0:
-            raise ValueError(f"{value} must be a positive number of bytes")
-        return value
     try:
-        if parse_size_to_int(value) <= 0:
-            raise ValueError
+        parse_size(value)
     except ValueError:
+        if isinstance(value, int):
+            raise ValueError(f"{value} must be a positive number of bytes") from None
         raise ValueError(f"{value!r} is not a size: write a number of bytes or e.g. '500MB', '5GB'") from None
     return value
 
@@ -189,17 +155,12 @@ def _size(value: str | int) -> str | int:
 Size = Annotated[str | int, AfterValidator(_size), Field(json_schema_extra={"pattern": SIZE_PATTERN})]
 
 
-DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
-
-
 class MergeOptions(_Strict):
     method: str = Field("linear", description="linear, task_arithmetic, ties, dare_linear, dare_ties, slerp")
     parameters: dict[str, float | int | str | bool | None] = Field(
         default_factory=dict, description="method parameters, e.g. {density: 0.5} for ties"
     )
-    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
-        None, description="output dtype; default: the sources' dtype"
-    )
+    dtype: OutputDtype | None = Field(None, description="output dtype; default: the sources' dtype")
     shard_size: Size = Field("5GB", description="largest output shard, e.g. '5GB'")
     max_memory: str | int = Field(
         "auto", description="memory budget for the plan's check, 'auto' or e.g. '16GB'"
@@ -213,8 +174,8 @@ class MergeOptions(_Strict):
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(DEVICE_PATTERN, value):
-            raise ValueError(f"{value!r} is not a device: use auto, cpu, mps, cuda or cuda:N")
+        if value is not None and not is_device(value):
+            raise ValueError(f"{value!r} is not a device: use {DEVICE_CHOICES}")
         return value
 
     @field_validator("max_memory")

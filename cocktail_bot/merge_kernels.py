@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from cocktail_bot.methods import MergeMethod
+    from cocktail_bot.methods import MergeMethod, Slerp, TaskArithmetic
 
 RESCALE_EPS = 1e-7  # mergekit's sparsify.rescaled_masked_tensor: below this L1 norm a mask is not rescaled
 SLERP_DOT_THRESHOLD = 0.9995  # mergekit's slerp: nearly collinear tensors are interpolated linearly
@@ -172,7 +172,7 @@ def tensor_seed(seed: int, key: str) -> int:
 
 
 def _task_vectors(
-    method: MergeMethod, tensors: Sequence[torch.Tensor], base: torch.Tensor, key: str
+    method: TaskArithmetic, tensors: Sequence[torch.Tensor], base: torch.Tensor, key: str
 ) -> Iterator[torch.Tensor]:
     """Each model's task vector, sparsified, in the models' order (one generator per tensor), computed in
     place of the model's tensor."""
@@ -215,7 +215,7 @@ def _elect_signs(
 
 
 def _combine_(
-    method: MergeMethod, deltas: list[torch.Tensor], weight: torch.Tensor, base: torch.Tensor
+    method: TaskArithmetic, deltas: list[torch.Tensor], weight: torch.Tensor, base: torch.Tensor
 ) -> None:
     """base += the merged task vector, on one slice of the entries (every step here is elementwise)."""
     normalize = method.params["normalize"]
@@ -229,14 +229,14 @@ def _combine_(
         divisor = weight.sum()
         if divisor.abs() < 1e-8:
             divisor = torch.ones_like(divisor)
-    if normalize:
+    if normalize and divisor is not None:
         mixed /= divisor
     if method.params["lambda"] != 1:
         mixed *= method.params["lambda"]
     base.add_(mixed)
 
 
-def task_arithmetic(method: MergeMethod, tensors, weights, base, key: str) -> torch.Tensor:
+def task_arithmetic(method: TaskArithmetic, tensors, weights, base, key: str) -> torch.Tensor:
     """Task vectors in place of the models' tensors (sparsified over the whole tensor), then their
     combination slice by slice into the base's tensor, so that its temporaries stay small."""
     deltas = [delta.view(-1) for delta in _task_vectors(method, tensors, base, key)]
@@ -248,7 +248,7 @@ def task_arithmetic(method: MergeMethod, tensors, weights, base, key: str) -> to
     return base
 
 
-def slerp(method: MergeMethod, tensors, weights, base, key: str) -> torch.Tensor:
+def slerp(method: Slerp, tensors, weights, base, key: str) -> torch.Tensor:
     """Spherical interpolation from the base to the one other model, over the whole tensor."""
     (other,) = tensors
     t = method.params["t"]

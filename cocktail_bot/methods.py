@@ -103,7 +103,7 @@ class MergeMethod:
     declared parameter's value, so the card and the report show exactly what was used.
     """
 
-    name: str
+    name: str = ""
     params: Mapping[str, Any] = field(default_factory=dict)
     needs_base: bool = False
 
@@ -138,6 +138,11 @@ class MergeMethod:
     def elementwise(self) -> bool:
         """Each output entry depends only on the same entry of the inputs: the engine may merge in chunks."""
         return False
+
+    def temporary_bytes(self, numel: int, itemsize: int) -> int:
+        """Bytes the arithmetic allocates besides its inputs, on a tensor of ``numel`` values of ``itemsize``
+        bytes merged whole (methods that are not ``elementwise``); :mod:`cocktail_bot.memory` adds them up."""
+        return 0
 
     def describe(self) -> str:
         """One line for the card and the report: the method, its paper and every parameter's value."""
@@ -298,6 +303,12 @@ class TaskArithmetic(MergeMethod):
         # the sign election is per entry; sparsification ranks, masks and rescales the whole tensor
         return self.sparsification is None or self.params["density"] >= 1
 
+    def temporary_bytes(self, numel: int, itemsize: int) -> int:
+        if self.elementwise:
+            return 0
+        # the keep/drop mask (bool), and the larger of TIES' float32 magnitudes and the rescale's |delta|
+        return numel + numel * max(4, itemsize)
+
     def check_models(self, count: int) -> None:
         if count < 1:
             raise CocktailError(
@@ -362,6 +373,9 @@ class Slerp(MergeMethod):
     title: ClassVar[str] = "spherical linear interpolation, Shoemake 1985"
     paper: ClassVar[str] = "doi:10.1145/325165.325242"
     kernel: ClassVar[str] = "slerp"
+
+    def temporary_bytes(self, numel: int, itemsize: int) -> int:
+        return 2 * numel * itemsize  # both tensors normalised, for their angle
 
     def check_models(self, count: int) -> None:
         if count != 1:

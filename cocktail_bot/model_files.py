@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import math
 import shutil
 from collections.abc import Collection
 from pathlib import Path
@@ -136,3 +137,17 @@ def file_sha256(path: Path) -> str:
         while block := file.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def largest_float_tensor(folder: Path) -> int | None:
+    """Values in the largest floating-point tensor of a folder's root safetensors weights, read from the files'
+    headers only; None when the folder has none (pickled weights cannot be read without loading them)."""
+    largest = None
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with open(path, "rb") as stream:
+            length = int.from_bytes(stream.read(8), "little")
+            header = json.loads(stream.read(length))
+        for name, entry in header.items():
+            if name != "__metadata__" and str(entry.get("dtype", "")).startswith(("F", "BF")):
+                largest = max(largest or 0, math.prod(entry["shape"]))
+    return largest

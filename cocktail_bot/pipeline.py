@@ -10,20 +10,20 @@ live in the work folder and feed later steps; only the final step's output is th
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cocktail_bot import __version__
+from cocktail_bot.atomic import replace_folder, staging_folder
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.lock import (
     LOCK_NAME,
@@ -39,10 +39,18 @@ from cocktail_bot.manifest import load_manifest
 from cocktail_bot.model_types import is_sentence_transformer
 from cocktail_bot.plan import manifest_report, plan_manifest
 from cocktail_bot.recipe import Manifest, SourceSpec, StepSpec
+from cocktail_bot.records import MergedStep
 from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import OutputReport, Provenance, Report, StepReport
+from cocktail_bot.resolution import resolve_sources
+from cocktail_bot.sources import ResolvedSource
 from cocktail_bot.templating import MERGED
 from cocktail_bot.writable import check_writable, write_error
+
+if TYPE_CHECKING:
+    from cocktail_bot.hub import UploadedFile
+    from cocktail_bot.remote import HubModel
+    from cocktail_bot.stream_publish import ShardUploader
 
 logger = logging.getLogger(__name__)
 
@@ -58,16 +66,16 @@ class RunContext:
     locked: Lock | None
     device: str | None
     progress: bool
-    sources: dict[str, Any] = field(default_factory=dict)  # label -> sources.ResolvedSource
+    sources: dict[str, ResolvedSource] = field(default_factory=dict)
     step_outputs: dict[str, Path] = field(default_factory=dict)
     output_bytes: dict[str, int] = field(default_factory=dict)  # step -> bytes of its output files
 
     def path_of(self, source: SourceSpec) -> Path:
         if source.kind == "step":
             return self.step_outputs[source.ref]
-        return Path(self.sources[source.label].path)
+        return self.sources[source.label].folder
 
-    def model_of(self, source: SourceSpec) -> Any:
+    def model_of(self, source: SourceSpec) -> Path | HubModel:
         """What the engine reads: a folder, or a Hub source's ``remote.HubModel`` (weights read in place)."""
         if source.kind == "step":
             return self.step_outputs[source.ref]
@@ -124,14 +132,10 @@ def run_manifest(
     provenance = provenance or git_provenance(manifest.path.parent)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(
-        tempfile.mkdtemp(
-            prefix=f".{out.name if out else manifest.name}.",
-            suffix=".cocktail-work",
-            dir=out.parent if out else None,
-        )
+    work = staging_folder(
+        out.parent if out else None, f".{out.name if out else manifest.name}.", ".cocktail-work", private=True
     )
-    uploader = None
+    uploader: ShardUploader | None = None
     try:
         context = RunContext(manifest, work, lock, device, progress)
         context.sources = resolve_sources(
@@ -159,9 +163,7 @@ def run_manifest(
             tool_version=__version__,
             manifest=manifest.relative_path,
             manifest_sha256=manifest.sha256,
-            sources=[
-                _locked_source(spec_label, resolved) for spec_label, resolved in context.sources.items()
-            ],
+            sources=[LockedSource(**resolved.pinned()) for resolved in context.sources.values()],
             steps=locked_steps,
             output=output_files,
         )
@@ -195,13 +197,13 @@ def run_manifest(
             except OSError as error:
                 raise write_error(error, lock_file, "the lock") from None
             logger.info("wrote %s", lock_file)
-        if out is not None:
-            _move_into_place(final, out, work)
+        if out is not None:  # --force: the old folder is deleted with the work folder
+            replace_folder(final, out, trash=work)
         if publish_error is not None:
             raise publish_error
         return report
     except OSError as error:
-        raise write_error(error, out, "the model") from None
+        raise write_error(error, out if out is not None else work, "the model") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -258,60 +260,12 @@ def needs_whole_sources(manifest: Manifest, lock: Lock | None) -> bool:
     return scoring or bool(manifest.eval_sets)
 
 
-def resolve_sources(
-    manifest: Manifest,
-    lock: Lock | None,
-    *,
-    token: str | None,
-    endpoint: str | None,
-    download: bool = True,
-    stream: bool = False,
-) -> dict[str, Any]:
-    """Pin every Hub and local source (a `--locked` run pins to the lock's commits and checks the files);
-    ``stream``: leave Hub weights on the Hub (see ``sources.resolve_source``)."""
-    from cocktail_bot.sources import resolve_source
-
-    resolved = {}
-    for spec in manifest.external_sources():
-        revision = spec.revision
-        pinned = lock.source(spec.label) if lock is not None else None
-        if lock is not None and pinned is None:
-            raise CocktailError(f"{spec.label} is not in the lock: run without --locked to update the lock")
-        if pinned is not None and pinned.resolved_revision:
-            revision = pinned.resolved_revision
-        source = resolve_source(
-            spec.ref, revision, token=token, endpoint=endpoint, download=download, stream=stream
-        )
-        if pinned is not None and download:
-            differences = compare_files(pinned.files, source.files)
-            if differences:
-                raise CocktailError(
-                    f"source {spec.label} differs from the lock:\n  "
-                    + "\n  ".join(differences)
-                    + "\nrun without --locked to update the lock",
-                    exit_code=1,
-                )
-        # the manifest's label and revision, also when `--locked` asked the Hub for the lock's commit
-        resolved[spec.label] = dataclasses.replace(source, label=spec.label, requested_revision=spec.revision)
-    return resolved
-
-
-def _locked_source(label: str, resolved: Any) -> LockedSource:
-    return LockedSource(
-        label=label,
-        repo_id=resolved.repo_id,
-        requested_revision=resolved.requested_revision,
-        resolved_revision=resolved.resolved_revision,
-        files=dict(resolved.files),
-    )
-
-
 # ---- steps -------------------------------------------------------------------------------------------------
 
 
 def shard_uploader(
     manifest: Manifest, folder: Path, *, keep: bool, token: str | None, endpoint: str | None, pr: bool
-) -> Any:
+) -> ShardUploader:
     """Uploads the final step's shards as they are written; keeps them on disk for ``--out`` or evaluation."""
     from cocktail_bot.stream_publish import ShardUploader
 
@@ -327,7 +281,9 @@ def shard_uploader(
     )
 
 
-def run_step(context: RunContext, step: StepSpec, on_shard: Any = None) -> tuple[StepReport, LockedStep]:
+def run_step(
+    context: RunContext, step: StepSpec, on_shard: Callable[[str, Path, str], None] | None = None
+) -> tuple[StepReport, LockedStep]:
     from cocktail_bot import engine
     from cocktail_bot.methods import get_method
 
@@ -344,7 +300,7 @@ def run_step(context: RunContext, step: StepSpec, on_shard: Any = None) -> tuple
         weights,
         context.work / "steps" / step.name,
         model_type=manifest.model_type,
-        base=context.model_of(base) if step.base is not None else None,
+        base=context.model_of(step.base) if step.base is not None else None,
         method=step.merge.method,
         method_params=dict(step.merge.parameters),
         dtype=step.merge.dtype,
@@ -355,32 +311,25 @@ def run_step(context: RunContext, step: StepSpec, on_shard: Any = None) -> tuple
     )
     context.step_outputs[step.name] = result.output
     context.output_bytes[step.name] = result.total_bytes
-    report = StepReport(
+    merged = MergedStep(
         name=step.name,
         models=labels,
+        method=method.name,
+        method_params=dict(method.params),
         weights_mode=step.weights_mode,
         weights=weights,
         losses=losses,
-        examples=_relative(step.examples_path, manifest.root) if step.examples_path else None,
         loss_dtype=loss_dtype,
+    )
+    report = StepReport(
+        **merged.merged(),
+        examples=_relative(step.examples_path, manifest.root) if step.examples_path else None,
         temperature=step.example_weights.temperature if step.example_weights else None,
-        method=method.name,
-        method_params=dict(method.params),
         base=base.label if base is not None else None,
         dtype=result.dtype,
         seconds=round(time.perf_counter() - started, 3),
     )
-    locked = LockedStep(
-        name=step.name,
-        models=labels,
-        weights_mode=step.weights_mode,
-        weights=weights,
-        losses=losses,
-        loss_dtype=loss_dtype,
-        method=method.name,
-        method_params=dict(method.params),
-        output_files=dict(result.files),
-    )
+    locked = LockedStep(**merged.merged(), output_files=dict(result.files))
     return report, locked
 
 
@@ -432,7 +381,7 @@ def run_evals(context: RunContext, final: Path) -> list:
         return []
     from cocktail_bot.evaluate import evaluate
 
-    models: dict[str, Path] = {label: Path(source.path) for label, source in context.sources.items()}
+    models: dict[str, Path] = {label: source.folder for label, source in context.sources.items()}
     for name, folder in context.step_outputs.items():
         if folder != final:
             models[f"{STEP_PREFIX}{name}"] = folder
@@ -469,7 +418,7 @@ def build_report(
     )
 
 
-def output_license(manifest: Manifest, sources: dict[str, Any], *, publishing: bool) -> str | None:
+def output_license(manifest: Manifest, sources: dict[str, ResolvedSource], *, publishing: bool) -> str | None:
     """The merged model's license; one that cannot be inherited only stops a run that publishes."""
     from cocktail_bot.card import resolve_license
 
@@ -518,7 +467,7 @@ def publish_output(
     endpoint: str | None,
     create_pr: bool = False,
     pr_title: str | None = None,
-    uploaded: Any = None,
+    uploaded: Mapping[str, UploadedFile] | None = None,
 ) -> CocktailError | None:
     """Publish the model folder (model, card, lock) and the shards already ``uploaded``; a failure is kept in
     the report and returned, not raised, so that the complete build still lands in --out. For
@@ -547,12 +496,6 @@ def publish_output(
         report.status, report.error = "failure", str(error)
         return error
     return None
-
-
-def _move_into_place(final: Path, out: Path, work: Path) -> None:
-    if out.exists():  # --force: the old folder goes into the work folder and is deleted with it
-        os.replace(out, work / "replaced")
-    os.replace(final, out)
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -1,8 +1,10 @@
 """`cocktail plan`: what a run would do and need (pinned sources, steps, memory, disk), without downloading.
 
 Sources are pinned with the Hub's metadata only (``resolve_source(download=False)``), so planning a 70B recipe
-takes seconds. The sizes are estimates from file sizes and the engine's streaming chunk size, not
-measurements.
+takes seconds. Disk sizes are estimates from file sizes; memory comes from :mod:`cocktail_bot.memory`, the model
+the engine sizes its buffers with, over the tensor shapes in local sources' safetensors headers (Hub sources,
+whose weights plan does not read, are assumed to have their largest tensor hold ``LARGEST_TENSOR_SHARE`` of the
+model).
 """
 
 from __future__ import annotations
@@ -14,35 +16,49 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from cocktail_bot import __version__
+from cocktail_bot.dtypes import DTYPE_BYTES
 from cocktail_bot.manifest import load_manifest
-from cocktail_bot.memory import CHUNK_ELEMENTS, PREFETCH
+from cocktail_bot.memory import (
+    FLOAT32,
+    FLOAT64,
+    merge_memory,
+    peak_memory,
+    runtime_baseline,
+    scoring_memory,
+)
+from cocktail_bot.methods import get_method
+from cocktail_bot.model_files import largest_float_tensor
 from cocktail_bot.model_types import PIPELINE_TAG, ModelType
 from cocktail_bot.recipe import Manifest, StepSpec
+from cocktail_bot.records import PinnedSource, StepRecord
 from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import Provenance, Report, SourceReport, StepReport
-from cocktail_bot.templating import fmt_size
+from cocktail_bot.resolution import resolve_sources
+from cocktail_bot.sizes import format_size, parse_size
+from cocktail_bot.sources import ResolvedSource
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
-INFERENCE_OVERHEAD = 1.2  # activations, optimizer-free forward passes: a margin over the float32 weights
+# The largest tensor of a model whose shapes plan cannot read, as a share of its weights: an embedding or
+# LM head is a few percent of an LLM's parameters, so this errs on the safe side.
+LARGEST_TENSOR_SHARE = 1 / 8
 
 
-class PlannedSource(BaseModel):
-    label: str
-    repo_id: str | None
-    requested_revision: str | None
-    resolved_revision: str | None
-    files: dict[str, str] = Field(default_factory=dict)
+class PlannedSource(PinnedSource):
     download_bytes: int = Field(description="bytes to download (0 for local folders)")
     weight_bytes: int
 
 
-class PlannedStep(BaseModel):
-    name: str
-    models: list[str]
-    method: str
+class PlannedStep(StepRecord):
     weights: str = Field(description="how the weights are found")
     output_bytes: int
+
+
+class MemoryEstimate(BaseModel):
+    """The parts of ``peak_memory_bytes`` (see :mod:`cocktail_bot.memory`)."""
+
+    baseline_bytes: int = Field(description="the interpreter, torch and transformers, imported")
+    merge_bytes: int = Field(description="the largest merge step's buffers")
+    scoring_bytes: int = Field(description="the model that example weights and evaluation hold")
 
 
 class Plan(BaseModel):
@@ -58,32 +74,30 @@ class Plan(BaseModel):
         description="downloads plus every step's output (intermediate steps are deleted after)"
     )
     peak_memory_bytes: int = Field(
-        description="estimated: the larger of streaming merge and example inference"
+        description="estimated: the runtime baseline plus the larger of streaming merge and example inference"
     )
+    memory: MemoryEstimate
     max_memory_bytes: int | None = None
     output_repo: str | None
     private: bool
 
 
 def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | None = None) -> Plan:
-    from cocktail_bot.pipeline import resolve_sources
-
     resolved = resolve_sources(manifest, None, token=token, endpoint=endpoint, download=False)
     sources = [
         PlannedSource(
-            label=label,
-            repo_id=source.repo_id,
-            requested_revision=source.requested_revision,
-            resolved_revision=source.resolved_revision,
-            files=dict(source.files),
+            **source.pinned(),
             download_bytes=source.total_bytes if source.repo_id else 0,
             weight_bytes=sum(size for name, size in source.sizes.items() if name.endswith(WEIGHT_SUFFIXES)),
         )
-        for label, source in resolved.items()
+        for source in resolved.values()
     ]
     weight_bytes = {source.label: source.weight_bytes for source in sources}
     steps: list[PlannedStep] = []
-    peak = 0
+    merge_peak = scoring_peak = 0
+    largest_numel: dict[str, int | None] = {
+        label: _largest_tensor(source) for label, source in resolved.items()
+    }
     for step in manifest.steps:
         inputs = [weight_bytes.get(source.label, 0) for source in step.models]
         largest = max(inputs, default=0)
@@ -95,14 +109,22 @@ def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | 
                 name=step.name,
                 models=[s.label for s in step.models],
                 method=step.merge.method,
+                method_params=dict(step.merge.parameters),
                 weights=describe_weights(step, manifest),
                 output_bytes=output,
             )
         )
-        chunk = min(largest, CHUNK_ELEMENTS * 4)
-        peak = max(peak, chunk * (len(step.models) + 2) * (PREFETCH + 1))
+        itemsize = (
+            DTYPE_BYTES[source_dtype] if source_dtype else FLOAT32
+        )  # unknown: as float32, the widest usual
+        known = [largest_numel.get(source.label) for source in step.models]
+        numel = max((n for n in known if n is not None), default=None)
+        if numel is None:
+            numel = int(largest * LARGEST_TENSOR_SHARE) // itemsize
+        largest_numel[f"{STEP_PREFIX}{step.name}"] = numel
+        merge_peak = max(merge_peak, _merge_bytes(step, itemsize, numel))
         if step.weights_mode == "examples" or manifest.eval_sets:
-            peak = max(peak, int(_scaled(largest, source_dtype or "float32", "float32") * INFERENCE_OVERHEAD))
+            scoring_peak = max(scoring_peak, scoring_memory(largest, itemsize))
     download = sum(source.download_bytes for source in sources)
     max_memory = manifest.steps[-1].merge.max_memory
     return Plan(
@@ -115,17 +137,38 @@ def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | 
         download_bytes=download,
         output_bytes=steps[-1].output_bytes,
         disk_bytes=download + sum(step.output_bytes for step in steps),
-        peak_memory_bytes=peak,
-        max_memory_bytes=None if max_memory == "auto" else _size(max_memory),
+        peak_memory_bytes=peak_memory(merge_peak, scoring_peak),
+        memory=MemoryEstimate(
+            baseline_bytes=runtime_baseline(), merge_bytes=merge_peak, scoring_bytes=scoring_peak
+        ),
+        max_memory_bytes=None if max_memory == "auto" else parse_size(max_memory),
         output_repo=manifest.output.repo,
         private=manifest.output.private,
     )
 
 
-def _size(value: str | int) -> int:
-    from huggingface_hub.serialization._base import parse_size_to_int
+def _largest_tensor(source: ResolvedSource) -> int | None:
+    """Values in a local source's largest floating-point tensor, from its safetensors headers."""
+    return largest_float_tensor(source.path) if source.path is not None else None
 
-    return value if isinstance(value, int) else parse_size_to_int(value)
+
+def _merge_bytes(step: StepSpec, itemsize: int, largest_numel: int) -> int:
+    """The engine's buffers for this step (:func:`cocktail_bot.memory.merge_memory`)."""
+    method = get_method(step.merge.method, step.merge.parameters)
+    labels = [source.label for source in step.models]
+    base = step.base.label if step.base is not None else labels[0]
+    inputs = len(method.split_base(labels, base)) + (1 if method.needs_base else 0)
+    wide = FLOAT64 if method.name == "linear" or itemsize == FLOAT64 else FLOAT32
+    output = DTYPE_BYTES[step.merge.dtype] if step.merge.dtype else itemsize
+    memory = merge_memory(
+        method,
+        inputs=inputs,
+        input_itemsize=itemsize,
+        output_itemsize=output,
+        largest_numel=largest_numel,
+        wide_itemsize=wide,
+    )
+    return memory.total
 
 
 def _source_dtype(step: StepSpec, resolved: dict[str, Any]) -> str | None:
@@ -168,22 +211,22 @@ def render_plan(plan: Plan) -> str:
         if source.repo_id:
             lines.append(
                 f"  {source.label} -> {source.resolved_revision} "
-                f"({fmt_size(source.download_bytes)} to download)"
+                f"({format_size(source.download_bytes)} to download)"
             )
         else:
-            lines.append(f"  {source.label} (local, {fmt_size(source.weight_bytes)} of weights)")
+            lines.append(f"  {source.label} (local, {format_size(source.weight_bytes)} of weights)")
     lines.append("steps:")
     for number, step in enumerate(plan.steps, 1):
         lines.append(f"  {number}. {step.name}: {step.method} of {', '.join(step.models)}")
-        lines.append(f"     weights {step.weights}; output ~{fmt_size(step.output_bytes)}")
+        lines.append(f"     weights {step.weights}; output ~{format_size(step.output_bytes)}")
     lines.append(
-        f"estimates: download {fmt_size(plan.download_bytes)}, peak memory "
-        f"~{fmt_size(plan.peak_memory_bytes)}, disk ~{fmt_size(plan.disk_bytes)}, "
-        f"output ~{fmt_size(plan.output_bytes)}"
+        f"estimates: download {format_size(plan.download_bytes)}, peak memory "
+        f"~{format_size(plan.peak_memory_bytes)}, disk ~{format_size(plan.disk_bytes)}, "
+        f"output ~{format_size(plan.output_bytes)}"
     )
     if plan.max_memory_bytes is not None and plan.peak_memory_bytes > plan.max_memory_bytes:
         lines.append(
-            f"warning: the estimated peak memory exceeds merge.max_memory ({fmt_size(plan.max_memory_bytes)})"
+            f"warning: the estimated peak memory exceeds merge.max_memory ({format_size(plan.max_memory_bytes)})"
         )
     target = f"{plan.output_repo} ({'private' if plan.private else 'public'})" if plan.output_repo else "none"
     lines.append(f"publish to: {target}")
@@ -202,12 +245,9 @@ def plan_manifest(
     plan = build_plan(manifest, token=token, endpoint=endpoint)
     steps = [
         StepReport(
-            name=spec.name,
-            models=planned.models,
+            **planned.model_dump(include=set(StepRecord.model_fields)),
             weights_mode=spec.weights_mode,
             weights=spec.explicit_weights or [],
-            method=spec.merge.method,
-            method_params=dict(spec.merge.parameters),
             examples=_relative(spec.examples_path, manifest),
             temperature=spec.example_weights.temperature if spec.example_weights else None,
             base=spec.base.label if spec.base else spec.models[0].label,
@@ -215,17 +255,7 @@ def plan_manifest(
         )
         for spec, planned in zip(manifest.steps, plan.steps, strict=True)
     ]
-    sources = [
-        SourceReport(
-            label=s.label,
-            repo_id=s.repo_id,
-            requested_revision=s.requested_revision,
-            resolved_revision=s.resolved_revision,
-            path="",
-            files=s.files,
-        )
-        for s in plan.sources
-    ]
+    sources = [SourceReport(**s.pinned(), path="") for s in plan.sources]
     return manifest_report(
         manifest, status="planned", sources=sources, steps=steps, provenance=provenance or Provenance()
     )

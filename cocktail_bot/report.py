@@ -10,19 +10,14 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from cocktail_bot.records import MergedStep, PinnedSource
 
-class SourceReport(BaseModel):
-    """One input model, pinned."""
 
-    label: str = Field(
-        description="how the manifest names it: 'org/name', 'org/name@rev', './path' or 'step:NAME'"
-    )
-    repo_id: str | None = Field(None, description="Hub repo id; None for local folders and step outputs")
-    requested_revision: str | None = None
-    resolved_revision: str | None = Field(None, description="commit sha the revision resolved to")
+class SourceReport(PinnedSource):
+    """One input model, pinned, with the folder the merge read."""
+
     path: str = Field(description="local folder the merge read")
     license: str | None = None
-    files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256")
 
     @property
     def url(self) -> str | None:
@@ -33,21 +28,12 @@ class SourceReport(BaseModel):
         return f"https://huggingface.co/{self.repo_id}/tree/{revision}"
 
 
-class StepReport(BaseModel):
+class StepReport(MergedStep):
     """One merge step: which models, which weights and why."""
 
-    name: str
-    models: list[str] = Field(description="labels of the step's sources, in order")
     weights_mode: Literal["explicit", "uniform", "examples"]
-    weights: list[float]
-    losses: list[float] | None = Field(
-        None, description="example losses per model, when weights came from examples"
-    )
     examples: str | None = Field(None, description="example file the weights were computed from")
-    loss_dtype: str | None = Field(None, description="dtype the example losses were computed in")
     temperature: float | None = None
-    method: str = "linear"
-    method_params: dict[str, bool | float | int | str | None] = Field(default_factory=dict)
     base: str | None = Field(
         None, description="label of the model that config, tokenizer and modules come from"
     )

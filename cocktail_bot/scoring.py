@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 
 from cocktail_bot.checkpoint import Checkpoint
+from cocktail_bot.devices import is_device
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.losses import (
     Score,
@@ -59,10 +60,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` is the GPU when there is one, else the CPU."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise CocktailError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if not is_device(str(device)):
+        raise CocktailError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+    resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise CocktailError(f"device {device!r} was asked for but no CUDA GPU is available: use --device cpu")
     return resolved

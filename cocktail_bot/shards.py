@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,39 +20,21 @@ import torch
 from cocktail_bot.checkpoint import DTYPE_CODES, TensorInfo
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.model_files import SAFETENSORS_FILE, SAFETENSORS_INDEX
+from cocktail_bot.sizes import POSITIVE, parse_size
 
 METADATA = {"format": "pt"}
 _HASHER = ThreadPoolExecutor(1, "cocktail-sha256")
 
-_UNITS = {
-    "": 1,
-    "B": 1,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "TB": 10**12,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-    "TIB": 2**40,
-}
 
-
-def parse_size(size: str | int) -> int:
-    """Bytes in a size such as ``5GB`` (10^9, as transformers reads it), ``500MiB`` or ``1000000``."""
-    if isinstance(size, int) and not isinstance(size, bool):
-        value, unit = size, ""
-    else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(size))
-        if not match or match.group(2).upper() not in _UNITS:
-            raise CocktailError(
-                f"invalid shard size {size!r}: use a number of bytes or a size such as 5GB or 500MB"
-            )
-        value, unit = float(match.group(1)), match.group(2).upper()
-    total = int(value * _UNITS[unit])
-    if total <= 0:
-        raise CocktailError(f"invalid shard size {size!r}: it must be positive")
-    return total
+def parse_shard_size(size: str | int) -> int:
+    """Bytes in a shard size (:func:`cocktail_bot.sizes.parse_size`), or CocktailError saying what to write."""
+    try:
+        return parse_size(size)
+    except ValueError as error:
+        hint = (
+            str(error) if str(error) == POSITIVE else "use a number of bytes or a size such as 5GB or 500MB"
+        )
+        raise CocktailError(f"invalid shard size {size!r}: {hint}") from None
 
 
 @dataclass(frozen=True)
@@ -146,7 +127,7 @@ class ShardWriter:
 
     def write(self, values: torch.Tensor) -> None:
         """Append the next chunk of tensor data (any dtype; its raw little-endian bytes are written)."""
-        data = memoryview(values.contiguous().reshape(-1).view(torch.uint8).numpy())
+        data = values.contiguous().reshape(-1).view(torch.uint8).numpy().data
         if len(data) > self._remaining:
             raise RuntimeError(f"{self.path}: more tensor bytes than the header declares")
         self._remaining -= len(data)

@@ -19,17 +19,20 @@ import json
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import ConfigDict, Field
 
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.model_files import ROOT_DIRS, ROOT_FILE_PATTERNS, file_sha256
+from cocktail_bot.records import PinnedSource
+from cocktail_bot.references import looks_like_path, parse_hub_reference
 from cocktail_bot.remote import HubModel
 from cocktail_bot.report import SourceReport
 
 logger = logging.getLogger(__name__)
 
-HUB_REFERENCE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[^@\s]+))?$")
 # Sentence-transformers module folders: 1_Pooling, 2_Normalize, 2_Dense, ...
 MODULE_DIR = re.compile(r"^\d+_[^/]+$")
 SAFETENSORS_ROOT = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json")
@@ -39,8 +42,7 @@ SAFE_MODULE_TYPES = ("sentence_transformers.",)
 CODE_SIGNALS = ("config.json", "tokenizer_config.json", "modules.json")
 
 
-@dataclass(frozen=True)
-class ResolvedSource:
+class ResolvedSource(PinnedSource):
     """A model reference pinned to an exact revision, with the sha256 of each file the merge reads.
 
     ``path`` is None when resolved without downloading (``cocktail plan``); ``sizes`` then still tells how big
@@ -48,15 +50,19 @@ class ResolvedSource:
     holds only the small files).
     """
 
-    label: str
-    repo_id: str | None
-    requested_revision: str | None
-    resolved_revision: str | None
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)  # HubModel is a dataclass
+
     path: Path | None
-    files: dict[str, str] = field(default_factory=dict)
     license: str | None = None
-    sizes: dict[str, int] = field(default_factory=dict)
+    sizes: dict[str, int] = Field(default_factory=dict)
     streamed: HubModel | None = None
+
+    @property
+    def folder(self) -> Path:
+        """The local folder; a source resolved without downloading (``cocktail plan``) has none."""
+        if self.path is None:
+            raise ValueError(f"{self.label} was resolved without downloading: it has no local folder")
+        return self.path
 
     @property
     def total_bytes(self) -> int:
@@ -71,15 +77,7 @@ class ResolvedSource:
         return self.path
 
     def to_report(self) -> SourceReport:
-        return SourceReport(
-            label=self.label,
-            repo_id=self.repo_id,
-            requested_revision=self.requested_revision,
-            resolved_revision=self.resolved_revision,
-            path=str(self.path or ""),
-            license=self.license,
-            files=dict(self.files),
-        )
+        return SourceReport(**self.pinned(), path=str(self.path or ""), license=self.license)
 
 
 def resolve_source(
@@ -98,13 +96,13 @@ def resolve_source(
         if revision is not None:
             raise CocktailError(f"{ref} is a local folder: a revision ({revision}) only applies to Hub repos")
         return _resolve_local(ref, local)
-    match = HUB_REFERENCE.match(ref)
-    if match is None:
+    hub = parse_hub_reference(ref)
+    if hub is None:
         raise CocktailError(
             f"model reference {ref!r} is neither an existing folder nor a Hub repo id "
             "(use org/name, org/name@revision, or a path such as ./models/x)"
         )
-    repo_id, ref_revision = match.group("repo"), match.group("revision")
+    repo_id, ref_revision = hub.repo_id, hub.revision
     if ref_revision and revision and ref_revision != revision:
         raise CocktailError(
             f"{ref} names revision {ref_revision} but the revision {revision} was also given: keep one"
@@ -208,10 +206,9 @@ def _refuse_custom_code(where: str, reason: str | None) -> None:
 def _local_folder(ref: str) -> Path | None:
     """The folder a reference names, or None for a Hub id; a missing path that looks local is an error."""
     path = Path(ref).expanduser()
-    looks_local = ref.startswith((".", "/", "~")) or "\\" in ref or ref.count("/") > 1
     if path.is_dir():
         return path.resolve()
-    if looks_local:
+    if looks_like_path(ref):
         raise CocktailError(f"model folder {ref} does not exist (a Hub repo is named org/name)")
     return None
 
@@ -283,7 +280,7 @@ def _resolve_hub(
     config = {"config.json": json.dumps(listing.config).encode()} if listing.config else {}
     _refuse_custom_code(pinned, custom_code_reason(config, chosen))
     _check_model_files(pinned, chosen)
-    lfs_hashes = {n: listing.files[n][1] for n in chosen if listing.files[n][1]}
+    lfs_hashes = {n: sha256 for n in chosen if (sha256 := listing.files[n][1])}
     sizes = {n: listing.files[n][0] for n in chosen}
     streamed = _streamable(chosen, lfs_hashes) if stream and not offline else {}
     path, files, model = None, dict(lfs_hashes), None

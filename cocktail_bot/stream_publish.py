@@ -77,7 +77,7 @@ class ShardUploader:
         else:
             os.replace(path, staged)
         self._thread = threading.Thread(
-            target=self._run, args=(name, staged, path, sha256), name="cocktail-upload", daemon=True
+            target=self._run, args=(name, staged, sha256), name="cocktail-upload", daemon=True
         )
         self._thread.start()
 
@@ -89,14 +89,14 @@ class ShardUploader:
         if self._crash is not None:
             raise self._crash
 
-    def _run(self, name: str, staged: Path, path: Path, sha256: str) -> None:
+    def _run(self, name: str, staged: Path, sha256: str) -> None:
         try:
-            self._upload(name, staged, path, sha256)
+            self._upload(name, staged, sha256)
         except BaseException as error:  # raised by wait(), on the caller's thread
             self._crash = error
 
-    def _upload(self, name: str, staged: Path, path: Path, sha256: str) -> None:
-        """Upload ``staged``; ``path`` is where the engine wrote it (kept there with ``keep``)."""
+    def _upload(self, name: str, staged: Path, sha256: str) -> None:
+        """Upload ``staged`` (the engine's file, moved or hard-linked here) to the repo's storage."""
         from huggingface_hub import CommitOperationAdd
 
         size = staged.stat().st_size
@@ -118,9 +118,8 @@ class ShardUploader:
         if stored:
             staged.unlink()
         logger.info("uploaded %s (%.1f MB) to %s's storage", name, size / 1e6, self.repo_id)
-        self.uploaded[name] = UploadedFile(
-            path if self.keep else staged, size, sha256, operation if stored else None
-        )
+        # a file the Hub keeps in git is committed from ``staged``, which stays until the work folder goes
+        self.uploaded[name] = UploadedFile(staged, size, sha256, operation if stored else None)
 
     def _prepare(self) -> None:
         """Before the first upload: the token, and the repo (preupload needs one; creating it empty changes

@@ -26,6 +26,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import EvalResult, Report
+from cocktail_bot.sizes import format_size
 
 TEMPLATES_PACKAGE = "cocktail_bot.templates"
 MERGED = "merged"
@@ -73,19 +74,6 @@ def fmt_percent(value: float | None) -> str:
     return "—" if value is None else f"{value * 100:.1f}%"
 
 
-def fmt_size(size: int | None) -> str:
-    """Bytes in decimal units, as the Hub shows file sizes."""
-    if size is None:
-        return "—"
-    if size < 1000:
-        return f"{size} B"
-    for unit in ("kB", "MB", "GB", "TB"):
-        size /= 1000
-        if size < 1000 or unit == "TB":
-            return f"{size:.1f} {unit}"
-    raise AssertionError("unreachable")
-
-
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
@@ -105,7 +93,7 @@ FILTERS: dict[str, Callable[..., str]] = {
     "fence": md_fence,
     "num": fmt_number,
     "percent": fmt_percent,
-    "size": fmt_size,
+    "size": format_size,
     "duration": fmt_duration,
 }
 

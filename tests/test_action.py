@@ -171,9 +171,7 @@ def test_pr_builds_publishes_a_preview_and_keeps_one_comment(run, github_server,
     assert first.outputs["revision"] == "refs/pr/1"
     outputs = second.outputs
     assert outputs["repo"] == HUB_REPO and outputs["revision"] == "refs/pr/1"
-    assert outputs["commit-url"].startswith(hub_server.endpoint) or outputs["commit-url"].startswith(
-        "https://"
-    )
+    assert outputs["commit-url"] == f"{hub_server.endpoint}/{HUB_REPO}/commit/{preview.head}"
     assert outputs["status"] == "success"
     assert Path(outputs["report-path"]).read_text() == second.summary.rstrip("\n") + "\n"
     assert second.summary.startswith(MARKER) and "- lm-cocktail" in second.summary
@@ -264,6 +262,24 @@ def test_big_card_is_left_out_of_the_comment_but_kept_in_the_summary(
     assert "<details>" not in comment.body and "left out of this comment" in comment.body
     assert action.NO_REPO_REASON in comment.body  # auto mode without output.repo builds only
     assert "<details><summary>Model card" in done.summary and len(done.summary) > github.MAX_COMMENT_CHARS
+
+
+def test_the_comment_shows_the_custom_card_the_run_wrote(run, github_server, checkout, hub_server):
+    """With output.card, the collapsed card is the user's card that the run wrote (and would publish), not
+    the built-in one."""
+    (checkout / "card.md.j2").write_text("# Our own card\n\nMerged by the platform team.\n")
+    manifest = MANIFEST.replace(f"  repo: {HUB_REPO}\n", "").replace(
+        "apache-2.0\n", "apache-2.0\n  card: card.md.j2\n"
+    )
+    (checkout / "cocktail.yml").write_text(manifest)
+    done = run("pull_request", pr_event(), hf_token=hub_server.write_token)
+    assert done.returncode == 0, done.stderr
+    [comment] = comments(github_server)
+    written = (done.run_dir / "work" / action.MODEL_DIR / "README.md").read_text()
+    assert written == "# Our own card\n\nMerged by the platform team.\n"
+    card = comment.body.split("<details><summary>Model card (README.md)</summary>", 1)[1]
+    assert "Merged by the platform team." in card
+    assert "- lm-cocktail" not in card  # the built-in card's tags
 
 
 def workflow_run_event(head_sha: str) -> dict:

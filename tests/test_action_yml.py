@@ -126,6 +126,13 @@ def test_ci_tests_the_supported_pythons_as_the_readme_installs():
     assert script.index("download.pytorch.org/whl/cpu") < script.index("pip install -e '.[test]'")
     lint = "\n".join(step.get("run", "") for step in ci["jobs"]["lint"]["steps"])
     assert "pytest" in script and "ruff check ." in lint and "ruff format --check ." in lint
+    assert "mypy" in lint.splitlines()
+
+
+def test_the_ci_script_lints_and_type_checks_before_the_tests():
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    order = [lines.index(command) for command in ("ruff check .", "ruff format --check .", "mypy", "pytest")]
+    assert order == sorted(order)
 
 
 def evaluate(value: str, context: dict[str, str]) -> str:

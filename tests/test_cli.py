@@ -5,6 +5,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from cocktail_bot import __version__
 from cocktail_bot.cli import build_parser, main
 from cocktail_bot.commands import validate
@@ -18,10 +20,9 @@ def test_version_from_console_script_and_module(capsys):
 
 
 def test_unknown_command_is_a_usage_error(capsys):
-    try:
+    with pytest.raises(SystemExit) as exit:
         main(["no-such-command"])
-    except SystemExit as exit:
-        assert exit.code == 2
+    assert exit.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
 
 

@@ -19,7 +19,7 @@ from cocktail_bot.losses import (
     info_nce,
     sample_negatives,
 )
-from cocktail_bot.weights import compute_weights
+from cocktail_bot.weights import DECIMALS, compute_weights
 from tools import tiny_tasks
 
 LONG_PROMPT = {"input": "review: " + "good movie and a great book " * 20 + "label:", "output": "positive"}
@@ -142,8 +142,9 @@ def test_decoder_losses_and_weights_match_lm_cocktail(lm_cocktail, trained_decod
 
     result = compute_weights(folders, "decoder", examples, max_input_length=64, device="cpu", progress=False)
 
-    assert result.losses == pytest.approx(expected_losses, rel=1e-5)
-    assert result.weights == pytest.approx(expected_weights, rel=1e-5)
+    # weights.py rounds losses and weights to DECIMALS places (#16 item 3); the largest weight takes the rest
+    assert result.losses == pytest.approx(expected_losses, abs=10**-DECIMALS / 2)
+    assert result.weights == pytest.approx(expected_weights, abs=2 * 10**-DECIMALS)
 
 
 def cls_copy(st_folder: Path, target: Path) -> Path:
@@ -183,8 +184,9 @@ def test_encoder_losses_and_weights_match_lm_cocktail_on_cls_models(
         folders, "encoder", examples, neg_number=4, max_input_length=64, device="cpu", progress=False
     )
 
-    assert result.losses == pytest.approx(expected_losses, rel=1e-5)
-    assert result.weights == pytest.approx(expected_weights, rel=1e-5)
+    # weights.py rounds losses and weights to DECIMALS places (#16 item 3); the largest weight takes the rest
+    assert result.losses == pytest.approx(expected_losses, abs=10**-DECIMALS / 2)
+    assert result.weights == pytest.approx(expected_weights, abs=2 * 10**-DECIMALS)
 
 
 def test_where_lm_cocktail_fails_we_do_not(lm_cocktail, trained_decoders, trained_encoders) -> None:

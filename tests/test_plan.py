@@ -13,7 +13,15 @@ from cocktail_bot.errors import CocktailError
 from cocktail_bot.lock import read_lock
 from cocktail_bot.manifest import load_manifest
 from cocktail_bot.pipeline import run_manifest
-from cocktail_bot.plan import Plan, PlannedSource, PlannedStep, build_plan, plan_manifest, render_plan
+from cocktail_bot.plan import (
+    MemoryEstimate,
+    Plan,
+    PlannedSource,
+    PlannedStep,
+    build_plan,
+    plan_manifest,
+    render_plan,
+)
 
 MANIFEST = """\
 version: 1
@@ -89,6 +97,7 @@ def test_plan_text_shows_sizes_in_the_hubs_decimal_units() -> None:
         output_bytes=999,
         disk_bytes=2_500_000,
         peak_memory_bytes=3_000_000_000,
+        memory=MemoryEstimate(baseline_bytes=450_000_000, merge_bytes=2_550_000_000, scoring_bytes=0),
         max_memory_bytes=1_000_000_000,
         output_repo=None,
         private=True,

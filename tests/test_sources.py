@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -245,7 +244,7 @@ def test_offline_mode_uses_the_cache_and_says_what_is_missing(hub_server, llama_
     assert (
         offline.license is None
     )  # the license comes from the Hub's card data, which offline mode cannot read
-    assert offline == dataclasses.replace(online, license=None)
+    assert offline == online.model_copy(update={"license": None})
     offline_tag = resolve_source(f"{REPO}@v1")
     assert (offline_tag.resolved_revision, offline_tag.files) == (tagged.resolved_revision, tagged.files)
     assert len(hub_server.requests) == requests

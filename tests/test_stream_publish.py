@@ -229,3 +229,9 @@ def test_a_hub_to_hub_merge_fits_a_disk_smaller_than_one_source(
     )
     assert done.returncode == 0, done.stderr
     assert published_model(hub_server).items() >= local_merge.items()
+
+
+def test_no_out_needs_publish(hub_server, recipe: Path):
+    with pytest.raises(CocktailError, match=r"^give --out DIR for the model, or --publish to publish it"):
+        run_manifest(recipe, None, progress=False)
+    assert not hub_server.seen("cdn")  # refused before reading anything

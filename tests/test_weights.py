@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -175,8 +176,16 @@ def test_models_of_different_architectures_are_refused(trained_decoders, llama_t
     )
 
 
-def test_bad_arguments_are_refused_before_any_model_loads(trained_decoders) -> None:
-    models = [trained_decoders["base"]]
+def test_bad_arguments_are_refused_before_any_model_loads(trained_decoders, tmp_path: Path) -> None:
+    """The model's weights are not a checkpoint: loading it would fail, so each argument error shows that the
+    arguments were checked first."""
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_decoders["base"], broken)
+    (broken / "model.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception) as loading:
+        compute_weights([broken], "decoder", tiny_tasks.make_examples("topic", 2, 1))
+    assert "temperature" not in str(loading.value)  # loading it does fail, and not with an argument error
+    models = [broken]
     examples = tiny_tasks.make_examples("topic", 2, 1)
     with pytest.raises(CocktailError, match="temperature must be a positive number, got 0"):
         compute_weights(models, "decoder", examples, temperature=0)

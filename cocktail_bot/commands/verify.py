@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from cocktail_bot.errors import CocktailError
-
-HUB_REFERENCE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@\S+)?$")
+from cocktail_bot.references import parse_hub_reference
 
 
 def register(subparsers) -> None:
@@ -33,7 +31,7 @@ def handle(args) -> int:
         lock_path = Path(args.lock) if args.lock else Path(target) / LOCK_NAME
         lock = read_lock(lock_path)
         differences = verify_folder(target, lock)
-    elif HUB_REFERENCE.match(target):
+    elif parse_hub_reference(target) is not None:
         if not args.lock:
             raise CocktailError(
                 f"give --lock FILE to verify the Hub repo {target} (the lock beside the manifest)"

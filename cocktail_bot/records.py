@@ -1,0 +1,52 @@
+"""The one pinned-source model and the one step model that resolution, the lock, the plan and the report extend.
+
+Each stage adds its own fields by subclassing (a lock adds nothing to a source, a report adds the folder and
+the license, a plan adds byte counts); :meth:`PinnedSource.pinned` and :meth:`MergedStep.merged` hand the
+shared fields to the next stage's model, so no stage copies them field by field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class PinnedSource(BaseModel):
+    """One input model pinned to an exact revision, with the sha256 of each file a merge reads."""
+
+    label: str = Field(
+        description="how the manifest names it: 'org/name', 'org/name@rev', './path' or 'step:NAME'"
+    )
+    repo_id: str | None = Field(None, description="Hub repo id; None for local folders and step outputs")
+    requested_revision: str | None = None
+    resolved_revision: str | None = Field(None, description="commit sha the revision resolved to")
+    files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256")
+
+    def pinned(self) -> dict[str, Any]:
+        """The shared fields, to build another stage's model: ``LockedSource(**source.pinned())``."""
+        return {name: getattr(self, name) for name in PinnedSource.model_fields}
+
+
+class StepRecord(BaseModel):
+    """One merge step as every stage names it."""
+
+    name: str
+    models: list[str] = Field(description="labels of the step's sources, in order ('step:NAME' for a step's)")
+    method: str = "linear"
+    method_params: dict[str, bool | float | int | str | None] = Field(default_factory=dict)
+
+
+class MergedStep(StepRecord):
+    """A step with the weights it merged with (and the losses they came from)."""
+
+    weights_mode: str
+    weights: list[float]
+    losses: list[float] | None = Field(
+        None, description="example losses per model, when weights came from examples"
+    )
+    loss_dtype: str | None = Field(None, description="dtype the example losses were computed in")
+
+    def merged(self) -> dict[str, Any]:
+        """The shared fields, to build another stage's model: ``LockedStep(**step.merged(), ...)``."""
+        return {name: getattr(self, name) for name in MergedStep.model_fields}

@@ -56,7 +56,7 @@ def combine_scores(scores: Sequence[Score]) -> Score:
     examples = sum(score.examples for score in scores)
     accuracy = None
     if scores[0].accuracy is not None:
-        accuracy = sum(round(score.accuracy * score.examples) for score in scores) / examples  # type: ignore[operator]
+        accuracy = sum(round((score.accuracy or 0.0) * score.examples) for score in scores) / examples
     return Score(loss=sum(score.loss for score in scores) / len(scores), accuracy=accuracy, examples=examples)
 
 

@@ -138,9 +138,9 @@ def score_models(
             f"max_input_length {max_input_length} is too small: allow at least 3 tokens per example"
         )
     device = resolve_device(device)
-    folders = [Path(folder) for folder in folders]
-    names = list(labels) if labels is not None else [str(folder) for folder in folders]
-    first = folders[0]
+    paths = [Path(folder) for folder in folders]
+    names = list(labels) if labels is not None else [str(path) for path in paths]
+    first = paths[0]
     compute_dtype = resolve_dtype(dtype, device, first)
     streamed = load == "streamed" or (load == "auto" and not resident_fits(first, compute_dtype, device))
 
@@ -164,7 +164,7 @@ def score_models(
         fall_back(first, str(why), compute_dtype, device)
         scorer, streamed = runner(False), False
     results = []
-    for index, folder in enumerate(tqdm(folders, desc="scoring models", unit="model", disable=not progress)):
+    for index, folder in enumerate(tqdm(paths, desc="scoring models", unit="model", disable=not progress)):
         try:
             scores = scorer.score_model(folder)
         except NotStreamable as why:  # found while running the first model
@@ -242,12 +242,12 @@ def fallback_refusal(
     """The error for a model that can run neither block by block nor whole (None: it fits whole)."""
     if free is None or need <= free * RAM_HEADROOM:
         return None
-    from cocktail_bot.templating import fmt_size
+    from cocktail_bot.sizes import format_size
 
     return (
         f"{folder} cannot be scored block by block ({why}), and loading it whole in {dtype_name(dtype)} "
-        f"needs {fmt_size(need)} of {'GPU' if device.type == 'cuda' else 'CPU'} memory, more than the "
-        f"{fmt_size(free)} free: use a machine with more memory, or a smaller dtype (weights: {{dtype: ...}})"
+        f"needs {format_size(need)} of {'GPU' if device.type == 'cuda' else 'CPU'} memory, more than the "
+        f"{format_size(free)} free: use a machine with more memory, or a smaller dtype (weights: {{dtype: ...}})"
     )
 
 
@@ -315,12 +315,12 @@ class Runner:
             )
 
     @property
-    def network(self) -> torch.nn.Module:
+    def network(self) -> Any:
         """The transformers module that holds the weights (inside the sentence-transformers pipeline if any)."""
         return self.st[0].model if self.st is not None else self.model
 
     @network.setter
-    def network(self, module: torch.nn.Module) -> None:
+    def network(self, module: Any) -> None:
         if self.st is not None:
             self.st[0].model = module
         else:
@@ -331,7 +331,7 @@ class Runner:
         if self.weights is None:
             if folder != self.first:
                 check_same_layout(self.first, folder)
-                self.network = None  # type: ignore[assignment]  # free the previous model before loading this one
+                self.network = None  # free the previous model before loading this one
                 self.network = _load_whole(self.network_class, folder, self.dtype, self.device)
             return self._score_all()
         with self.weights.bound(folder, first=self.first):
@@ -468,7 +468,7 @@ def _sentence_transformer(folder: Path, dtype: torch.dtype, device: torch.device
     except (OSError, ValueError) as error:
         raise CocktailError(f"cannot load the sentence-transformers model in {folder}: {error}") from None
     if streamed:
-        loaded = st[0].model
+        loaded: Any = st[0].model  # the transformers model inside the sentence-transformers module
         st[0].model = build_skeleton(type(loaded)._from_config, loaded.config, dtype)
         for module in list(st)[1:]:
             module.to(device)

@@ -49,7 +49,7 @@ def parameters_on_meta() -> Iterator[None]:
         if param is not None:
             module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=False)
 
-    torch.nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    torch.nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:
@@ -245,7 +245,7 @@ def build_skeleton(factory: Callable[..., torch.nn.Module], config, dtype: torch
     try:
         with parameters_on_meta():
             network = factory(config, dtype=dtype)
-        network.tie_weights()  # as from_pretrained does (outside: tying re-registers the shared parameter)
+        network.tie_weights()  # type: ignore[operator]  # as from_pretrained does (outside: tying re-registers)
     except Exception as error:  # any construction failure: the caller loads the model whole instead
         raise NotStreamable(
             f"building it without its weights failed ({type(error).__name__}: {error})"

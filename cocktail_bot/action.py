@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from cocktail_bot import github
 from cocktail_bot.comment import ActionResult, Mode, render
 from cocktail_bot.errors import CocktailError
+from cocktail_bot.jobs.settings import HF_JOBS, RUNNERS
 from cocktail_bot.report import Provenance, Report
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ INPUT_VARIABLES = {
     "github-token": "INPUT_GITHUB_TOKEN",
     "comment": "INPUT_COMMENT",
     "work-dir": "INPUT_WORK_DIR",
+    "runner": "INPUT_RUNNER",
+    "hf-jobs-token": "INPUT_HF_JOBS_TOKEN",
 }
 PR_EVENTS = ("pull_request", "pull_request_target")
 RESULT_FILE = "cocktail-result.json"
@@ -77,6 +80,8 @@ class ActionEnv:
     github_token: str | None
     comment: bool
     work_dir: Path
+    runner: str = "local"  # local | hf-jobs | auto (docs/jobs.md)
+    hf_jobs_token: str | None = None  # what a Hugging Face job publishes with (default hf_token)
 
     @property
     def run_url(self) -> str | None:
@@ -119,6 +124,9 @@ def read_env(environ: Mapping[str, str]) -> ActionEnv:
             raise CocktailError(
                 f"GITHUB_EVENT_PATH {event_path}: cannot read the event payload ({error})"
             ) from None
+    runner = (inputs["runner"] or "local").strip().lower()
+    if runner not in RUNNERS:
+        raise CocktailError(f"input runner must be one of {', '.join(RUNNERS)}, not {runner!r}")
     work_dir = inputs["work-dir"] or os.path.join(get("RUNNER_TEMP") or ".", "cocktail")
     return ActionEnv(
         event_name=get("GITHUB_EVENT_NAME") or "workflow_dispatch",
@@ -138,6 +146,8 @@ def read_env(environ: Mapping[str, str]) -> ActionEnv:
         github_token=inputs["github-token"] or get("GITHUB_TOKEN"),
         comment=_flag(inputs["comment"] or "", "comment"),
         work_dir=Path(work_dir),
+        runner=runner,
+        hf_jobs_token=inputs["hf-jobs-token"],
     )
 
 
@@ -190,6 +200,7 @@ def provenance(env: ActionEnv, decision: Decision) -> Provenance:
 def _run_pipeline(env: ActionEnv, decision: Decision) -> tuple[Report, Decision]:
     """Run the decided mode; in auto mode a manifest without ``output.repo`` is built, not published."""
     from cocktail_bot import pipeline
+    from cocktail_bot.jobs.offload import choose_runner, run_on_hf_jobs
     from cocktail_bot.manifest import load_manifest
 
     origin = provenance(env, decision)
@@ -198,16 +209,24 @@ def _run_pipeline(env: ActionEnv, decision: Decision) -> tuple[Report, Decision]
     if decision.publish and env.mode == "auto" and not load_manifest(env.manifest).output.repo:
         decision = Decision("build", reason=NO_REPO_REASON, pr_number=decision.pr_number)
     preview = decision.publish == "preview"
-    report = pipeline.run_manifest(
-        env.manifest,
-        # publishing streams: sources read in place, shards uploaded as written, no local copy (runner disk)
-        None if decision.publish else env.work_dir / MODEL_DIR,
-        publish=decision.publish is not None,
-        create_pr=preview,
-        pr_title=preview_pr_title(env, decision) if preview else None,
-        provenance=origin,
-        token=env.hf_token,
+    common: dict[str, Any] = {
+        "publish": decision.publish is not None,
+        "create_pr": preview,
+        "pr_title": preview_pr_title(env, decision) if preview else None,
+        "provenance": origin,
+        "token": env.hf_token,
+    }
+    pull_request = env.event.get("pull_request") if env.event_name in PR_EVENTS else None
+    fork = pull_request is not None and _is_fork(pull_request)
+    # publishing streams: sources read in place, shards uploaded as written, no local copy (runner disk)
+    out = None if decision.publish else env.work_dir / MODEL_DIR
+    where = choose_runner(
+        env.runner, env.manifest, out, publishing=common["publish"], fork=fork, token=env.hf_token
     )
+    if where == HF_JOBS:
+        report = run_on_hf_jobs(env.manifest, out, job_token=env.hf_jobs_token, **common)
+    else:
+        report = pipeline.run_manifest(env.manifest, out, **common)
     return report, decision
 
 
@@ -315,7 +334,7 @@ def _comment(env: ActionEnv, result: ActionResult, body: str, *, verify_head: bo
 def run_action(environ: Mapping[str, str]) -> int:
     """The whole step; returns its exit code (non-zero when the build failed or could not be reported)."""
     env = read_env(environ)
-    github.mask_secrets([env.hf_token, env.github_token], sys.stdout)
+    github.mask_secrets([env.hf_token, env.github_token, env.hf_jobs_token], sys.stdout)
     if env.hf_token:  # huggingface_hub reads it from the environment, for sources and publishing alike
         os.environ["HF_TOKEN"] = env.hf_token
     decision = decide(env)

@@ -22,6 +22,7 @@ from pydantic import (
 
 from cocktail_bot.devices import DEVICE_CHOICES, DEVICE_PATTERN, is_device
 from cocktail_bot.dtypes import OutputDtype
+from cocktail_bot.jobs.settings import CPU_FLAVOR, DEFAULT_IMAGE, GPU_FLAVOR, TIMEOUT, check_flavor
 from cocktail_bot.references import REFERENCE_PATTERN, check_reference, is_local
 from cocktail_bot.sizes import SIZE_PATTERN, parse_size
 
@@ -210,6 +211,44 @@ class Output(_Strict):
     )
 
 
+class HfJobsSettings(_Strict):
+    """``runner: {hf_jobs: {...}}``: the hardware, the time cap and the namespace a job runs (and bills) in."""
+
+    flavor: str | None = Field(
+        None,
+        description=f"hardware flavor, e.g. cpu-upgrade or a100-large (default {CPU_FLAVOR}, {GPU_FLAVOR} for cuda)",
+    )
+    timeout: str | None = Field(
+        None,
+        description="the job is stopped (and billing ends) after this long: 90m, 2h, 1d; the Hub's default without",
+    )
+    namespace: str | None = Field(
+        None, description="user or organisation the job runs in (default: the token's user)"
+    )
+    image: str = Field(
+        DEFAULT_IMAGE, description="Docker image with Python and pip (torch is kept when present)"
+    )
+
+    @field_validator("flavor")
+    @classmethod
+    def _flavor(cls, value: str | None) -> str | None:
+        return None if value is None else check_flavor(value)
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: object) -> object:
+        text = str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+        if isinstance(text, str) and not TIMEOUT.match(text):
+            raise ValueError(f"timeout {text!r}: a number of seconds, or with a unit: 90m, 2h, 1d")
+        return text
+
+
+class Runner(_Strict):
+    """``runner:``: settings for running elsewhere than on this machine."""
+
+    hf_jobs: HfJobsSettings = Field(default_factory=HfJobsSettings)
+
+
 class ManifestDocument(_Strict):
     """cocktail.yml, version 1: one merge (models/weights/merge/base at the top) or several `steps:`."""
 
@@ -225,6 +264,7 @@ class ManifestDocument(_Strict):
     steps: list[Step] | None = Field(None, min_length=1, description="a multi-stage recipe, run in order")
     eval: list[EvalSet] = Field(default_factory=list, description="held-out example sets")
     output: Output = Field(default_factory=Output)
+    runner: Runner | None = Field(None, description="where else the run may happen (docs/jobs.md)")
 
 
 STEP_KEYS = ("models", "weights", "merge", "base")
@@ -235,6 +275,8 @@ FIELD_CLASS: dict[str, type[BaseModel]] = {
     "merge": MergeOptions,
     "eval": EvalSet,
     "output": Output,
+    "runner": Runner,
+    "hf_jobs": HfJobsSettings,
 }
 
 

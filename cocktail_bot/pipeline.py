@@ -171,7 +171,7 @@ def run_manifest(
             check_reproduced(lock, new_lock)
         report = build_report(manifest, context, step_reports, final, output_files, provenance, license_)
         report.evals = run_evals(context, final)
-        _finish_report(report, started, str(out) if out else f"{manifest.output.repo} (no local copy)")
+        _finish_report(report, started, output_location(out, manifest))
         write_model_card(final, report, manifest)
         write_lock(final / LOCK_NAME, lock if lock is not None else new_lock)
         publish_error = None
@@ -429,6 +429,11 @@ def output_license(manifest: Manifest, sources: dict[str, ResolvedSource], *, pu
             raise
         logger.warning("%s; the card has no license until then", error)
         return None
+
+
+def output_location(out: Path | None, manifest: Manifest) -> str:
+    """Where the report says the model is: ``--out``, or only on the Hub."""
+    return str(out) if out else f"{manifest.output.repo} (no local copy)"
 
 
 def _finish_report(report: Report, started: float, out: str) -> None:

@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from cocktail_bot.manifest_schema import ExampleWeights, ManifestDocument, MergeOptions, Output
+from cocktail_bot.manifest_schema import (
+    ExampleWeights,
+    HfJobsSettings,
+    ManifestDocument,
+    MergeOptions,
+    Output,
+)
 
 SINGLE_STEP_NAME = "merge"  # the one step of a manifest without `steps:`
 
@@ -66,6 +72,12 @@ class Manifest:
     @property
     def output(self) -> Output:
         return self.document.output
+
+    @property
+    def hf_jobs(self) -> HfJobsSettings:
+        """``runner.hf_jobs``, defaults filled in when the manifest has none."""
+        runner = self.document.runner
+        return runner.hf_jobs if runner is not None else HfJobsSettings()
 
     @property
     def relative_path(self) -> str:

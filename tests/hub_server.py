@@ -13,6 +13,7 @@ Errors carry the ``X-Error-Code`` / ``X-Error-Message`` headers the client maps 
 get 403), another user's write token and tokens minted by the OIDC exchange (``POST /oauth/token``). Private
 repos need a token of their namespace. ``fail(route, status, times)`` makes the next requests of a route fail
 (status 0 drops the connection); ``cut(route, at)`` drops it when a file's bytes being sent reach byte ``at``.
+Hugging Face Jobs (``/api/jobs/...``) live in ``tests/hub_jobs.py``.
 
 File reads answer like the Hub's resolve endpoint: LFS files redirect (302, with ``X-Linked-Size``,
 ``X-Linked-Etag`` and ``X-Repo-Commit``) to a second, CDN-like origin on another port, which serves the bytes;
@@ -39,6 +40,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
+
+from tests import hub_jobs
 
 WRITE_TOKEN = "hf_test_write_token"
 READ_TOKEN = "hf_test_read_token"
@@ -244,6 +247,7 @@ class HubServer:
         self.discussions_per_page = DISCUSSIONS_PER_PAGE
         self.oidc_subject_tokens: dict[str, str] = {}  # id token -> the resource it may be exchanged for
         self.requests: list[Request] = []
+        self.jobs = hub_jobs.Jobs()  # Hugging Face Jobs (tests/hub_jobs.py)
         self._failures: list[list[Any]] = []  # [route, method, status, remaining, error code]
         self._cuts: list[list[Any]] = []  # [route, byte of the file where the connection drops, remaining]
         self.down, self.up = Throttle(), Throttle()
@@ -271,6 +275,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self.jobs.stop()
         for server in (self._httpd, self._cdn):
             server.shutdown()
             server.server_close()
@@ -492,6 +497,8 @@ def _route(method: str, parts: list[str]) -> tuple[str, str | None, dict[str, st
         return "validate_yaml", None, {}
     if parts[:2] == ["oauth", "token"]:
         return "oauth_token", None, {}
+    if n >= 3 and parts[:2] == ["api", "jobs"]:
+        return hub_jobs.route(method, parts)
     if n >= 4 and parts[:2] == ["api", "models"]:
         repo_id = f"{parts[2]}/{parts[3]}"
         rest = parts[4:]
@@ -524,7 +531,7 @@ def _route(method: str, parts: list[str]) -> tuple[str, str | None, dict[str, st
     return "unknown", None, {}
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(hub_jobs.JobRoutes, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "cocktail-test-hub"
 

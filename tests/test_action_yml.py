@@ -31,6 +31,8 @@ INPUTS = {
     "extra-pip",
     "comment",
     "work-dir",
+    "runner",
+    "hf-jobs-token",
 }
 OUTPUTS = {"repo", "revision", "commit-url", "report-path", "status"}
 
@@ -54,6 +56,7 @@ def test_action_is_a_composite_with_the_documented_interface():
         defaults["manifest"] == "cocktail.yml"
         and defaults["mode"] == "auto"
         and defaults["comment"] == "true"
+        and defaults["runner"] == "local"
     )
     assert defaults["github-token"] == "${{ github.token }}"
     for name, spec in ACTION["outputs"].items():
@@ -160,6 +163,8 @@ def test_run_step_runs_the_entry_with_every_input(tmp_path, github_server):
         "github-token": GITHUB_TOKEN,
         "comment": "true",
         "work-dir": str(tmp_path / "work"),
+        "runner": "hf-jobs",
+        "hf-jobs-token": "hf_jobs_secret_token_value",
     }
     context = {f"inputs.{name}": value for name, value in inputs.items()} | {"runner.temp": str(runner_temp)}
     step = run_step()
@@ -180,6 +185,7 @@ def test_run_step_runs_the_entry_with_every_input(tmp_path, github_server):
 
     assert done.returncode == 2, done.stderr
     assert done.stdout.splitlines()[0] == "::add-mask::hf_secret_token_value"
+    assert "::add-mask::hf_jobs_secret_token_value" in done.stdout.splitlines()
     [comment] = github_server.state.comments_on(GITHUB_REPOSITORY, 3)
     assert comment.body.startswith(github.comment_marker("recipes/missing.yml"))
     assert "mode `plan`" in comment.body and "recipes/missing.yml not found" in comment.body

@@ -7,6 +7,7 @@ shard is uploaded as it is written, so the disk holds about two shards whatever 
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def register(subparsers) -> None:
@@ -43,22 +44,37 @@ def register(subparsers) -> None:
         help="auto, cpu, cuda or cuda:N, for example weights, evaluation and the merge (default: "
         "merge.device; inference auto, merge cpu)",
     )
+    parser.add_argument(
+        "--on",
+        default="local",
+        metavar="WHERE",
+        help="local (default), or hf-jobs[:FLAVOR] to run on Hugging Face Jobs with runner.hf_jobs's settings "
+        "(needs --publish; the job publishes with COCKTAIL_JOB_TOKEN if set, else HF_TOKEN); see docs/jobs.md",
+    )
     parser.set_defaults(handler=handle)
 
 
 def handle(args) -> int:
-    from cocktail_bot.pipeline import run_manifest
+    from cocktail_bot.jobs.settings import HF_JOBS, parse_on
 
-    report = run_manifest(
-        args.manifest,
-        args.out,
-        locked=args.locked,
-        publish=args.publish,
-        lock_path=args.lock,
-        force=args.force,
-        device=args.device,
-        progress=not args.quiet,
-    )
+    runner, flavor = parse_on(args.on)
+    common = {
+        "locked": args.locked,
+        "publish": args.publish,
+        "lock_path": args.lock,
+        "force": args.force,
+        "device": args.device,
+    }
+    if runner == HF_JOBS:
+        from cocktail_bot.jobs.offload import run_on_hf_jobs
+
+        report = run_on_hf_jobs(
+            args.manifest, args.out, flavor=flavor, job_token=os.environ.get("COCKTAIL_JOB_TOKEN"), **common
+        )
+    else:
+        from cocktail_bot.pipeline import run_manifest
+
+        report = run_manifest(args.manifest, args.out, progress=not args.quiet, **common)
     assert report.output is not None
     where = f"in {report.output.path}" if args.out else "without a local copy"
     print(f"built {report.name} {where} ({report.output.total_bytes} bytes, {report.seconds:.1f} s)")

@@ -12,12 +12,14 @@ references, downloaded and pinned first.
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from cocktail_bot.engine import check_arguments, merge
 from cocktail_bot.errors import CocktailError
+from cocktail_bot.methods import SUM_TOLERANCE, get_method
 from cocktail_bot.model_types import ModelType, load_transformers_model
 from cocktail_bot.weights import compute_weights
 from cocktail_bot.writable import writing
@@ -38,6 +40,15 @@ def resolve_model_folders(model_names_or_paths: Sequence[str | Path]) -> list[Pa
     return folders
 
 
+def lm_cocktail_weights(weights: Sequence[float]) -> list[float]:
+    """LM_Cocktail 0.0.4 takes any weights whose sum is at most 1 + 1e-3 (``[0.33, 0.33, 0.33]``) and scales
+    the model by their sum; the drop-in takes the same ones but divides them by their sum, with a note."""
+    total = math.fsum(weights)
+    if math.isfinite(total) and 0 < total <= 1 + SUM_TOLERANCE:
+        return get_method("linear").normalised(weights)
+    return list(weights)
+
+
 def _mix_and_load(
     model_names_or_paths: Sequence[str | Path],
     model_type: str,
@@ -45,6 +56,7 @@ def _mix_and_load(
     output_path: str | Path | None,
 ):
     kind = ModelType.parse(model_type)
+    weights = lm_cocktail_weights(weights)
     check_arguments(list(model_names_or_paths), weights)
     folders = resolve_model_folders(model_names_or_paths)
     for name, weight in zip(model_names_or_paths, weights, strict=False):

@@ -245,6 +245,20 @@ class Checkpoint:
         self._fds.clear()
         self._pickled.clear()
 
+    def alias(self, name: str, target: str) -> None:
+        """Make ``name`` read ``target``'s values (a tied model's embedding standing in for its head)."""
+        if target in self._entries:
+            self._entries[name] = self._entries[target]
+        else:
+            self._pickled[name] = self._tensor(target)
+        self.names = sorted(self._entries or self._pickled)
+
+    def drop(self, name: str) -> None:
+        """Leave ``name`` out (a redundant copy of a tied tensor)."""
+        self._entries.pop(name, None)
+        self._pickled.pop(name, None)
+        self.names = sorted(self._entries or self._pickled)
+
     def verify(self) -> None:
         """Check that the bytes read were the pinned ones: a local folder's files were hashed when resolved."""
 

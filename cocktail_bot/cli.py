@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from cocktail_bot import __version__
-from cocktail_bot.errors import CocktailError
+from cocktail_bot.errors import ONCE, CocktailError
 
 COMMANDS = ("mix", "weights", "validate", "schema", "plan", "run", "verify", "publish", "action")
 
@@ -45,11 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quiet:
         # Read when transformers and huggingface_hub are imported (later, in the handler): their bars go too.
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LevelPrefix())
+    handler.addFilter(OnceFilter())
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
     # One line per HTTP request drowns the messages a user acts on; their failures surface as our errors.
     for chatty in ("httpx", "httpx2", "httpcore", "urllib3"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
@@ -67,6 +66,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class LevelPrefix(logging.Formatter):
+    """Progress lines as they are; warnings and errors say so (``warning: ...``), so that a warning does not
+    read as the failure and an error does not read as progress."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.ERROR:
+            return f"error: {text}"
+        return f"warning: {text}" if record.levelno >= logging.WARNING else text
+
+
+class OnceFilter(logging.Filter):
+    """Drops the repeats of a record marked ``ONCE`` (the same message), for the life of the command."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, ONCE, False):
+            return True
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
 
 
 class Terminated(KeyboardInterrupt):

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from cocktail_bot import tied
 from cocktail_bot.atomic import move_files_into, replace_folder, staging_folder
 from cocktail_bot.checkpoint import Checkpoint, TensorInfo, model_folder, open_checkpoint
 from cocktail_bot.dtypes import DTYPE_BYTES, canonical_dtype
@@ -61,6 +62,7 @@ from cocktail_bot.model_types import ModelType
 from cocktail_bot.overlap import BufferPool, Task, run_tasks
 from cocktail_bot.remote import HubModel
 from cocktail_bot.shards import Shard, ShardWriter, parse_shard_size, plan_shards, write_index
+from cocktail_bot.sizes import format_size
 from cocktail_bot.writable import check_writable
 
 logger = logging.getLogger(__name__)
@@ -113,6 +115,7 @@ class _Merge:
         method: MergeMethod,
         dtype: torch.dtype | None,
         device: torch.device,
+        model_type: ModelType,
         stack: ExitStack,
     ) -> None:
         self.sources = [model_folder(source) for source in sources]
@@ -135,6 +138,9 @@ class _Merge:
                 else stack.enter_context(open_checkpoint(base, relative))
             )
             self.checkpoints[relative] = [*opened, base_checkpoint]
+            if not relative and any(set(c.names) != set(base_checkpoint.names) for c in opened):
+                pairs = list(zip(self.sources, opened, strict=True))
+                tied.reconcile((self.base, base_checkpoint), pairs, model_type)
         self._check()
         self._workers = stack.enter_context(ThreadPoolExecutor(SUM_WORKERS, "cocktail-sum"))
 
@@ -587,6 +593,7 @@ def merge(
         dtype=dtype,
         shard_size=shard_size,
     )
+    weights = merge_method.normalised(weights)
     if base_model is None:
         base_model = models[0]
     base_path = model_folder(base_model)
@@ -596,7 +603,17 @@ def merge(
 
     with ExitStack() as stack:
         merged = merge_method.split_base(resolved, base_path.resolve())
-        plan = _Merge(models, merged, weights, base_model, merge_method, out_dtype, torch_device, stack)
+        plan = _Merge(
+            models,
+            merged,
+            weights,
+            base_model,
+            merge_method,
+            out_dtype,
+            torch_device,
+            ModelType.parse(model_type),
+            stack,
+        )
         dtype_name = plan.output_dtype_name()
         layout = {relative: plan.shards(relative, max_shard_bytes) for relative in plan.dirs}
         copied = support_files(base_path, _remote_files(base_model))
@@ -628,11 +645,10 @@ def merge(
                     parts.append((relative, shard, finisher.writing(writers[-1])))
             total = sum(shard.nbytes for shards in layout.values() for shard in shards)
             logger.info(
-                "merging %d models into %s (%s, %.2f GB of tensors, %s)",
+                "merging %d models (%s, %s of tensors, %s)",
                 len(paths),
-                output,
                 dtype_name,
-                total / 1e9,
+                format_size(total),
                 merge_method.name,
             )
             with (
@@ -659,5 +675,5 @@ def merge(
     files = dict(sorted(files.items()))
     total_bytes = sum(sizes.values())
     seconds = time.perf_counter() - started
-    logger.debug("wrote %s (%.2f GB) in %.1f s", output, total_bytes / 1e9, seconds)
+    logger.debug("wrote %s (%s) in %.1f s", output, format_size(total_bytes), seconds)
     return MergeResult(output, files, total_bytes, dtype_name, seconds, plan.memory)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# A log record with this attribute set (``extra={ONCE: True}``) is shown once per command: a note that every
+# model or step of a run would repeat.
+ONCE = "cocktail_once"
+
 
 class CocktailError(Exception):
     """A problem the user can fix (bad input, missing model, refused upload).

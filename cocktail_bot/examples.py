@@ -93,8 +93,15 @@ def _validate(record: Any, index: int, where: str, lines: list[int] | None, mode
                 )
             if field == "pos" and not value:
                 raise CocktailError(f"{place}: the field 'pos' is empty: give at least one positive passage")
+            blank = next((i for i, item in enumerate(value) if not item.strip()), None)
+            if blank is not None:
+                raise CocktailError(f"{place}: {field}[{blank}] is an empty string: give the passage's text")
         elif not isinstance(value, str):
             raise CocktailError(f"{place}: the field {field!r} must be a string, got {_json_type(value)}")
+        elif not value.strip():
+            raise CocktailError(
+                f"{place}: the field {field!r} is empty: an example without text says nothing about the task"
+            )
     return {field: record[field] for field in fields}
 
 

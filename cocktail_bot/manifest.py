@@ -85,7 +85,11 @@ def check_manifest_text(text: str, path: Path) -> tuple[Manifest | None, list[Pr
     try:
         document = ManifestDocument.model_validate(data)
     except ValidationError as error:
-        problems += [nodes.problem(e["loc"], schema_message(e)) for e in error.errors(include_url=False)]
+        problems += [
+            # an unknown key is where it is written, not on its value's line (`modles:` then a list)
+            nodes.problem(e["loc"], schema_message(e), key=e["type"] == "extra_forbidden")
+            for e in error.errors(include_url=False)
+        ]
     root = find_repository_root(path.parent)
     checker = Checker(nodes, path.parent, root, str(data.get("type", "")))
     steps = checker.check_steps(data)

@@ -18,6 +18,7 @@ the ``kernel`` that computes it), listed in ``METHODS``; a new kind of arithmeti
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,13 @@ from cocktail_bot.suggest import closest
 
 if TYPE_CHECKING:
     import torch
+
+logger = logging.getLogger(__name__)
+
+# linear weights may miss 1 by LM_Cocktail's tolerance (`[0.33, 0.33, 0.33]`, `0.333333` x 3): they are divided by
+# their sum, with a note; sums within EXACT_SUM (float rounding) are used as given.
+SUM_TOLERANCE = 1e-3
+EXACT_SUM = 1e-9
 
 
 @dataclass(frozen=True)
@@ -201,6 +209,11 @@ class MergeMethod:
         _check_finite(weights)
         self.check_models(len(weights))
 
+    def normalised(self, weights: Sequence[float]) -> list[float]:
+        """The weights (one per listed model) the merge uses, once checked: as given; ``linear`` divides
+        weights that sum to nearly 1 (LM_Cocktail accepts them) by their sum."""
+        return list(weights)
+
     def merge(
         self,
         tensors: Sequence[torch.Tensor],
@@ -274,10 +287,24 @@ class Linear(MergeMethod):
     def check(self, weights: Sequence[float]) -> None:
         super().check(weights)
         total = sum(weights)
-        if abs(total - 1.0) > 1e-6:
+        if abs(total - 1.0) > SUM_TOLERANCE:
             raise CocktailError(
-                f"linear merge weights must sum to 1 (within 1e-6), but {list(weights)} sums to {total!r}"
+                f"linear merge weights must sum to 1 (within {SUM_TOLERANCE:g}, then they are divided by their "
+                f"sum), but {list(weights)} sums to {total!r}"
             )
+
+    def normalised(self, weights: Sequence[float]) -> list[float]:
+        total = math.fsum(weights)
+        if abs(total - 1.0) <= EXACT_SUM:
+            return list(weights)
+        divided = [weight / total for weight in weights]
+        logger.info(
+            "note: the linear weights %s sum to %s, not 1: merging with them divided by their sum, %s",
+            list(weights),
+            f"{total:.6g}",
+            [round(weight, 6) for weight in divided],
+        )
+        return divided
 
 
 @dataclass(frozen=True)

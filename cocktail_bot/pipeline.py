@@ -293,6 +293,7 @@ def run_step(
     labels = [source.label for source in step.models]
     weights, losses, loss_dtype = step_weights(context, step, paths)
     method = get_method(step.merge.method, step.merge.parameters)
+    weights = method.normalised(weights)
     base = step.base or (step.models[0] if step.models else None)
     logger.info("step %s: %s with weights %s", step.name, ", ".join(labels), [round(w, 4) for w in weights])
     result = engine.merge(
@@ -362,6 +363,7 @@ def step_weights(
         dtype=options.dtype,
         device=context.device or step.merge.device or "auto",
         progress=context.progress,
+        labels=[source.label for source in step.models],
     )
     return list(result.weights), list(result.losses), result.dtype
 

@@ -206,7 +206,8 @@ def describe_weights(step: StepSpec, manifest: Manifest) -> str:
 
 def render_plan(plan: Plan) -> str:
     """The plan as a person reads it in a terminal or a CI log."""
-    lines = [f"{plan.manifest}: {plan.name} ({plan.model_type}), {len(plan.steps)} step(s)", "sources:"]
+    steps = f"{len(plan.steps)} step" + ("s" if len(plan.steps) != 1 else "")
+    lines = [f"{plan.manifest}: {plan.name} ({plan.model_type}), {steps}", "sources:"]
     for source in plan.sources:
         if source.repo_id:
             lines.append(

@@ -28,7 +28,7 @@ import torch
 
 from cocktail_bot.checkpoint import Checkpoint
 from cocktail_bot.devices import is_device
-from cocktail_bot.errors import CocktailError
+from cocktail_bot.errors import ONCE, CocktailError
 from cocktail_bot.losses import (
     Score,
     combine_scores,
@@ -84,7 +84,11 @@ def token_limit(config, tokenizer, requested: int, *, extra: int | None = None) 
     reason, limit = min(limits.items(), key=lambda item: item[1])
     if limit < requested:
         logger.info(
-            "inputs are capped at %d tokens (%s), below max_input_length=%d", limit, reason, requested
+            "inputs are capped at %d tokens (%s), below max_input_length=%d",
+            limit,
+            reason,
+            requested,
+            extra={ONCE: True},  # every model of a run, and its evaluation, has the same limit
         )
     return limit
 

@@ -71,11 +71,13 @@ def compute_weights(
     device: str = "auto",
     seed: int = DEFAULT_SEED,
     progress: bool = True,
+    labels: Sequence[str] | None = None,
     dtype: str = "auto",
 ) -> WeightsResult:
     """Losses of each model (local folders of one architecture) on ``examples`` and the weights they give.
 
-    ``examples`` is an example file (JSON list or JSONL) or the records themselves. Negatives are sampled with
+    ``examples`` is an example file (JSON list or JSONL) or the records themselves; ``labels`` name the models
+    in logs and messages (default: their paths). Negatives are sampled with
     ``seed``, so the same inputs always give the same weights; losses and weights are rounded to ``DECIMALS``
     places, so that they are the same on any CPU. ``dtype`` is the compute dtype of the losses (``auto``:
     float32 on CPU, the checkpoint's dtype on a GPU).
@@ -95,10 +97,11 @@ def compute_weights(
         device=device,
         seed=seed,
         progress=progress,
+        labels=labels,
         dtype=dtype,
     )
     losses = [score["examples"].loss for score in scoring.scores]
-    labels = [str(model) for model in models]
+    labels = list(labels) if labels is not None else [str(model) for model in models]
     for label, loss in zip(labels, losses, strict=True):
         if not math.isfinite(loss):
             raise CocktailError(f"the loss of {label} on the examples is {loss}: check the model's weights")

@@ -171,6 +171,7 @@ def test_run_step_runs_the_entry_with_every_input(tmp_path, github_server):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "INPUT_", "HF_TOKEN"))}
     env |= {name: evaluate(str(value), context) for name, value in step["env"].items()}
     env |= {
+        "GITHUB_ACTIONS": "true",
         "GITHUB_EVENT_NAME": "pull_request",
         "GITHUB_EVENT_PATH": str(event),
         "GITHUB_REPOSITORY": GITHUB_REPOSITORY,

@@ -146,6 +146,18 @@ def test_the_output_path_may_not_be_a_source(tiny_llamas, tmp_path):
     assert (source / "model.safetensors").read_bytes() == (tiny_llamas[0] / "model.safetensors").read_bytes()
 
 
+def test_weights_lm_cocktail_accepts_are_divided_by_their_sum(tiny_llamas, caplog):
+    caplog.set_level("INFO")
+    model = mix_models(tiny_llamas, "decoder", [0.33, 0.33, 0.33])
+    assert_state_close(model, weighted_sum(tiny_llamas, [1 / 3] * 3))
+    assert (
+        "note: the linear weights [0.33, 0.33, 0.33] sum to 0.99, not 1: merging with them divided by their "
+        "sum, [0.333333, 0.333333, 0.333333]" in caplog.messages
+    )
+    with pytest.raises(CocktailError, match=r"must sum to 1 \(within 0.001.*sums to 1.2"):
+        mix_models(tiny_llamas[:2], "decoder", [0.6, 0.6])  # LM_Cocktail refuses these too
+
+
 def test_agrees_with_lm_cocktail(tiny_llamas, tmp_path):
     lm_cocktail = pytest.importorskip("LM_Cocktail")
     weights = [0.5, 0.3, 0.2]

@@ -505,3 +505,16 @@ def test_report_markdown_for_an_unchanged_republish():
     report = two_step_report()
     report.publish.changed = False
     assert ": identical files were already published, no new commit" in render_report_markdown(report)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "words"),
+    [
+        ("decoder", "is a decoder (causal language model)"),
+        ("encoder", "is an encoder (embedding model)"),
+        ("reranker", "is a reranker (cross-encoder)"),
+    ],
+)
+def test_card_names_the_type_with_its_article(model_type, words):
+    card = render_card(two_step_report().model_copy(update={"model_type": model_type}))
+    assert f"**llama2-agnews-cocktail** {words} merged from" in card

@@ -65,3 +65,37 @@ def test_sigterm_unwinds_like_ctrl_c_so_work_folders_are_removed(monkeypatch, tm
     assert not work.exists()
     assert capsys.readouterr().err == "terminated: nothing was written to the output path or published\n"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_action_outside_github_actions_says_so_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["action"]) == 2
+    assert capsys.readouterr().err == (
+        "error: cocktail action runs as a step of a GitHub Actions workflow (GITHUB_ACTIONS is not 'true' "
+        "here); to build a manifest locally use `cocktail run cocktail.yml --out DIR`. Nothing was written\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_warnings_say_so_and_notes_marked_once_show_once():
+    import logging
+
+    from cocktail_bot.cli import LevelPrefix, OnceFilter
+    from cocktail_bot.errors import ONCE
+
+    def record(level: int, message: str, **extra) -> logging.LogRecord:
+        return logging.makeLogRecord(
+            {"levelno": level, "levelname": logging.getLevelName(level), "msg": message, **extra}
+        )
+
+    formatter = LevelPrefix()
+    assert formatter.format(record(logging.WARNING, "no license")) == "warning: no license"
+    assert formatter.format(record(logging.ERROR, "failed")) == "error: failed"
+    assert formatter.format(record(logging.INFO, "merging")) == "merging"
+    once = OnceFilter()
+    shown = [
+        once.filter(record(logging.INFO, text, **{ONCE: True})) for text in ("capped", "capped", "other")
+    ]
+    assert shown == [True, False, True]
+    assert once.filter(record(logging.INFO, "step")) and once.filter(record(logging.INFO, "step"))

@@ -73,6 +73,26 @@ def test_records_in_memory_and_empty_negatives() -> None:
             "record 0 (line 1): the field 'pos' is empty: give at least one positive passage",
         ),
         (
+            [DECODER[1], {"input": "x", "output": ""}],
+            "decoder",
+            "record 1 (line 2): the field 'output' is empty: an example without text says nothing about the task",
+        ),
+        (
+            [{"input": "  ", "output": "y"}],
+            "decoder",
+            "record 0 (line 1): the field 'input' is empty: an example without text says nothing about the task",
+        ),
+        (
+            [{"query": "", "pos": ["p"], "neg": []}],
+            "encoder",
+            "record 0 (line 1): the field 'query' is empty: an example without text says nothing about the task",
+        ),
+        (
+            [{"query": "q", "pos": ["p"], "neg": ["n", ""]}],
+            "reranker",
+            "record 0 (line 1): neg[1] is an empty string: give the passage's text",
+        ),
+        (
             [5],
             "decoder",
             "record 0 (line 1): expected a JSON object with the fields 'input', 'output' for a decoder, "

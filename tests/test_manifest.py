@@ -51,6 +51,14 @@ BAD = [
         id="unknown-key-hint",
     ),
     pytest.param(
+        HEADER + "modles:\n  - org/a\nmodels: [org/a]\nweights: uniform\nmerge:\n  methd: linear\n",
+        [
+            "4: modles: unknown key; did you mean 'models'?",
+            "9: merge.methd: unknown key; did you mean 'method'?",
+        ],
+        id="unknown-key-before-a-block-value",
+    ),
+    pytest.param(
         "version: 2\nname: demo\ntype: decodr\nmodels: [org/a]\nweights: uniform\n",
         [
             "1: version: 2 is not allowed; expected 1",
@@ -80,7 +88,10 @@ BAD = [
     ),
     pytest.param(
         HEADER + "models:\n  - {id: org/a, weight: 0.5}\n  - {id: org/b, weight: 0.6}\n",
-        ["4: models: linear merge weights must sum to 1 (within 1e-6), but [0.5, 0.6] sums to 1.1"],
+        [
+            "4: models: linear merge weights must sum to 1 (within 0.001, then they are divided by their sum), "
+            "but [0.5, 0.6] sums to 1.1"
+        ],
         id="weights-sum",
     ),
     pytest.param(

@@ -323,7 +323,7 @@ def test_bad_methods_and_parameters(name, params, message):
             ["a", "b"],
             [0.5, 0.6],
             None,
-            "linear merge weights must sum to 1 (within 1e-6), but [0.5, 0.6] sums to 1.1",
+            "linear merge weights must sum to 1 (within 0.001, then they are divided by their sum), but [0.5, 0.6] sums to 1.1",
         ),
     ],
 )

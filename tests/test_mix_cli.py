@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,9 @@ def test_mix_writes_the_merged_model(tiny_llamas, tmp_path, capsys):
         0.2 * states[0][name].double() + 0.3 * states[1][name].double() + 0.5 * states[2][name].double()
     )
     torch.testing.assert_close(merged[name].double(), expected, rtol=2**-23, atol=0)
-    assert f"wrote {out} (" in capsys.readouterr().out
+    assert re.match(
+        rf"wrote {re.escape(str(out))} \(\d+\.\d kB, float32, 5 files\) in ", capsys.readouterr().out
+    )
 
 
 def test_dtype_shard_size_and_base_options(tiny_llamas, tiny_llama_bf16, tmp_path):
@@ -72,6 +75,21 @@ def test_force_on_the_current_folder_is_refused(tiny_llamas, tmp_path, capsys, m
     )
     assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
     assert [path.name for path in tmp_path.parent.iterdir() if ".old-" in path.name] == []
+
+
+def test_weights_off_by_rounding_are_divided_by_their_sum(tiny_llamas, tmp_path, caplog):
+    caplog.set_level("INFO")
+    out = tmp_path / "out"
+    args = mix(*tiny_llamas, weights=("0.333333",) * 3, extra=("--out", str(out)))
+    assert main(args) == 0
+    assert (
+        "note: the linear weights [0.333333, 0.333333, 0.333333] sum to 0.999999, not 1: merging with them "
+        "divided by their sum, [0.333333, 0.333333, 0.333333]" in caplog.messages
+    )
+    states = [load_file(folder / "model.safetensors") for folder in tiny_llamas]
+    merged = load_file(out / "model.safetensors")
+    for name, value in merged.items():
+        torch.testing.assert_close(value.double(), sum(state[name].double() for state in states) / 3)
 
 
 def test_weight_count_error(tiny_llamas, tmp_path, capsys):

@@ -103,7 +103,7 @@ def test_plan_text_shows_sizes_in_the_hubs_decimal_units() -> None:
         private=True,
     )
     assert render_plan(plan) == (
-        "cocktail.yml: sizes (decoder), 1 step(s)\n"
+        "cocktail.yml: sizes (decoder), 1 step\n"
         "sources:\n"
         "  ./a (local, 1.5 kB of weights)\n"
         "steps:\n"

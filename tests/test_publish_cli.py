@@ -125,6 +125,16 @@ def test_a_missing_folder_exits_2(hub_server, tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize("repo", ["not a repo", "org/name/extra", "org//name"])
+def test_a_malformed_repo_id_exits_2_with_one_message(hub_server, model, monkeypatch, capsys, repo):
+    monkeypatch.setenv("HF_TOKEN", hub_server.write_token)
+    assert main(["publish", str(model), "--repo", repo]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --repo {repo!r} is not a Hub repo id: write org/name (letters, digits, '-', '_' and '.')\n"
+    )
+    assert hub_server.repos == {}
+
+
 def test_revision_and_create_pr_exclude_each_other(model, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["publish", str(model), "--repo", "cocktail/x", "--revision", "dev", "--create-pr"])

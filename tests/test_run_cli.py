@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -53,3 +54,25 @@ def test_run_errors_are_one_line_without_traceback(
     assert main(["run", str(recipe), "--out", str(tmp_path / "o"), "--publish"]) == 2
     assert "has no output.repo" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_manifest_weights_off_by_rounding_are_divided_by_their_sum(
+    recipe: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    recipe.write_text(
+        recipe.read_text().replace(
+            "models: [./models/llama-0, ./models/llama-1]\nweights: uniform\n",
+            "models:\n  - {id: ./models/llama-0, weight: 0.499999}\n  - {id: ./models/llama-1, weight: 0.5}\n",
+        )
+    )
+    assert main(["validate", str(recipe)]) == 0
+    assert main(["-q", "run", str(recipe), "--out", str(tmp_path / "out")]) == 0
+    lock = json.loads((recipe.parent / "cocktail.lock").read_text())
+    assert lock["steps"][0]["weights"] == pytest.approx([0.499999 / 0.999999, 0.5 / 0.999999], rel=1e-15)
+    assert any(
+        message.startswith("note: the linear weights [0.499999, 0.5] sum to 0.999999")
+        for message in caplog.messages
+    )
+    recipe.write_text(recipe.read_text().replace("0.499999", "0.49"))
+    assert main(["validate", str(recipe)]) == 2

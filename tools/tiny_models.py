@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -94,12 +95,13 @@ def save_llama(
     dtype: torch.dtype = torch.float32,
     max_shard_size: str | None = None,
     tokenizer: PreTrainedTokenizerFast | None = None,
-    **config_overrides,
+    **config: Any,
 ) -> Path:
-    """A randomly initialised tiny Llama causal LM with its tokenizer, saved as safetensors."""
+    """A randomly initialised tiny Llama causal LM with its tokenizer, saved as safetensors; ``config`` overrides
+    ``llama_config`` (``tie_word_embeddings=True``: no stored head)."""
     tokenizer = tokenizer or make_llama_tokenizer()
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(llama_config(len(tokenizer), **config_overrides)).to(dtype)
+    model = LlamaForCausalLM(llama_config(len(tokenizer), **config)).to(dtype)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(folder, **kwargs)
     tokenizer.save_pretrained(folder)

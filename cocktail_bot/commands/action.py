@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from cocktail_bot.errors import CocktailError
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -21,6 +23,12 @@ def register(subparsers) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    if os.environ.get("GITHUB_ACTIONS") != "true":
+        # Outside a runner there is no event, no step summary and no RUNNER_TEMP: it would only write ./cocktail
+        raise CocktailError(
+            "cocktail action runs as a step of a GitHub Actions workflow (GITHUB_ACTIONS is not 'true' here); "
+            "to build a manifest locally use `cocktail run cocktail.yml --out DIR`. Nothing was written"
+        )
     from cocktail_bot.action import run_action
 
     return run_action(os.environ)

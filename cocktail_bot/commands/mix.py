@@ -21,7 +21,7 @@ def register(subparsers) -> None:
         type=float,
         required=True,
         metavar="W",
-        help="one weight per model; for the linear method they must sum to 1",
+        help="one weight per model; for the linear method they must sum to 1 (within 1e-3: then divided by their sum)",
     )
     add_model_type_argument(parser)
     parser.add_argument(
@@ -46,6 +46,7 @@ def register(subparsers) -> None:
 def handle(args: argparse.Namespace) -> int:
     from cocktail_bot.api import resolve_model_folders
     from cocktail_bot.engine import check_arguments, merge
+    from cocktail_bot.sizes import format_size
     from cocktail_bot.writable import writing
 
     check_arguments(args.models, args.weights, base=args.base, dtype=args.dtype, shard_size=args.shard_size)
@@ -65,7 +66,7 @@ def handle(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
     print(
-        f"wrote {result.output} ({result.total_bytes / 1e9:.2f} GB, {result.dtype}, "
+        f"wrote {result.output} ({format_size(result.total_bytes)}, {result.dtype}, "
         f"{len(result.files)} files) in {result.seconds:.1f} s"
     )
     return 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cocktail_bot.errors import CocktailError
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -42,9 +44,22 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=handle)
 
 
+def check_repo_id(repo_id: str) -> None:
+    """A malformed --repo is the user's typo: one message before any work, not the Hub client's traceback."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise CocktailError(
+            f"--repo {repo_id!r} is not a Hub repo id: write org/name (letters, digits, '-', '_' and '.')"
+        ) from None
+
+
 def handle(args: argparse.Namespace) -> int:
     from cocktail_bot.hub import publish_folder
 
+    check_repo_id(args.repo)
     message = args.message or f"Publish {args.folder.resolve().name} with cocktail-bot"
     report = publish_folder(
         args.folder,

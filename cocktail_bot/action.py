@@ -1,10 +1,13 @@
 """``cocktail action``: the GitHub Action's entry. Reads the runner's environment, decides what to do, runs
 the pipeline and reports to the PR comment, the job summary and the step outputs.
 
-Inputs arrive as environment variables set by ``action.yml`` (``INPUT_MANIFEST``, ``INPUT_MODE``,
-``INPUT_HF_TOKEN``, ``INPUT_GITHUB_TOKEN``, ``INPUT_COMMENT``, ``INPUT_WORK_DIR``), never interpolated into a
-script. Deciding is a pure function of that environment and the event payload (:func:`decide`), so each case
-is tested without a runner.
+Inputs arrive as environment variables set by ``action.yml`` (``INPUT_MANIFEST``, ``INPUT_MODE``, ...; see
+``INPUT_VARIABLES``), never interpolated into a script. Deciding is a pure function of that environment and the
+event payload (:func:`decide`), so each case is tested without a runner; a new input is one entry in
+``INPUT_VARIABLES`` and one field of ``ActionEnv``, a new mode one branch of ``decide`` and of ``_run``.
+
+What a run may change is checked against GitHub at the last moment: a run whose head commit is no longer the
+pull request's head (a newer push, or a re-run of an old run) publishes nothing and leaves the comment alone.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from cocktail_bot import github
+from cocktail_bot import annotate, github
 from cocktail_bot.comment import ActionResult, Mode, render
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.jobs.settings import HF_JOBS, RUNNERS
@@ -38,6 +41,7 @@ INPUT_VARIABLES = {
     "github-token": "INPUT_GITHUB_TOKEN",
     "comment": "INPUT_COMMENT",
     "work-dir": "INPUT_WORK_DIR",
+    "comment-author": "INPUT_COMMENT_AUTHOR",
     "runner": "INPUT_RUNNER",
     "hf-jobs-token": "INPUT_HF_JOBS_TOKEN",
 }
@@ -56,7 +60,20 @@ NO_TOKEN_REASON = (
     "Add an HF_TOKEN repository secret and pass it as hf-token, or set up trusted publishing "
     "(HF_OIDC_RESOURCE)."
 )
+CLOSED_REASON = "This pull request is closed: only the plan ran."
 NO_REPO_REASON = "The manifest has no output.repo, so the model was built and not published."
+FORK_COMMENT_NOTICE = (
+    "the workflow's token may not comment on this pull request (a fork's pull request gets a read-only "
+    "token): the report is in the job summary. The fork-safe workflow pair (docs/action.md) comments it"
+)
+NO_COMMENT_NOTICE = (
+    "the github-token may not comment on this pull request: the report is in the job summary. Give the "
+    "workflow 'permissions: pull-requests: write' to get the comment"
+)
+
+
+class Superseded(Exception):
+    """The pull request's head moved on from the commit this run is about: it must change nothing."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +96,7 @@ class ActionEnv:
     hub_oidc: bool  # keyless trusted publishing: huggingface_hub exchanges the job's OIDC token itself
     github_token: str | None
     comment: bool
+    comment_author: str | None  # the login our comments are by, when the token cannot say (see github.py)
     work_dir: Path
     runner: str = "local"  # local | hf-jobs | auto (docs/jobs.md)
     hf_jobs_token: str | None = None  # what a Hugging Face job publishes with (default hf_token)
@@ -92,12 +110,14 @@ class ActionEnv:
 
 @dataclass(frozen=True)
 class Decision:
-    """What this run does; ``comment`` posts a report saved by an unprivileged run (fork-safe pair)."""
+    """What this run does; ``comment`` posts a report saved by an unprivileged run (fork-safe pair), ``close``
+    ends a closed pull request's preview (``merged`` says whether the publish on the default branch follows)."""
 
     mode: Mode | Literal["comment"]
     publish: Literal["preview", "main"] | None = None
     reason: str | None = None
     pr_number: int | None = None
+    merged: bool = False
 
 
 def _flag(value: str, name: str) -> bool:
@@ -145,6 +165,7 @@ def read_env(environ: Mapping[str, str]) -> ActionEnv:
         hub_oidc=bool(get("HF_OIDC_RESOURCE")),
         github_token=inputs["github-token"] or get("GITHUB_TOKEN"),
         comment=_flag(inputs["comment"] or "", "comment"),
+        comment_author=inputs["comment-author"],
         work_dir=Path(work_dir),
         runner=runner,
         hf_jobs_token=inputs["hf-jobs-token"],
@@ -164,6 +185,10 @@ def decide(env: ActionEnv) -> Decision:
     pr_number = pull_request.get("number") if pull_request else None
     if env.event_name == "workflow_run" and env.mode == "auto":
         return Decision("comment")
+    if pull_request is not None and env.event.get("action") == "closed":
+        if env.mode != "auto":
+            return Decision("plan", reason=CLOSED_REASON, pr_number=pr_number)
+        return Decision("close", pr_number=pr_number, merged=bool(pull_request.get("merged")))
     if pull_request is not None and _is_fork(pull_request) and env.mode in ("auto", "publish"):
         return Decision("plan", reason=FORK_REASON, pr_number=pr_number)
     if pull_request is not None:
@@ -197,7 +222,39 @@ def provenance(env: ActionEnv, decision: Decision) -> Provenance:
     )
 
 
-def _run_pipeline(env: ActionEnv, decision: Decision) -> tuple[Report, Decision]:
+@dataclass
+class Guard:
+    """The pull request a run is about, asked at the last moment whether its head is still ``head_sha``."""
+
+    env: ActionEnv
+    pr_number: int | None
+    head_sha: str | None
+    _client: Any = None
+
+    def client(self):
+        if self._client is None:
+            assert self.env.github_token is not None
+            self._client = github.connect(self.env.github_token, self.env.api_url)
+        return self._client
+
+    def check_current(self) -> None:
+        """Raise ``Superseded`` when the PR's head is another commit (without a token, nothing is checked)."""
+        if (
+            self.pr_number is None
+            or not self.head_sha
+            or not self.env.github_token
+            or not self.env.repository
+        ):
+            return
+        current = github.pull_head_sha(self.client(), self.env.repository, self.pr_number)
+        if current != self.head_sha:
+            raise Superseded(
+                f"pull request #{self.pr_number} has moved on from {self.head_sha[:12]} to {current[:12]}: "
+                "this run changes neither the Hub preview nor the comment (the run for the new head does)"
+            )
+
+
+def _run_pipeline(env: ActionEnv, decision: Decision, guard: Guard) -> tuple[Report, Decision]:
     """Run the decided mode; in auto mode a manifest without ``output.repo`` is built, not published."""
     from cocktail_bot import pipeline
     from cocktail_bot.jobs.offload import choose_runner, run_on_hf_jobs
@@ -226,8 +283,32 @@ def _run_pipeline(env: ActionEnv, decision: Decision) -> tuple[Report, Decision]
     if where == HF_JOBS:
         report = run_on_hf_jobs(env.manifest, out, job_token=env.hf_jobs_token, **common)
     else:
-        report = pipeline.run_manifest(env.manifest, out, **common)
+        report = pipeline.run_manifest(
+            env.manifest, out, progress=False, before_publish=guard.check_current, **common
+        )
     return report, decision
+
+
+def _close(env: ActionEnv, decision: Decision) -> str:
+    """Close the PR's Hub preview; the sentence the comment shows about it."""
+    from cocktail_bot.manifest import load_manifest
+    from cocktail_bot.preview import close_preview
+
+    repo_id = load_manifest(env.manifest).output.repo
+    title = preview_pr_title(env, decision)
+    if repo_id is None or title is None:
+        return "This pull request is closed; its manifest publishes nowhere, so there is no preview to close."
+    if not (env.hf_token or env.hub_oidc):
+        return (
+            f"This pull request is closed. Its Hub preview on {repo_id} (if any) stays open: the run had no "
+            "Hugging Face token (input hf-token) to close it."
+        )
+    source = f"{env.repository}#{decision.pr_number}"
+    url = close_preview(repo_id, title, source=source, merged=decision.merged, token=env.hf_token)
+    if url is None:
+        return f"This pull request is closed; it had no open preview on {repo_id}."
+    follows = " The model is published to main by the run on the default branch." if decision.merged else ""
+    return f"This pull request is {'merged' if decision.merged else 'closed'}: its Hub preview {url} is closed.{follows}"
 
 
 def preview_pr_title(env: ActionEnv, decision: Decision) -> str | None:
@@ -240,9 +321,9 @@ def preview_pr_title(env: ActionEnv, decision: Decision) -> str | None:
     return f"cocktail-bot preview: {env.repository}#{decision.pr_number} ({env.manifest})"
 
 
-def execute(env: ActionEnv, decision: Decision) -> tuple[ActionResult, int]:
+def execute(env: ActionEnv, decision: Decision, guard: Guard) -> tuple[ActionResult, int]:
     """Run the pipeline; any error becomes a failed result carrying the message for the comment, and the exit
-    code the CLI gives that error (2 for bad input, 1 for a remote or internal failure)."""
+    code the CLI gives that error (2 for bad input, 1 for a remote or internal failure). ``Superseded`` passes."""
     common: dict[str, Any] = {
         "mode": decision.mode,
         "manifest_path": env.manifest,
@@ -253,7 +334,11 @@ def execute(env: ActionEnv, decision: Decision) -> tuple[ActionResult, int]:
         "run_url": env.run_url,
     }
     try:
-        report, decision = _run_pipeline(env, decision)
+        if decision.mode == "close":
+            return ActionResult(status="closed", **{**common, "reason": _close(env, decision)}), 0
+        report, decision = _run_pipeline(env, decision, guard)
+    except Superseded:
+        raise
     except CocktailError as error:
         return ActionResult(status="failure", error=str(error), **common), error.exit_code
     except Exception as error:  # a bug: the PR still hears about it, the log keeps the traceback
@@ -303,32 +388,58 @@ def load_saved_result(env: ActionEnv) -> ActionResult:
     return result
 
 
-def _outputs(result: ActionResult, report_path: Path) -> dict[str, str]:
+def _outputs(result: ActionResult, report_path: Path | None) -> dict[str, str]:
     publish = result.report.publish if result.report else None
     return {
         "repo": publish.repo_id if publish else "",
         "revision": publish.revision if publish else "",
         "commit-url": (publish.commit_url or "") if publish else "",
-        "report-path": str(report_path),
+        "report-path": str(report_path or ""),
         "status": result.status,
     }
 
 
-def _comment(env: ActionEnv, result: ActionResult, body: str, *, verify_head: bool) -> None:
+def _comment(env: ActionEnv, result: ActionResult, body: str, guard: Guard, *, required: bool) -> None:
+    """Keep the one comment up to date; a token that may not comment (a fork's) gives a notice, unless
+    commenting is the whole job (``required``: the fork-safe pair's second run)."""
     if result.pr_number is None or not env.comment:
         return
     if not env.github_token or not env.repository:
         logger.warning("no github-token or GITHUB_REPOSITORY: the pull request comment is skipped")
         return
-    client = github.connect(env.github_token, env.api_url)
-    if verify_head and github.pull_head_sha(client, env.repository, result.pr_number) != result.head_sha:
-        raise CocktailError(
-            f"pull request #{result.pr_number} has moved on from {result.head_sha}: "
-            "not commenting an outdated report"
+    marker = github.comment_marker(result.manifest_path)
+    try:
+        github.upsert_comment(
+            guard.client(), env.repository, result.pr_number, body, marker, author=env.comment_author
         )
-    github.upsert_comment(
-        client, env.repository, result.pr_number, body, github.comment_marker(result.manifest_path)
-    )
+    except github.CommentForbidden:
+        if required:
+            raise
+        pull_request = env.event.get("pull_request") or {}
+        notice = FORK_COMMENT_NOTICE if _is_fork(pull_request) else NO_COMMENT_NOTICE
+        print(annotate.command("notice", notice), flush=True)
+
+
+def _quiet_for_ci() -> None:
+    """No progress bars in CI logs (huggingface_hub's, and transformers' which follow them), and no Xet chunk
+    cache: a runner's disk is gone after the job, so the cache would only cost space and writes."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ.setdefault("HF_XET_CHUNK_CACHE_SIZE_BYTES", "0")
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
+
+
+def _superseded(env: ActionEnv, superseded: Superseded) -> int:
+    print(annotate.command("notice", str(superseded)), flush=True)
+    if env.summary_path:
+        github.write_summary(env.summary_path, f"**cocktail-bot**: {superseded}.")
+    if env.output_path:
+        github.write_outputs(
+            env.output_path,
+            {"repo": "", "revision": "", "commit-url": "", "report-path": "", "status": "superseded"},
+        )
+    return 0
 
 
 def run_action(environ: Mapping[str, str]) -> int:
@@ -337,11 +448,25 @@ def run_action(environ: Mapping[str, str]) -> int:
     github.mask_secrets([env.hf_token, env.github_token, env.hf_jobs_token], sys.stdout)
     if env.hf_token:  # huggingface_hub reads it from the environment, for sources and publishing alike
         os.environ["HF_TOKEN"] = env.hf_token
+    _quiet_for_ci()
+    annotate.annotate_logging()
     decision = decide(env)
     logger.info("event %s, mode %s: %s", env.event_name, env.mode, decision.mode)
     from_artifact = decision.mode == "comment"
-    # The commenting run of the fork-safe pair succeeds once it has commented; the build run shows failures.
-    result, exit_code = (load_saved_result(env), 0) if from_artifact else execute(env, decision)
+    try:
+        if from_artifact:
+            # The commenting run of the fork-safe pair succeeds once it has commented; the build run shows
+            # failures.
+            result, exit_code = load_saved_result(env), 0
+            guard = Guard(env, result.pr_number, result.head_sha)
+        else:
+            head = _head_sha(env) if decision.mode != "close" else None
+            guard = Guard(env, decision.pr_number, head)
+            guard.check_current()
+            result, exit_code = execute(env, decision, guard)
+        guard.check_current()
+    except Superseded as superseded:
+        return _superseded(env, superseded)
 
     summary, body = render(result)
     env.work_dir.mkdir(parents=True, exist_ok=True)
@@ -353,7 +478,7 @@ def run_action(environ: Mapping[str, str]) -> int:
         github.write_summary(env.summary_path, summary)
     if env.output_path:
         github.write_outputs(env.output_path, _outputs(result, report_path))
-    _comment(env, result, body, verify_head=from_artifact)
-    if result.status == "failure" and not from_artifact:
-        print(f"error: {result.error}", file=sys.stderr)
+    _comment(env, result, body, guard, required=from_artifact)
+    if result.status == "failure" and not from_artifact and result.error:
+        annotate.print_error(result.error)
     return exit_code

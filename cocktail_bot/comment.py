@@ -17,16 +17,17 @@ from cocktail_bot.report import Report
 
 COMMENT_TEMPLATE = "pr_comment.md.j2"
 
-Mode = Literal["plan", "build", "publish"]
+Mode = Literal["plan", "build", "publish", "close"]
 
 
 class ActionResult(BaseModel):
     """The outcome of a run, with or without a pipeline report (a manifest that fails to load has none)."""
 
-    status: Literal["success", "failure", "planned"]
+    status: Literal["success", "failure", "planned", "closed"]
     mode: Mode
     manifest_path: str
-    reason: str | None = None  # why a lesser mode ran than was asked (a fork's PR, no Hub token)
+    reason: str | None = None  # why a lesser mode ran than was asked (a fork's PR, no Hub token); on close,
+    # what happened to the Hub preview
     error: str | None = None
     report: Report | None = None
     repository: str | None = None

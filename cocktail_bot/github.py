@@ -1,7 +1,9 @@
 """GitHub edges of the Action: the one PR comment, the job summary, step outputs and secret masking.
 
-The comment is found by a hidden marker AND by its author being the token's own user, so the bot never edits a
-comment someone else wrote (even one that quotes the marker). Everything here is either a pure function over
+The comment is found by a hidden marker AND by its author being the token's own identity, so the bot never edits
+a comment someone else wrote (even one that quotes the marker). The identity is GraphQL's ``viewer``, which answers
+for every kind of token (a personal token's user, ``github-actions[bot]`` for the workflow's token, ``SLUG[bot]``
+for another App's installation token), unlike ``GET /user``, which installation tokens may not call. Everything here is either a pure function over
 text or a thin call through PyGithub; rendering the report lives in :mod:`cocktail_bot.comment`.
 """
 
@@ -20,8 +22,10 @@ logger = logging.getLogger(__name__)
 
 MAX_COMMENT_CHARS = 65536  # GitHub rejects longer issue comment bodies with 422
 MAX_SUMMARY_BYTES = 1024 * 1024  # GitHub's limit for one step's job summary
-# A GitHub App installation token (the workflow's GITHUB_TOKEN) may not call GET /user; it comments as this.
-INSTALLATION_BOT_LOGIN = "github-actions[bot]"
+
+
+class CommentForbidden(RemoteError):
+    """The token may not comment (403): a fork pull request's read-only token, or missing permissions."""
 
 
 def comment_marker(manifest_path: str) -> str:
@@ -112,24 +116,30 @@ def connect(token: str, api_url: str):
 
 
 def token_login(client) -> str:
-    """The login the token comments as: ``GET /user``, or the Actions bot for an installation token (403)."""
+    """The login the token comments as, from GraphQL's ``viewer`` (no ``GET /user``: App tokens get 403)."""
     from github import GithubException
 
     try:
-        return client.get_user().login
-    except GithubException as error:
-        if error.status == 403:
-            return INSTALLATION_BOT_LOGIN
+        _, data = client.requester.graphql_query("query { viewer { login } }", {})
+        return data["data"]["viewer"]["login"]
+    except (GithubException, KeyError, TypeError) as error:
+        status = getattr(error, "status", None)
         raise RemoteError(
-            f"GitHub refused GET /user ({error.status}): check the github-token input"
-        ) from error
+            f"GitHub did not say who the github-token is (GraphQL viewer, {status or 'no login'}): check "
+            "the github-token input, or name the comment's author with the comment-author input"
+        ) from None
 
 
-def upsert_comment(client, repository: str, number: int, body: str, marker: str) -> CommentResult:
-    """Edit the token user's own comment carrying ``marker`` on PR ``number``, or create it; nobody else's."""
+def upsert_comment(
+    client, repository: str, number: int, body: str, marker: str, *, author: str | None = None
+) -> CommentResult:
+    """Edit our own comment carrying ``marker`` on PR ``number``, or create it; nobody else's.
+
+    ``author`` (the ``comment-author`` input) names our login; otherwise the token says who it is.
+    """
     from github import GithubException
 
-    login = token_login(client)
+    login = author or token_login(client)
     try:
         issue = client.get_repo(repository).get_issue(number)
         for comment in issue.get_comments():
@@ -140,17 +150,17 @@ def upsert_comment(client, repository: str, number: int, body: str, marker: str)
         comment = issue.create_comment(body)
     except GithubException as error:
         message = error.data.get("message") if isinstance(error.data, dict) else error.data
-        raise RemoteError(
+        kind = CommentForbidden if error.status == 403 else RemoteError
+        raise kind(
             f"GitHub refused to comment on {repository}#{number} ({error.status}: {message}): give the "
-            "workflow 'permissions: pull-requests: write' (and issues: write), or pass a github-token that "
-            "may comment"
-        ) from error
+            "workflow 'permissions: pull-requests: write', or pass a github-token that may comment"
+        ) from None
     logger.info("created comment %s", comment.html_url)
     return CommentResult(comment.id, comment.html_url, created=True)
 
 
 def pull_head_sha(client, repository: str, number: int) -> str:
-    """The PR's current head commit, to check that a report from an artifact belongs to it."""
+    """The PR's current head commit: a run (or a saved report) for any other commit is superseded."""
     from github import GithubException
 
     try:
@@ -158,4 +168,4 @@ def pull_head_sha(client, repository: str, number: int) -> str:
     except GithubException as error:
         raise RemoteError(
             f"GitHub could not find pull request {repository}#{number} ({error.status})"
-        ) from error
+        ) from None

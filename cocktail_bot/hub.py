@@ -16,7 +16,11 @@
   with one link, and a retry after a lost answer finds the PR it opened instead of opening another.
 * **Tokens**: ``token=`` or ``HF_TOKEN``; or keyless OIDC trusted publishing, which ``huggingface_hub``
   performs itself when ``HF_OIDC_RESOURCE`` (the repo id) is set in a GitHub Actions job with ``permissions:
-  id-token: write``. A token is never printed, logged or put in a report or an error message.
+  id-token: write``. Without ``token=``, every call resolves its token anew, so a short-lived OIDC token is
+  exchanged again before it expires, however long the upload. A token is never printed, logged or put in a
+  report or an error message.
+* **Read once**: each file is hashed once (:func:`local_files`); the upload is handed that sha256, so the
+  client does not read the file again to hash it.
 """
 
 from __future__ import annotations
@@ -137,7 +141,8 @@ def publish_folder(
     branch = revision or "main"
     api = HfApi(endpoint=endpoint)
     with hub_errors(repo_id, branch, reading=False, token=token):
-        token = token or resolved_token(repo_id)
+        if token is None:
+            check_token(repo_id)
         return with_retries(
             lambda: _publish_once(
                 api,
@@ -156,18 +161,17 @@ def publish_folder(
         )
 
 
-def resolved_token(repo_id: str) -> str:
-    """``HF_TOKEN``, the stored login, or a short-lived trusted-publishing token (``HF_OIDC_RESOURCE``)."""
+def check_token(repo_id: str) -> None:
+    """Fail early without ``HF_TOKEN``, a stored login or trusted publishing (``HF_OIDC_RESOURCE``); the
+    token itself is left to the client, call by call."""
     from huggingface_hub import get_token
 
-    token = get_token()
-    if token is None:
+    if get_token() is None:
         raise CocktailError(
             f"no Hugging Face token to publish {repo_id}: set HF_TOKEN to a token with write "
             f"access, or use trusted publishing (HF_OIDC_RESOURCE={repo_id} in a GitHub Actions job "
             "with 'permissions: id-token: write')"
         )
-    return token
 
 
 def _publish_once(
@@ -182,13 +186,13 @@ def _publish_once(
     pr_title: str | None,
     message: str,
     description: str | None,
-    token: str,
+    token: str | None,
 ) -> PublishReport:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
     from huggingface_hub.errors import RevisionNotFoundError
 
     repo_url = str(api.create_repo(repo_id, private=private, exist_ok=True, token=token))
-    pr = _own_open_pull_request(api, repo_id, branch, pr_title, token) if pr_title is not None else None
+    pr = own_open_pull_request(api, repo_id, branch, pr_title, token) if pr_title is not None else None
     target = pr.git_reference if pr is not None and pr.git_reference else branch
     try:
         info = api.model_info(repo_id, revision=target, files_metadata=True, token=token)
@@ -223,12 +227,14 @@ def _publish_once(
         repo_id,
         f"@{target}" if pr is not None or not create_pr else " as a new pull request",
     )
-    operations: list[CommitOperationAdd | CommitOperationDelete] = [
-        stored[name]
-        if name in stored
-        else CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(local[name].path))
-        for name in upload
-    ]
+    operations: list[CommitOperationAdd | CommitOperationDelete] = []
+    for name in upload:
+        if name in stored:  # already in the Hub's storage (uploaded while the model was written)
+            operations.append(stored[name])
+            continue
+        addition = CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(local[name].path))
+        addition.upload_info.sha256 = bytes.fromhex(local[name].sha256)  # known: not read again to hash
+        operations.append(addition)
     operations += [CommitOperationDelete(path_in_repo=name) for name in delete]
     opening = create_pr and pr is None
     if opening and pr_title is not None:
@@ -257,8 +263,8 @@ def _publish_once(
     )
 
 
-def _own_open_pull_request(
-    api, repo_id: str, branch: str, title: str, token: str
+def own_open_pull_request(
+    api, repo_id: str, branch: str, title: str, token: str | None
 ) -> DiscussionWithDetails | None:
     """The oldest open pull request titled ``title`` against ``branch`` that the token's own user opened.
 

@@ -3,14 +3,22 @@ message that names the repo and the fix. Used by reading (sources, lock) and pub
 
 * **Retries**: the client already retries preupload and LFS transfers (429, 5xx, dropped connections); the
   calls it does not retry (revision resolution, repo creation, model info, a commit) go through
-  :func:`with_retries` with backoff.
+  :func:`with_retries` with backoff, waiting at least as long as the Hub asks (``Retry-After``, or the
+  ``RateLimit`` headers read by ``huggingface_hub.utils.parse_ratelimit_headers``); a wait longer than
+  ``MAX_WAIT_SECONDS`` fails at once, naming it.
+* **Tokens**: a call given no token lets ``huggingface_hub`` resolve one for that call (``HF_TOKEN``, the stored
+  login, or trusted publishing, whose short-lived token the library exchanges again before it expires).
+* **hf_xet**: uploads and downloads through Xet storage raise ``hf_xet`` errors (subclasses of OSError);
+  they get the same messages as the HTTP path.
 * **Errors**: :func:`hub_errors` wraps a block of Hub calls; a token is never printed, logged or put in a
   message.
 """
 
 from __future__ import annotations
 
+import email.utils
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +34,16 @@ T = TypeVar("T")
 # Seconds to wait before each retry of a transient failure; tests set zeros.
 RETRY_DELAYS: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
 TRANSIENT_STATUS = frozenset({408, 412, 429, 500, 502, 503, 504})
+# The longest wait the Hub may ask for (Retry-After, rate-limit reset) that a run sits out.
+MAX_WAIT_SECONDS = 300.0
+# What the Hub answers when a trusted publisher's claims do not match the job (RFC 8693 token exchange).
+OIDC_REJECTED = (
+    "the Hub refused to exchange this job's OIDC token for a token for {resource} ({detail}): the trusted "
+    "publisher configured on the Hub repo must match the job's claims: repository (owner/name of the GitHub "
+    "repository), workflow (the workflow file's path, e.g. .github/workflows/cocktail.yml), environment (if "
+    "the publisher names one, the job must use it) and ref (refs/heads/main for main, refs/pull/* for "
+    "previews); see docs/action.md, 'Trusted publishing'"
+)
 
 
 def _status(error: BaseException) -> int | None:
@@ -44,7 +62,9 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, httpx2.ProxyError):
         return False
     if isinstance(error, httpx2.TransportError) or _status(error) in TRANSIENT_STATUS:
-        return True
+        return not _is_token_exchange(error)
+    if _is_xet(error):  # refused credentials and missing objects are permanent, the rest (network) is not
+        return not isinstance(error, (PermissionError, FileNotFoundError))
     from huggingface_hub.errors import RevisionResolutionError
 
     return (
@@ -54,8 +74,33 @@ def is_transient(error: BaseException) -> bool:
     )
 
 
+def requested_wait(error: BaseException) -> float | None:
+    """Seconds the Hub asked us to wait: ``Retry-After`` (seconds or an HTTP date), else the reset of a used-up
+    rate-limit window (``RateLimit: "api";r=0;t=55``)."""
+    headers = getattr(getattr(error, "response", None), "headers", None)
+    if not headers:
+        return None
+    value = headers.get("Retry-After")
+    if value:
+        try:
+            return max(float(value), 0.0)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                return None
+            return max(when.timestamp() - time.time(), 0.0)
+    from huggingface_hub.utils import parse_ratelimit_headers
+
+    limit = parse_ratelimit_headers(headers)
+    if limit is not None and limit.remaining == 0:
+        return float(limit.reset_in_seconds)
+    return None
+
+
 def with_retries(call: Callable[[], T], what: str) -> T:
-    """Run ``call``, retrying transient Hub failures after each of ``RETRY_DELAYS``; others pass through."""
+    """Run ``call``, retrying transient Hub failures after each of ``RETRY_DELAYS`` (or the longer wait the Hub
+    asked for); others pass through."""
     for attempt, delay in enumerate((*RETRY_DELAYS, None), start=1):
         try:
             return call()
@@ -65,10 +110,17 @@ def with_retries(call: Callable[[], T], what: str) -> T:
             # resolve_revision wraps the failure that matters (a dropped connection, a 503) as its cause.
             cause = error.__cause__ if error.__cause__ is not None else error
             reason = _status(cause) or type(cause).__name__
+            asked = requested_wait(cause)
+            if asked is not None and asked > MAX_WAIT_SECONDS:
+                raise RemoteError(
+                    f"the Hub is rate-limiting {what} (HTTP {reason}) and asks to wait {asked:.0f} s, longer than "
+                    f"cocktail-bot waits ({MAX_WAIT_SECONDS:.0f} s): try again later"
+                ) from None
+            wait = max(delay, asked or 0.0)
             logger.warning(
-                "%s failed (%s); retrying in %.0fs [%d/%d]", what, reason, delay, attempt, len(RETRY_DELAYS)
+                "%s failed (%s); retrying in %.0fs [%d/%d]", what, reason, wait, attempt, len(RETRY_DELAYS)
             )
-            time.sleep(delay)
+            time.sleep(wait)
     raise AssertionError("unreachable")
 
 
@@ -122,6 +174,8 @@ def hub_errors(
     except errors.OIDCError as error:
         raise RemoteError(f"trusted publishing (OIDC) failed: {error}") from None
     except errors.HfHubHTTPError as error:
+        if _is_token_exchange(error):
+            raise _oidc_rejected(error) from None
         raise _http_error(error, repo_id, where, reading) from None
     except RuntimeError as error:
         # The client wraps a failed LFS transfer (after its retries) as "Error while uploading 'NAME' ...".
@@ -131,6 +185,8 @@ def hub_errors(
         during = f"{where} (uploading {uploading.group(1)})" if uploading else where
         raise _http_error(error.__cause__, repo_id, during, reading) from None
     except OSError as error:  # httpx2.TransportError is not an OSError; caught below
+        if _is_xet(error):
+            raise _xet_error(error, repo_id, where, reading) from None
         raise RemoteError(f"could not use Hub repo {where}: {error}") from None
     except Exception as error:
         import httpx2
@@ -138,6 +194,52 @@ def hub_errors(
         if isinstance(error, httpx2.TransportError):
             raise _unreachable(where, error) from None
         raise
+
+
+def _is_token_exchange(error: BaseException) -> bool:
+    """Whether ``error`` answers the trusted-publishing token exchange (``POST /oauth/token``)."""
+    for holder in (getattr(error, "response", None), error):
+        try:
+            url = str(holder.request.url)  # type: ignore[union-attr]
+        except (AttributeError, RuntimeError):  # httpx2 raises RuntimeError for a request it never had
+            continue
+        return url.split("?")[0].rstrip("/").endswith("/oauth/token")
+    return False
+
+
+def _oidc_rejected(error: BaseException) -> RemoteError:
+    """A 400/401 from the token exchange is the trusted publisher's claims not matching: not transient."""
+    response = getattr(error, "response", None)
+    try:
+        body = response.json() if response is not None else {}
+    except ValueError:
+        body = {}
+    detail = body.get("error") or f"HTTP {_status(error)}"
+    if body.get("error_description"):
+        detail += f": {body['error_description']}"
+    resource = os.environ.get("HF_OIDC_RESOURCE") or "the repo"
+    return RemoteError(OIDC_REJECTED.format(resource=resource, detail=detail))
+
+
+def _is_xet(error: BaseException) -> bool:
+    return type(error).__module__.split(".")[0] == "hf_xet"
+
+
+def _xet_error(error: BaseException, repo_id: str, where: str, reading: bool) -> RemoteError:
+    """hf_xet's errors, worded like the HTTP path's: refused credentials and missing objects are permanent."""
+    name = type(error).__name__
+    if isinstance(error, PermissionError):  # hf_xet.XetAuthenticationError
+        access = "read" if reading else "write to"
+        return RemoteError(
+            f"the Hub's Xet storage refused the token for {repo_id} ({name}): use a token that may {access} "
+            "it (HF_TOKEN, or trusted publishing with HF_OIDC_RESOURCE)"
+        )
+    if isinstance(error, FileNotFoundError):  # hf_xet.XetObjectNotFoundError
+        return RemoteError(
+            f"the Hub's Xet storage has no data for a file of {where} ({name}): the repo changed while it "
+            "was read; run again"
+        )
+    return RemoteError(f"the Hub's Xet storage failed on {where} ({name}: {error}); try again later")
 
 
 def _unreachable(where: str, error: BaseException) -> RemoteError:

@@ -97,10 +97,13 @@ def run_manifest(
     progress: bool = True,
     create_pr: bool = False,
     pr_title: str | None = None,
+    before_publish: Callable[[], None] | None = None,
 ) -> Report:
     """Build the manifest's model into ``out`` (and publish it when ``publish`` and ``output.repo`` say so;
     ``create_pr`` proposes it as a new Hub pull request; ``pr_title`` updates the open one of that title, the
-    Action's one preview per GitHub pull request; see ``hub.publish_folder``).
+    Action's one preview per GitHub pull request; see ``hub.publish_folder``). ``before_publish`` runs just
+    before anything is sent to the Hub and may raise to stop the run (the Action: "is this still the PR's
+    head?"); nothing is published or written to ``out`` then.
 
     Writes ``out``: the model files, ``README.md`` (the card), ``cocktail.lock``, ``report.json`` and
     ``report.md``; and the lock beside the manifest (``lock_path``; default ``<manifest>.lock``), unless
@@ -177,6 +180,8 @@ def run_manifest(
         publish_error = None
         if uploader is not None:
             uploader.wait()
+            if before_publish is not None:  # shards are in the Hub's storage; nothing is committed yet
+                before_publish()
             publish_error = uploader.error or publish_output(
                 final,
                 manifest,

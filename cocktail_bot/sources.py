@@ -269,11 +269,7 @@ def _resolve_hub(
     offline = constants.is_offline_mode()
     api = HfApi(endpoint=endpoint, token=token)
     with hub_errors(repo_id, revision, reading=True, token=token):
-        # Pins the revision and records branch/tag -> sha in the cache's refs/, so offline runs find it later.
-        sha = with_retries(
-            lambda: api.resolve_revision(repo_id, revision=revision, local_files_only=offline),
-            f"resolving {where}",
-        ).resolved
+        sha = with_retries(lambda: _pin(api, repo_id, revision, offline=offline), f"resolving {where}")
         listing = _listing(api, repo_id, sha, offline=offline)
     chosen = needed_files(listing.files)
     pinned = f"Hub repo {where} (commit {sha})"
@@ -319,6 +315,27 @@ def _resolve_hub(
         sizes=sizes,
         streamed=model,
     )
+
+
+def _pin(api, repo_id: str, revision: str | None, *, offline: bool) -> str:
+    """The commit ``revision`` points at on the Hub now, recorded in the cache's refs/ for offline runs.
+
+    Online, only the Hub's answer counts: ``resolve_revision`` would fall back to a cached ref when the Hub
+    errors, and with a restored cache one blip would pin a branch to an old commit and write it into the lock.
+    Offline (``HF_HUB_OFFLINE``), the cached ref is what was asked for.
+    """
+    if offline:
+        return api.resolve_revision(repo_id, revision=revision, local_files_only=True).resolved
+    sha = api.repo_info(repo_id, revision=revision).sha
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import _cache_commit_hash_for_specific_revision, repo_folder_name
+
+    storage = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    try:  # best effort, as the client does it: the cache may be read-only
+        _cache_commit_hash_for_specific_revision(str(storage), revision or constants.DEFAULT_REVISION, sha)
+    except OSError as error:
+        logger.warning("could not record %s@%s in the Hugging Face cache: %s", repo_id, revision, error)
+    return sha
 
 
 def _streamable(chosen: list[str], lfs_hashes: dict[str, str]) -> dict[str, str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cocktail_bot.errors import CocktailError
-from cocktail_bot.hub import UploadedFile, resolved_token
+from cocktail_bot.hub import UploadedFile, check_token
 from cocktail_bot.hub_access import hub_errors, with_retries
 
 if TYPE_CHECKING:
@@ -126,7 +126,8 @@ class ShardUploader:
         no revision anybody reads)."""
         if self._ready:
             return
-        self._token = self._token or resolved_token(self.repo_id)
+        if self._token is None:  # no token fixed for the run: each call resolves it (OIDC is refreshed)
+            check_token(self.repo_id)
         with_retries(
             lambda: self._api.create_repo(
                 self.repo_id, private=self._private, exist_ok=True, token=self._token

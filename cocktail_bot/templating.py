@@ -135,14 +135,18 @@ def eval_table(evals: Sequence[EvalResult]) -> dict[str, Any]:
 
 
 def reproduce_commands(report: Report) -> list[str]:
-    """The shell commands that rebuild the model: install this version, check out the recipe, run locked."""
+    """The shell commands that rebuild the model: install this version, check out the recipe, run locked.
+
+    The commit is named by the Hub commit that published the card, not in the card: the card (a published
+    file) depends on the build only, so republishing an unchanged build makes no Hub commit.
+    """
     commands = [f"pip install cocktail-bot=={report.tool_version}"]
     provenance = report.provenance
-    if provenance.repository and provenance.commit:
+    if provenance.repository:
         commands += [
             f"git clone {provenance.server_url}/{provenance.repository}.git",
             f"cd {shlex.quote(provenance.repository.rsplit('/', 1)[-1])}",
-            f"git checkout {provenance.commit}",
+            "git checkout COMMIT  # the commit named in the message of the Hub commit that published this card",
         ]
     commands.append(report.reproduce or f"cocktail run {shlex.quote(report.manifest_path)} --locked")
     return commands

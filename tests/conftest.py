@@ -69,6 +69,9 @@ def minilm_path() -> Path:
 GITHUB_REPOSITORY = "acme/recipes"
 GITHUB_TOKEN = "ghp_test_personal_token_0123456789"
 GITHUB_APP_TOKEN = "ghs_test_installation_token_0123456789"
+GITHUB_FORK_TOKEN = "ghs_test_fork_read_only_token_0123456"  # a fork PR's GITHUB_TOKEN: reads only
+GITHUB_CUSTOM_APP_TOKEN = "ghs_test_custom_app_token_01234567"  # actions/create-github-app-token's
+CUSTOM_APP_BOT = "cocktail-app[bot]"
 
 
 @pytest.fixture
@@ -80,6 +83,8 @@ def github_server():
         server.add_repo(GITHUB_REPOSITORY)
         server.add_user(GITHUB_TOKEN, "cocktail-bot")
         server.add_user(GITHUB_APP_TOKEN, "github-actions[bot]", installation=True)
+        server.add_user(GITHUB_FORK_TOKEN, "github-actions[bot]", installation=True, read_only=True)
+        server.add_user(GITHUB_CUSTOM_APP_TOKEN, CUSTOM_APP_BOT, installation=True)
         yield server
 
 

@@ -4,11 +4,14 @@ date.
 Standard library only (``http.server``), on 127.0.0.1. It answers like api.github.com does for these routes:
 the same JSON fields (``id``, ``url``, ``html_url``, ``body``, ``user.login``), ``Link`` pagination (30 per
 page by default, ``per_page`` up to 100), token authentication (``Authorization: token X`` or ``Bearer X``;
-401 otherwise), GitHub App installation tokens that get 403 on ``GET /user``, and the 65,536-character limit
-on comment bodies (422). Like GitHub, it lets any writer edit any comment: keeping to the bot's own comment is
+401 otherwise), GitHub App installation tokens that get 403 on ``GET /user`` (the workflow's own
+``github-actions[bot]`` or another App's ``SLUG[bot]``) but see themselves as GraphQL's ``viewer``, read-only
+tokens (a fork pull request's ``GITHUB_TOKEN``: 403 "Resource not accessible by integration" on every write),
+and the 65,536-character limit on comment bodies (422). Like GitHub, it lets any writer edit any comment: keeping to the bot's own comment is
 the client's job, and the tests check it did. ``GitHubServer.state`` is what the tests inspect.
 
-Routes (``R`` is ``/repos/{owner}/{repo}``): ``GET /user``, ``GET R``, ``GET R/pulls/{n}``,
+Routes (``R`` is ``/repos/{owner}/{repo}``): ``GET /user``, ``POST /graphql`` (``viewer { login }`` only),
+``GET R``, ``GET R/pulls/{n}``,
 ``GET R/issues/{n}``, ``GET|POST R/issues/{n}/comments``, ``GET|PATCH R/issues/comments/{id}``.
 
 ``parse_outputs`` reads a ``GITHUB_OUTPUT`` file as the runner does, for tests of the step outputs.
@@ -57,6 +60,7 @@ class Pull:
     author: str
     title: str = "Update cocktail.yml"
     state: str = "open"
+    merged: bool = False
 
 
 @dataclass
@@ -65,6 +69,7 @@ class GitHubState:
 
     users: dict[str, dict[str, Any]] = field(default_factory=dict)  # token -> user JSON
     installation_tokens: set[str] = field(default_factory=set)
+    read_only_tokens: set[str] = field(default_factory=set)
     repos: dict[str, dict[str, Any]] = field(default_factory=dict)
     pulls: dict[tuple[str, int], Pull] = field(default_factory=dict)
     comments: list[Comment] = field(default_factory=list)
@@ -103,15 +108,19 @@ class GitHubServer:
         self._thread.join()
 
     # --- set-up helpers for tests ---------------------------------------------------------------------------
-    def add_user(self, token: str, login: str, *, installation: bool = False) -> None:
-        """A personal token for ``login``; ``installation=True`` makes it a GitHub App installation token."""
+    def add_user(
+        self, token: str, login: str, *, installation: bool = False, read_only: bool = False
+    ) -> None:
+        """A personal token for ``login``; ``installation=True`` makes it a GitHub App installation token
+        (``login`` is then the App's bot, e.g. ``github-actions[bot]``); ``read_only`` refuses every write."""
         with self.state.lock:
+            user_id = ACTIONS_BOT["id"] if login == ACTIONS_BOT["login"] else 1000 + len(self.state.users)
+            kind = "Bot" if installation else "User"
+            self.state.users[token] = {"login": login, "id": user_id, "type": kind}
             if installation:
-                self.state.users[token] = dict(ACTIONS_BOT)
                 self.state.installation_tokens.add(token)
-            else:
-                user_id = 1000 + len(self.state.users)
-                self.state.users[token] = {"login": login, "id": user_id, "type": "User"}
+            if read_only:
+                self.state.read_only_tokens.add(token)
 
     def add_repo(self, full_name: str, *, default_branch: str = "main", private: bool = False) -> None:
         with self.state.lock:
@@ -196,6 +205,8 @@ def _handler_for(server: GitHubServer) -> type[BaseHTTPRequestHandler]:
                 state.requests.append((method, parts.path, user["login"] if user else None))
             if user is None:
                 return self._error(401, "Bad credentials")
+            if method in ("POST", "PATCH") and token in state.read_only_tokens and parts.path != "/graphql":
+                return self._error(403, "Resource not accessible by integration")
             for pattern, route_method, handler in ROUTES:
                 match = re.fullmatch(pattern, parts.path)
                 if match and route_method == method:
@@ -300,6 +311,13 @@ def _handler_for(server: GitHubServer) -> type[BaseHTTPRequestHandler]:
                 return self._error(403, "Resource not accessible by integration")
             self._send(200, self._user_json(user))
 
+        def graphql(self, token, user, query, body) -> None:
+            if not re.fullmatch(
+                r"\s*(query\s*)?\{\s*viewer\s*\{\s*login\s*\}\s*\}\s*", body.get("query", "")
+            ):
+                return self._send(200, {"errors": [{"message": "this test server answers viewer { login }"}]})
+            self._send(200, {"data": {"viewer": {"login": user["login"]}}})
+
         def get_repo(self, token, user, query, body, repo) -> None:
             if repo not in state.repos:
                 return self._error(404, "Not Found")
@@ -391,6 +409,7 @@ def _handler_for(server: GitHubServer) -> type[BaseHTTPRequestHandler]:
     repo = r"/repos/([^/]+/[^/]+)"
     ROUTES = [
         (r"/user", "GET", Handler.get_user),
+        (r"/graphql", "POST", Handler.graphql),
         (repo, "GET", Handler.get_repo),
         (repo + r"/pulls/(\d+)", "GET", Handler.get_pull),
         (repo + r"/issues/(\d+)", "GET", Handler.get_issue),

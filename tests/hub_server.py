@@ -164,6 +164,7 @@ class Token:
     user: str
     namespaces: frozenset[str]
     write: bool
+    expires_at: float | None = None  # time.monotonic() after which the Hub refuses it (OIDC-minted tokens)
 
 
 @dataclass(frozen=True)
@@ -246,9 +247,10 @@ class HubServer:
         }
         self.discussions_per_page = DISCUSSIONS_PER_PAGE
         self.oidc_subject_tokens: dict[str, str] = {}  # id token -> the resource it may be exchanged for
+        self.oidc_expires_in = 3600  # seconds a minted token lives (tests of long runs shorten it)
         self.requests: list[Request] = []
         self.jobs = hub_jobs.Jobs()  # Hugging Face Jobs (tests/hub_jobs.py)
-        self._failures: list[list[Any]] = []  # [route, method, status, remaining, error code]
+        self._failures: list[list[Any]] = []  # [route, method, status, remaining, error code, headers]
         self._cuts: list[list[Any]] = []  # [route, byte of the file where the connection drops, remaining]
         self.down, self.up = Throttle(), Throttle()
         self._lock = threading.RLock()
@@ -398,14 +400,16 @@ class HubServer:
         times: int = 1,
         method: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         """Fail the next ``times`` requests of ``route`` (e.g. 'commit', 'lfs_upload') with ``status``.
 
         ``status=0`` drops the connection without an answer, like a network failure; ``code`` is sent as
-        ``X-Error-Code`` (e.g. 'EntryNotFound').
+        ``X-Error-Code`` (e.g. 'EntryNotFound'); ``headers`` go with the answer (``Retry-After``,
+        ``RateLimit``/``RateLimit-Policy`` as the Hub sends them when it rate-limits).
         """
         with self._lock:
-            self._failures.append([route, method, status, times, code])
+            self._failures.append([route, method, status, times, code, dict(headers or {})])
 
     def cut(self, route: str, at: int, times: int = 1) -> None:
         """Drop the connection of the next ``times`` answers of ``route`` (e.g. 'cdn') that send byte ``at``
@@ -477,12 +481,12 @@ class HubServer:
             "data": data,
         }
 
-    def _take_failure(self, route: str, method: str) -> tuple[int, str | None] | None:
+    def _take_failure(self, route: str, method: str) -> tuple[int, str | None, dict[str, str]] | None:
         with self._lock:
             for failure in self._failures:
                 if failure[0] == route and failure[1] in (None, method) and failure[3] > 0:
                     failure[3] -= 1
-                    return failure[2], failure[4]
+                    return failure[2], failure[4], failure[5]
         return None
 
 
@@ -662,7 +666,7 @@ class _Handler(hub_jobs.JobRoutes, BaseHTTPRequestHandler):
                 raise HubError(404, f"no route for {method} {split.path}")
             handler(method=method, repo_id=repo_id, params=params, query=query, body=body, token=token)
         except HubError as error:
-            headers = {"X-Error-Message": error.message}
+            headers = {"X-Error-Message": error.message, **(injected[2] if injected else {})}
             if error.code:
                 headers["X-Error-Code"] = error.code
             if "extra_headers" in error.extra:  # a 416's Content-Range
@@ -677,6 +681,8 @@ class _Handler(hub_jobs.JobRoutes, BaseHTTPRequestHandler):
         caller = self.hub.tokens.get(token)
         if caller is None:
             raise HubError(401, "Invalid credentials in Authorization header")
+        if caller.expires_at is not None and time.monotonic() > caller.expires_at:
+            raise HubError(401, "Expired token")
         return caller
 
     def _readable(self, repo_id: str | None, token: str | None) -> Repo:
@@ -763,11 +769,19 @@ class _Handler(hub_jobs.JobRoutes, BaseHTTPRequestHandler):
         payload = json.loads(body or b"{}")
         resource = self.hub.oidc_subject_tokens.get(payload.get("subject_token", ""))
         if resource is None or resource != payload.get("resource"):
-            raise HubError(401, "OIDC id token rejected for this resource")
+            # As the Hub answers when no trusted publisher of the resource matches the id token's claims.
+            raise HubError(
+                400,
+                "invalid_grant",
+                error_description="no trusted publisher of this resource matches the token's claims",
+            )
         access = f"hf_oidc_{next(self.hub._counter)}"
         namespace = resource.split("/")[0]
-        self.hub.tokens[access] = Token(f"oidc-{namespace}", frozenset({namespace}), write=True)
-        self._json({"access_token": access, "token_type": "bearer", "expires_in": 3600})
+        lifetime = self.hub.oidc_expires_in
+        self.hub.tokens[access] = Token(
+            f"oidc-{namespace}", frozenset({namespace}), write=True, expires_at=time.monotonic() + lifetime
+        )
+        self._json({"access_token": access, "token_type": "bearer", "expires_in": lifetime})
 
     def _model_info(self, *, repo_id: str, params: dict, query: dict, token: str | None, **_: Any) -> None:
         repo = self._readable(repo_id, token)
@@ -1127,7 +1141,8 @@ class _Handler(hub_jobs.JobRoutes, BaseHTTPRequestHandler):
         """Its author or a writer of the repo may close or reopen a pull request."""
         repo = self._readable(repo_id, token)
         caller = self._caller(token)
-        new_status = json.loads(body or b"{}").get("status")
+        payload = json.loads(body or b"{}")
+        new_status = payload.get("status")
         if new_status not in ("open", "closed"):
             raise HubError(400, "status must be 'open' or 'closed'")
         with self.hub._lock:
@@ -1137,6 +1152,13 @@ class _Handler(hub_jobs.JobRoutes, BaseHTTPRequestHandler):
             if pr.status == "merged":
                 raise HubError(400, "a merged pull request cannot change status")
             pr.status = new_status
-            event = self.hub._event("status-change", caller.user if caller else USER, status=new_status)
+            author = caller.user if caller else USER
+            if payload.get("comment"):  # the Hub shows the comment given with a status change as a comment
+                pr.events.append(
+                    self.hub._event(
+                        "comment", author, edited=False, hidden=False, latest={"raw": payload["comment"]}
+                    )
+                )
+            event = self.hub._event("status-change", author, status=new_status)
             pr.events.append(event)
         self._json({"newStatus": event})

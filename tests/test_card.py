@@ -237,6 +237,29 @@ def test_card_matches_golden():
     assert_tables_well_formed(card)
 
 
+def test_card_is_the_same_for_every_run_of_the_same_build():
+    """Time, memory, commit, ref and run belong to report.json and the comment: a re-run or a push that leaves
+    the build unchanged renders the same card, so publishing it makes no Hub commit."""
+    report = two_step_report()
+    rerun = report.model_copy(
+        update={
+            "seconds": 1.5,
+            "peak_rss_bytes": 1,
+            "provenance": report.provenance.model_copy(
+                update={
+                    "commit": "d1" * 20,
+                    "ref": "refs/heads/main",
+                    "pr_number": None,
+                    "run_url": "https://github.com/acme/recipes/actions/runs/43",
+                }
+            ),
+        }
+    )
+    card = render_card(report)
+    assert render_card(rerun) == card
+    assert "runs/42" not in card and "12 min" not in card and "c0c0c0" not in card
+
+
 def test_card_of_local_sources_claims_no_merge_relation():
     """Without a Hub source there is no model tree to join: no base_model, so no base_model_relation either."""
     report = two_step_report()
@@ -283,10 +306,9 @@ def test_card_body_documents_the_recipe():
     assert "| **merged** | 1.0342 | 1.8876 |" in body
     assert "```yaml\n" + MANIFEST + "```" in body
     assert f"| `model.safetensors.index.json` | `{'cc' * 32}` |" in body
-    assert "git checkout " + "c0" * 20 + "\ncocktail run cocktail.yml --locked\n" in body
+    assert "git checkout COMMIT  # the commit named in the message of the Hub commit" in body
+    assert "cocktail run cocktail.yml --locked\n" in body
     assert "pip install cocktail-bot==0.1.0" in body
-    assert "[#7](https://github.com/acme/recipes/pull/7)" in body
-    assert "https://github.com/acme/recipes/actions/runs/42" in body
 
 
 def test_sentence_transformers_encoder_card_without_hub_sources_or_evals():

@@ -11,7 +11,14 @@ import pytest
 
 from cocktail_bot import github
 from cocktail_bot.errors import RemoteError
-from tests.conftest import GITHUB_APP_TOKEN, GITHUB_REPOSITORY, GITHUB_TOKEN
+from tests.conftest import (
+    CUSTOM_APP_BOT,
+    GITHUB_APP_TOKEN,
+    GITHUB_CUSTOM_APP_TOKEN,
+    GITHUB_FORK_TOKEN,
+    GITHUB_REPOSITORY,
+    GITHUB_TOKEN,
+)
 from tests.github_server import parse_outputs
 
 MARKER = github.comment_marker("cocktail.yml")
@@ -78,35 +85,63 @@ def test_bot_comment_past_the_first_page_is_found(github_server, pull):
     assert len(pages) == 2
 
 
-def test_installation_token_comments_as_the_actions_bot(github_server, pull):
-    """The workflow's GITHUB_TOKEN gets 403 on GET /user: its comments are github-actions[bot]'s."""
+@pytest.mark.parametrize(
+    ("token", "login"),
+    [(GITHUB_APP_TOKEN, "github-actions[bot]"), (GITHUB_CUSTOM_APP_TOKEN, CUSTOM_APP_BOT)],
+    ids=["workflow-token", "custom-app"],
+)
+def test_installation_token_finds_its_own_comment_without_get_user(github_server, pull, token, login):
+    """App tokens get 403 on GET /user: the identity comes from GraphQL's viewer, so an App's bot finds the
+    comment it wrote and never adds a second one; nobody else's comment is touched."""
     theirs = github_server.add_comment(GITHUB_REPOSITORY, 7, "cocktail-bot", f"{MARKER}\npersonal token's")
-    client = client_for(github_server, GITHUB_APP_TOKEN)
-    assert github.token_login(client) == "github-actions[bot]"
+    client = client_for(github_server, token)
+    assert github.token_login(client) == login
 
     first = github.upsert_comment(client, GITHUB_REPOSITORY, 7, f"{MARKER}\none", MARKER)
     second = github.upsert_comment(client, GITHUB_REPOSITORY, 7, f"{MARKER}\ntwo", MARKER)
 
     assert first.created and second.id == first.id and theirs.edits == 0
     logins = [c.login for c in github_server.state.comments_on(GITHUB_REPOSITORY, 7)]
-    assert logins == ["cocktail-bot", "github-actions[bot]"]
+    assert logins == ["cocktail-bot", login]
+    assert not [r for r in github_server.state.requests if r[1] == "/user"]  # no 403 noise in the log
 
 
-def test_bad_token_is_a_remote_error_naming_the_input(github_server, pull):
+def test_author_input_names_the_login_without_asking(github_server, pull):
+    own = github_server.add_comment(GITHUB_REPOSITORY, 7, CUSTOM_APP_BOT, f"{MARKER}\nold")
+    client = client_for(github_server, GITHUB_CUSTOM_APP_TOKEN)
+    result = github.upsert_comment(
+        client, GITHUB_REPOSITORY, 7, f"{MARKER}\nnew", MARKER, author=CUSTOM_APP_BOT
+    )
+    assert (result.id, result.created, own.body) == (own.id, False, f"{MARKER}\nnew")
+    assert not [r for r in github_server.state.requests if r[1] in ("/user", "/graphql")]
+
+
+def test_bad_token_is_a_remote_error_naming_the_inputs(github_server, pull):
     client = client_for(github_server, "ghp_wrong")
     with pytest.raises(
-        RemoteError, match=r"^GitHub refused GET /user \(401\): check the github-token input$"
+        RemoteError,
+        match=r"^GitHub did not say who the github-token is \(GraphQL viewer, 401\): check the github-token "
+        r"input, or name the comment's author with the comment-author input$",
     ):
         github.upsert_comment(client, GITHUB_REPOSITORY, 7, "x", MARKER)
+
+
+def test_read_only_token_is_refused_as_forbidden(github_server, pull):
+    """A fork pull request's GITHUB_TOKEN reads but may not write: CommentForbidden, for the caller to decide."""
+    client = client_for(github_server, GITHUB_FORK_TOKEN)
+    with pytest.raises(github.CommentForbidden, match=r"\(403: Resource not accessible by integration\)"):
+        github.upsert_comment(client, GITHUB_REPOSITORY, 7, f"{MARKER}\nx", MARKER)
+    assert github_server.state.comments_on(GITHUB_REPOSITORY, 7) == []
 
 
 def test_refused_comment_says_which_permission_to_grant(github_server, pull):
     client = client_for(github_server)
     with pytest.raises(RemoteError) as error:
         github.upsert_comment(client, GITHUB_REPOSITORY, 7, "x" * (github.MAX_COMMENT_CHARS + 1), MARKER)
+    assert not isinstance(error.value, github.CommentForbidden)
     assert str(error.value) == (
         f"GitHub refused to comment on {GITHUB_REPOSITORY}#7 (422: Validation Failed): give the workflow "
-        "'permissions: pull-requests: write' (and issues: write), or pass a github-token that may comment"
+        "'permissions: pull-requests: write', or pass a github-token that may comment"
     )
     assert github_server.state.comments_on(GITHUB_REPOSITORY, 7) == []
 

@@ -162,7 +162,9 @@ def test_pull_requests_are_listed_by_page_detailed_closed_and_take_commits_on_th
         "refs/heads/main",
         f"{hub_server.endpoint}/{REPO}/discussions/1",
     )
-    assert [e.type for e in details.events] == ["comment", "commit", "commit", "status-change"]
+    # the comment given with the status change shows as a comment, then the change
+    assert [e.type for e in details.events] == ["comment", "commit", "commit", "comment", "status-change"]
+    assert details.events[3].content == "superseded"
     assert details.events[0].content == "why" and details.events[2].oid == update.oid
     assert details.diff == "diff --git a/a.txt b/a.txt\ndiff --git a/b.txt b/b.txt\n"
     assert [d.num for d in api.get_repo_discussions(REPO, discussion_status="open")] == [3]

@@ -295,7 +295,7 @@ def run_step(
     manifest = context.manifest
     paths = [context.path_of(source) for source in step.models]
     labels = [source.label for source in step.models]
-    weights, losses = step_weights(context, step, paths)
+    weights, losses, loss_dtype = step_weights(context, step, paths)
     method = get_method(step.merge.method, step.merge.parameters)
     weights = method.normalised(weights)
     base = step.base or (step.models[0] if step.models else None)
@@ -324,6 +324,7 @@ def run_step(
         weights_mode=step.weights_mode,
         weights=weights,
         losses=losses,
+        loss_dtype=loss_dtype,
     )
     report = StepReport(
         **merged.merged(),
@@ -339,16 +340,17 @@ def run_step(
 
 def step_weights(
     context: RunContext, step: StepSpec, paths: list[Path]
-) -> tuple[list[float], list[float] | None]:
-    """The step's weights: the manifest's, uniform, the lock's (`--locked`), or computed from the examples."""
+) -> tuple[list[float], list[float] | None, str | None]:
+    """The step's weights: the manifest's, uniform, the lock's (`--locked`), or computed from the examples;
+    with the example losses and the dtype they were computed in."""
     if context.locked is not None:
         pinned = context.locked.step(step.name)
         if pinned is None or pinned.models != [source.label for source in step.models]:
             raise CocktailError(f"step {step.name!r} is not in the lock as written: run without --locked")
-        return list(pinned.weights), pinned.losses
+        return list(pinned.weights), pinned.losses, pinned.loss_dtype
     explicit = step.explicit_weights
     if explicit is not None:
-        return explicit, None
+        return explicit, None, None
     from cocktail_bot.weights import compute_weights
 
     options = step.example_weights
@@ -362,11 +364,12 @@ def step_weights(
         max_input_length=options.max_input_length,
         neg_number=options.neg_number,
         batch_size=options.batch_size,
+        dtype=options.dtype,
         device=context.device or step.merge.device or "auto",
         progress=context.progress,
         labels=[source.label for source in step.models],
     )
-    return list(result.weights), list(result.losses)
+    return list(result.weights), list(result.losses), result.dtype
 
 
 def engine_device(device: str | None) -> str:

@@ -25,6 +25,7 @@ TENSOR_MODULES = {
     "cocktail_bot.overlap",
     "cocktail_bot.scoring",
     "cocktail_bot.shards",
+    "cocktail_bot.streamed",
 }
 
 

@@ -3,10 +3,14 @@
 Merges the three models made by ``make_llama_case.py`` (weights 0.5/0.3/0.2, bf16 output) with each tool, each
 in its own child process, and reports wall time and the child's peak RSS (``os.wait4``'s rusage). Before every
 run the inputs are read once, untimed, so that every tool starts with the same page cache. The floor is the
-time to read every input once and write one output of the merged model's size, with no arithmetic.
+time to read every input once and write one output of the merged model's size, with no arithmetic. With
+``--repeat N`` the tools run in N rounds, each tool's time divided by the floor of its own round (the machine
+may be shared: a ratio within one round is what compares). cocktail's compiled kernel is built once, untimed,
+before the first round (as on any machine after its first merge).
 
     python bench/make_llama_case.py && python bench/bench_merge.py            # the 3 x 3.4 GB case
     python bench/make_llama_case.py --quick && python bench/bench_merge.py --quick
+    python bench/bench_merge.py --tools floor cocktail --repeat 5
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -120,18 +125,37 @@ def measure(tool: str, models: list[Path], output: Path) -> dict:
     return {"tool": tool, "seconds": seconds, "peak_rss_gb": usage.ru_maxrss / 2**20, "output_gb": size / 1e9}
 
 
-def table(results: list[dict]) -> str:
-    floor_seconds = next((r["seconds"] for r in results if r["tool"] == "floor"), None)
+def table(rounds: list[list[dict]]) -> str:
+    """One row per tool: median wall time, the median and range of its ratio to the floor of the same round,
+    and the largest peak RSS."""
     lines = [
-        "| tool | wall time (s) | vs floor | peak RSS (GiB) | output (GB) |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| tool | wall time (s), median | vs floor, median | vs floor, range | peak RSS (GiB) | output (GB) |",
+        "| --- | ---: | ---: | --- | ---: | ---: |",
     ]
-    for r in results:
-        ratio = f"{r['seconds'] / floor_seconds:.2f}x" if floor_seconds else ""
+    for tool in [result["tool"] for result in rounds[0]]:
+        runs = [next(r for r in results if r["tool"] == tool) for results in rounds]
+        ratios = [
+            run["seconds"] / next(r["seconds"] for r in results if r["tool"] == "floor")
+            for run, results in zip(runs, rounds, strict=True)
+            if any(r["tool"] == "floor" for r in results)
+        ]
+        ratio = f"{statistics.median(ratios):.2f}x" if ratios else ""
+        spread = f"{min(ratios):.2f}x-{max(ratios):.2f}x" if ratios else ""
         lines.append(
-            f"| {r['tool']} | {r['seconds']:.1f} | {ratio} | {r['peak_rss_gb']:.2f} | {r['output_gb']:.2f} |"
+            f"| {tool} | {statistics.median(r['seconds'] for r in runs):.1f} | {ratio} | {spread} | "
+            f"{max(r['peak_rss_gb'] for r in runs):.2f} | {runs[0]['output_gb']:.2f} |"
         )
     return "\n".join(lines)
+
+
+def warm_up_cocktail() -> None:
+    """Compile (or load from numba's cache) the fused kernel for this case's dtypes, untimed."""
+    code = (
+        "import torch; from cocktail_bot import fused; "
+        "x = torch.zeros(8, dtype=torch.bfloat16); "
+        f"fused.linear_into(torch.empty(8, dtype=torch.bfloat16), [x, x, x], {list(WEIGHTS)!r})"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
 def main() -> None:
@@ -140,6 +164,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="the 4-layer case (make_llama_case.py --quick)")
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every tool (default 1)")
     parser.add_argument("--floor-child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor_child:
@@ -152,18 +177,26 @@ def main() -> None:
         raise SystemExit(
             f"no benchmark models in {case}: run python bench/make_llama_case.py{' --quick' * args.quick}"
         )
-    results = []
-    for tool in args.tools:
-        result = measure(tool, models, case / f"out-{tool}")
-        print(f"{tool}: {result['seconds']:.1f} s, peak RSS {result['peak_rss_gb']:.2f} GiB", flush=True)
-        results.append(result)
-        shutil.rmtree(case / f"out-{tool}", ignore_errors=True)
+    if "cocktail" in args.tools:
+        warm_up_cocktail()
+    rounds = []
+    for number in range(1, args.repeat + 1):
+        results = []
+        for tool in args.tools:
+            result = measure(tool, models, case / f"out-{tool}")
+            print(
+                f"round {number}: {tool}: {result['seconds']:.1f} s, peak RSS {result['peak_rss_gb']:.2f} GiB",
+                flush=True,
+            )
+            results.append(result)
+            shutil.rmtree(case / f"out-{tool}", ignore_errors=True)
+        rounds.append(results)
     input_gb = sum(path.stat().st_size for path in weight_files(models)) / 1e9
     report = (
         f"{platform.node()}: {os.cpu_count()} CPUs, "
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
-        f"inputs {input_gb:.2f} GB ({case.name}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
-        + table(results)
+        f"inputs {input_gb:.2f} GB ({case.name}), {args.repeat} round(s), "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n" + table(rounds)
     )
     print(report)
     (WORK / f"merge-{case.name}.md").write_text(report + "\n")

@@ -1,13 +1,17 @@
-"""Example-based weights + merge: cocktail-bot vs LM_Cocktail 0.0.4, wall time and peak RSS per subprocess.
+"""Example-based weights: cocktail-bot (block-streamed and whole-model) vs LM_Cocktail 0.0.4, per subprocess.
 
     python -m bench.bench_weights [--models 3] [--hidden 512] [--layers 12] [--examples 4] [--workdir DIR]
+    python -m bench.bench_weights --case bench/work/llama-1.7b [--models 3] [--examples 4]
 
-Builds N Llama-architecture decoders of one config with random weights (float32, safetensors) and a few
-examples, then runs, each in a fresh Python process: our ``compute_weights`` alone, our
-``mix_models_with_data`` (weights + streaming merge + save), and LM_Cocktail's ``mix_models_with_data`` at its
-defaults (temperature 5, batch size 2, max_input_length 2048). The tokenizer gets a pad token, because
-LM_Cocktail fails without one. Each child reports its own peak RSS (``ru_maxrss``) and the weights it
-computed, so the table also shows that both agree.
+Without ``--case``, builds N Llama-architecture decoders of one config with random weights (float32,
+safetensors); with it, uses the model folders ``model-*`` under the case folder (``bench/make_llama_case.py``
+writes them). Then runs, each in a fresh Python process on the same examples: ``cocktail weights`` (the CLI,
+block-streamed: one module's weights resident), the whole-model path it replaced (each model loaded whole in
+float32, ``score_models(load="whole")``), our ``mix_models_with_data`` (weights + streaming merge + save; not
+with ``--case``), and LM_Cocktail's ``mix_models_with_data`` at its defaults (temperature 5, batch size 2,
+max_input_length 2048) when its N+1 float32 models fit in the free memory. The generated tokenizer gets a pad
+token, because LM_Cocktail fails without one. Each child reports its own peak RSS (``ru_maxrss``) and the
+weights it computed, so the table also shows that all agree.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import time
 from pathlib import Path
 
 RUNS = {
-    "cocktail-bot compute_weights": "ours_weights",
+    "`cocktail weights` (block-streamed)": "ours_weights",
+    "whole-model path (before)": "ours_whole",
     "cocktail-bot mix_models_with_data": "ours_mix",
     "LM_Cocktail mix_models_with_data": "lm_cocktail_mix",
 }
@@ -58,13 +63,40 @@ def make_models(workdir: Path, count: int, hidden: int, layers: int) -> list[str
     return folders
 
 
+def float32_bytes(folder: str) -> int:
+    """A model's size with every tensor in float32."""
+    from cocktail_bot.checkpoint import Checkpoint
+
+    with Checkpoint(folder) as checkpoint:
+        return sum(checkpoint.info(name).numel * 4 for name in checkpoint.names)
+
+
+def free_memory() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
 def child(kind: str, folders: list[str], examples_path: Path, output: Path) -> None:
     """Run one contender and print a JSON line: its weights and its own peak RSS."""
     examples = json.loads(examples_path.read_text())
     if kind == "ours_weights":
-        from cocktail_bot.weights import compute_weights
+        from cocktail_bot.cli import main
 
-        weights = compute_weights(folders, "decoder", examples, progress=False).weights
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            args = ["weights", *folders, "--type", "decoder", "--examples", str(examples_path), "--json"]
+            main(["--quiet", *args, "--device", "cpu"])
+        weights = json.loads(printed.getvalue())["weights"]
+    elif kind == "ours_whole":
+        from cocktail_bot.scoring import score_models
+        from cocktail_bot.weights import rounded_weights
+
+        scoring = score_models(
+            folders, "decoder", {"e": examples}, device="cpu", load="whole", progress=False
+        )
+        weights = rounded_weights([round(s["e"].loss, 4) for s in scoring.scores], 5.0)
     else:
         if kind == "ours_mix":
             from cocktail_bot.api import mix_models_with_data
@@ -86,6 +118,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--examples", type=int, default=4)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument(
+        "--case", type=Path, help="a folder of model-* folders to use instead of generated ones"
+    )
     parser.add_argument("--child", choices=sorted(RUNS.values()), help=argparse.SUPPRESS)
     parser.add_argument("--folders", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -97,24 +132,37 @@ def main() -> None:
     from tools import tiny_tasks
 
     workdir.mkdir(parents=True, exist_ok=True)
-    folders = make_models(workdir, args.models, args.hidden, args.layers)
+    if args.case:
+        folders = [str(folder) for folder in sorted(args.case.glob("model-*"))[: args.models]]
+    else:
+        folders = make_models(workdir, args.models, args.hidden, args.layers)
     (workdir / "examples.json").write_text(json.dumps(tiny_tasks.make_examples("mix", args.examples, seed=7)))
-    size = sum((Path(f) / "model.safetensors").stat().st_size for f in folders)
+    params = [float32_bytes(folder) / 4 for folder in folders]
     print(
-        f"{args.models} Llama models, hidden {args.hidden}, {args.layers} layers, "
-        f"{size / args.models / 4e6:.0f}M params each ({size / 1e9:.2f} GB float32 in all); "
-        f"{args.examples} examples; workdir {workdir}\n"
+        f"{len(folders)} Llama models ({', '.join(folders)}), {params[0] / 1e9:.2f}B params each "
+        f"({sum(params) * 4 / 1e9:.1f} GB in float32 in all); {args.examples} examples; workdir {workdir}\n"
     )
-    # Same start for every contender: model files in the page cache, libraries' bytecode compiled.
+    runs = dict(RUNS)
+    if args.case:
+        del runs["cocktail-bot mix_models_with_data"]  # the merge is benchmarked by bench_merge.py
+    if (len(folders) + 1) * max(params) * 4 > free_memory() * 0.8:  # LM_Cocktail: every state dict + a model
+        print("LM_Cocktail skipped: its N+1 float32 models do not fit in the free memory\n")
+        del runs["LM_Cocktail mix_models_with_data"]
+    if max(params) * 4 > free_memory() * 0.8:
+        print("whole-model path skipped: one float32 model does not fit in the free memory\n")
+        del runs["whole-model path (before)"]
+    # Same start for every contender: model files in the page cache (as far as they fit), bytecode compiled.
     for folder in folders:
         for path in Path(folder).iterdir():
-            path.read_bytes()
+            with path.open("rb") as file:
+                while file.read(64 * 2**20):
+                    pass
     subprocess.run(
         [sys.executable, "-c", "import LM_Cocktail, cocktail_bot.api, cocktail_bot.weights"], check=True
     )
     print("| run | wall time (s) | peak RSS (GB) | weights |")
     print("| --- | ---: | ---: | --- |")
-    for label, kind in RUNS.items():
+    for label, kind in runs.items():
         start = time.perf_counter()
         done = subprocess.run(
             [

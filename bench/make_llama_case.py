@@ -8,6 +8,7 @@ little memory.
 
     python bench/make_llama_case.py            # bench/work/llama-1.7b/model-{0,1,2}
     python bench/make_llama_case.py --quick    # a 4-layer variant, for trying things (~0.5 GB per model)
+    python bench/make_llama_case.py --7b       # bench/work/llama-7b/model-0: Llama-2-7B's shapes, 13.5 GB
 """
 
 from __future__ import annotations
@@ -50,6 +51,25 @@ def smollm2_config(layers: int) -> LlamaConfig:
     )
 
 
+def llama2_7b_config() -> LlamaConfig:
+    """Llama-2-7B's published configuration (meta-llama/Llama-2-7b-hf): 6.74B parameters, untied head."""
+    return LlamaConfig(
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        torch_dtype="bfloat16",
+        architectures=["LlamaForCausalLM"],
+    )
+
+
 def tensor_infos(config: LlamaConfig) -> list[tuple[str, TensorInfo]]:
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
@@ -82,8 +102,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="4 layers instead of 24")
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument("--quick", action="store_true", help="4 layers instead of 24")
+    shape.add_argument("--7b", dest="seven_b", action="store_true", help="one model of Llama-2-7B's shapes")
     args = parser.parse_args()
+    if args.seven_b:
+        write_model(WORK / "llama-7b" / "model-0", llama2_7b_config(), 0)
+        return
     name, layers = ("llama-quick", 4) if args.quick else ("llama-1.7b", 24)
     config = smollm2_config(layers)
     for seed in range(MODELS):

@@ -7,10 +7,11 @@ whole tensor, SLERP takes whole-tensor norms) get each tensor of every input as 
 buffer, widened model by model, and overwrite it in place (``MergeMethod.merge_``): peak memory is that buffer
 (inputs x largest tensor) plus the method's few tensor-sized temporaries. Inputs are read by offset into reused
 buffers (see ``checkpoint``). Linear merges sum in float64 and cast once to the output dtype, which keeps every
-value within one ulp of the exact sum (float32 sums can lose more where terms cancel); other methods get
-float32 values (float64 for float64 inputs), as ``methods`` expects. Results are appended to safetensors files
-whose headers were written first (see ``shards``). Reading, arithmetic and writing overlap (see ``overlap``).
-Everything lands in a temporary folder beside the output, renamed into place only when complete.
+value within one ulp of the exact sum (float32 sums can lose more where terms cancel); on the CPU that is one
+compiled pass per chunk (see ``fused``), not one torch kernel per step. Other methods get float32 values
+(float64 for float64 inputs), as ``methods`` expects. Results are appended to safetensors files whose headers
+were written first (see ``shards``). Reading, arithmetic and writing overlap (see ``overlap``). Everything
+lands in a temporary folder beside the output, renamed into place only when complete.
 
 A source may be a ``remote.HubModel``: its weights are read from the Hub by range requests (``open_checkpoint``)
 and every such file's sha256 is checked (``verify``) before the merge counts as done. ``on_shard`` sees each
@@ -35,7 +36,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from cocktail_bot import tied
+from cocktail_bot import fused, tied
 from cocktail_bot.atomic import move_files_into, replace_folder, staging_folder
 from cocktail_bot.checkpoint import Checkpoint, TensorInfo, model_folder, open_checkpoint
 from cocktail_bot.dtypes import DTYPE_BYTES, canonical_dtype
@@ -318,21 +319,29 @@ class _Merge:
         count = chunks[0].numel()
         result = self.outputs.take(count * dtype.itemsize, dtype)
         if self.device.type == "cpu":
+            fuse = self.method.name == "linear" and {dtype, *(c.dtype for c in chunks)} <= fused.DTYPES
             groups = _split(range(0, count, BLOCK_ELEMENTS), len(self._scratch))
-            if len(groups) == 1:
-                self._merge_blocks(name, chunks, result, groups[0], self._scratch[0], wide)
+            shares = [
+                (self._merge_fused, (chunks, result, group))
+                if fuse
+                else (self._merge_blocks, (name, chunks, result, group, scratch, wide))
+                for group, scratch in zip(groups, self._scratch, strict=False)
+            ]
+            if len(shares) == 1:
+                shares[0][0](*shares[0][1])
             else:
-                done = [
-                    self._workers.submit(self._merge_blocks, name, chunks, result, group, scratch, wide)
-                    for group, scratch in zip(groups, self._scratch, strict=False)
-                ]
-                for future in done:
+                for future in [self._workers.submit(merge, *args) for merge, args in shares]:
                     future.result()
         else:  # move the inputs as stored (fewer bytes), widen them on the device
             result.copy_(self._apply(name, [chunk.to(self.device).to(wide) for chunk in chunks]))
         for chunk in chunks:
             self.inputs.give(chunk)
         return result, lambda: self.outputs.give(result)
+
+    def _merge_fused(self, chunks: list[torch.Tensor], result: torch.Tensor, starts: range) -> None:
+        """A linear sum in one pass over one worker's share of a chunk (see ``fused``)."""
+        span = slice(starts.start, min(starts.stop, result.numel()))
+        fused.linear_into(result[span], [chunk[span] for chunk in chunks], self.weights)
 
     def _merge_blocks(
         self,

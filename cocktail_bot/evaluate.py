@@ -27,6 +27,7 @@ def evaluate(
     device: str = "auto",
     seed: int = DEFAULT_SEED,
     progress: bool = True,
+    dtype: str = "auto",
 ) -> list[EvalResult]:
     """One :class:`EvalResult` per (eval set, model), eval sets outermost, models in the order given.
 
@@ -39,7 +40,7 @@ def evaluate(
     example_sets = {name: load_examples(source, model_type) for name, source in eval_sets.items()}
     if not models or not example_sets:
         return []
-    scores = score_models(
+    scoring = score_models(
         list(models.values()),
         model_type,
         example_sets,
@@ -49,6 +50,7 @@ def evaluate(
         device=device,
         seed=seed,
         progress=progress,
+        dtype=dtype,
         labels=list(models),
     )
     return [
@@ -58,7 +60,8 @@ def evaluate(
             loss=score[name].loss,
             accuracy=score[name].accuracy,
             examples=score[name].examples,
+            dtype=scoring.dtype,
         )
         for name in example_sets
-        for label, score in zip(models, scores, strict=True)
+        for label, score in zip(models, scoring.scores, strict=True)
     ]

@@ -50,6 +50,16 @@ class Score:
     examples: int
 
 
+def combine_scores(scores: Sequence[Score]) -> Score:
+    """The scores of consecutive batches as one: the mean of the batch losses (the order of the sum kept), and
+    the accuracy over all examples; equal to scoring the batches in one call."""
+    examples = sum(score.examples for score in scores)
+    accuracy = None
+    if scores[0].accuracy is not None:
+        accuracy = sum(round((score.accuracy or 0.0) * score.examples) for score in scores) / examples
+    return Score(loss=sum(score.loss for score in scores) / len(scores), accuracy=accuracy, examples=examples)
+
+
 @dataclass(frozen=True)
 class DecoderBatch:
     input_ids: torch.Tensor

@@ -118,6 +118,11 @@ class ExampleWeights(_Strict):
     max_input_length: int = Field(2048, gt=0)
     neg_number: int = Field(7, ge=0, description="negatives per query (encoder, reranker)")
     batch_size: int = Field(2, gt=0)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="dtype the losses are computed in; auto: float32 on CPU (LM_Cocktail's numbers), "
+        "the checkpoint's dtype on a GPU",
+    )
 
 
 def _weights_kind(value: Any) -> str | None:

@@ -37,12 +37,13 @@ from cocktail_bot.lock import (
 )
 from cocktail_bot.manifest import load_manifest
 from cocktail_bot.model_types import is_sentence_transformer
-from cocktail_bot.plan import manifest_report, plan_manifest
+from cocktail_bot.plan import build_plan, manifest_report, plan_manifest, with_preflight
+from cocktail_bot.preflight import require
 from cocktail_bot.recipe import Manifest, SourceSpec, StepSpec
 from cocktail_bot.records import MergedStep
 from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import EvalResult, OutputReport, Provenance, Report, StepReport
-from cocktail_bot.resolution import resolve_sources
+from cocktail_bot.resolution import needs_whole_sources, resolve_sources
 from cocktail_bot.sources import ResolvedSource
 from cocktail_bot.templating import MERGED
 from cocktail_bot.writable import check_writable, write_error
@@ -132,6 +133,11 @@ def run_manifest(
         check_writable(tempfile.gettempdir(), "the model's shards before they are uploaded")
     if lock is None:
         check_writable(lock_file.parent, f"the lock {lock_file.name}")
+    preflight = with_preflight(
+        build_plan(manifest, token=token, endpoint=endpoint), manifest, out, device=device
+    ).preflight
+    assert preflight is not None
+    require(preflight)  # before anything is downloaded
     provenance = provenance or git_provenance(manifest.path.parent)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -259,13 +265,6 @@ def check_reproduced(lock: Lock, rebuilt: Lock) -> None:
 # ---- sources -----------------------------------------------------------------------------------------------
 
 
-def needs_whole_sources(manifest: Manifest, lock: Lock | None) -> bool:
-    """Whether a source must be on disk whole: example-based weights (unless the lock has them) and evaluation
-    load every source's model; a merge alone reads Hub weights in place."""
-    scoring = lock is None and any(step.explicit_weights is None for step in manifest.steps)
-    return scoring or bool(manifest.eval_sets)
-
-
 # ---- steps -------------------------------------------------------------------------------------------------
 
 
@@ -297,7 +296,7 @@ def run_step(
     manifest = context.manifest
     paths = [context.path_of(source) for source in step.models]
     labels = [source.label for source in step.models]
-    weights, losses = step_weights(context, step, paths)
+    weights, losses, loss_dtype = step_weights(context, step, paths)
     method = get_method(step.merge.method, step.merge.parameters)
     weights = method.normalised(weights)
     base = step.base or (step.models[0] if step.models else None)
@@ -326,6 +325,7 @@ def run_step(
         weights_mode=step.weights_mode,
         weights=weights,
         losses=losses,
+        loss_dtype=loss_dtype,
     )
     report = StepReport(
         **merged.merged(),
@@ -341,16 +341,17 @@ def run_step(
 
 def step_weights(
     context: RunContext, step: StepSpec, paths: list[Path]
-) -> tuple[list[float], list[float] | None]:
-    """The step's weights: the manifest's, uniform, the lock's (`--locked`), or computed from the examples."""
+) -> tuple[list[float], list[float] | None, str | None]:
+    """The step's weights: the manifest's, uniform, the lock's (`--locked`), or computed from the examples;
+    with the example losses and the dtype they were computed in."""
     if context.locked is not None:
         pinned = context.locked.step(step.name)
         if pinned is None or pinned.models != [source.label for source in step.models]:
             raise CocktailError(f"step {step.name!r} is not in the lock as written: run without --locked")
-        return list(pinned.weights), pinned.losses
+        return list(pinned.weights), pinned.losses, pinned.loss_dtype
     explicit = step.explicit_weights
     if explicit is not None:
-        return explicit, None
+        return explicit, None, None
     from cocktail_bot.weights import compute_weights
 
     options = step.example_weights
@@ -364,11 +365,12 @@ def step_weights(
         max_input_length=options.max_input_length,
         neg_number=options.neg_number,
         batch_size=options.batch_size,
+        dtype=options.dtype,
         device=context.device or step.merge.device or "auto",
         progress=context.progress,
         labels=[source.label for source in step.models],
     )
-    return list(result.weights), list(result.losses)
+    return list(result.weights), list(result.losses), result.dtype
 
 
 def engine_device(device: str | None) -> str:

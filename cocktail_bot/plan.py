@@ -10,6 +10,7 @@ model).
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,12 @@ from cocktail_bot.memory import (
 from cocktail_bot.methods import get_method
 from cocktail_bot.model_files import largest_float_tensor
 from cocktail_bot.model_types import PIPELINE_TAG, ModelType
+from cocktail_bot.preflight import Machine, Needs, Preflight, check, measure
 from cocktail_bot.recipe import Manifest, StepSpec
 from cocktail_bot.records import PinnedSource, StepRecord
 from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import Provenance, Report, SourceReport, StepReport
-from cocktail_bot.resolution import resolve_sources
+from cocktail_bot.resolution import needs_whole_sources, resolve_sources
 from cocktail_bot.sizes import format_size, parse_size
 from cocktail_bot.sources import ResolvedSource
 
@@ -44,7 +46,10 @@ LARGEST_TENSOR_SHARE = 1 / 8
 
 
 class PlannedSource(PinnedSource):
-    download_bytes: int = Field(description="bytes to download (0 for local folders)")
+    download_bytes: int = Field(
+        description="bytes a run downloads: files not in the cache yet, weights only where they are not read"
+        " in place (0 for local folders)"
+    )
     weight_bytes: int
 
 
@@ -80,14 +85,18 @@ class Plan(BaseModel):
     max_memory_bytes: int | None = None
     output_repo: str | None
     private: bool
+    preflight: Preflight | None = Field(
+        None, description="the run's needs against this machine's free disk, memory and GPU memory"
+    )
 
 
 def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | None = None) -> Plan:
     resolved = resolve_sources(manifest, None, token=token, endpoint=endpoint, download=False)
+    streamed = not needs_whole_sources(manifest, None)
     sources = [
         PlannedSource(
             **source.pinned(),
-            download_bytes=source.total_bytes if source.repo_id else 0,
+            download_bytes=_missing_bytes(source, streamed),
             weight_bytes=sum(size for name, size in source.sizes.items() if name.endswith(WEIGHT_SUFFIXES)),
         )
         for source in resolved.values()
@@ -145,6 +154,85 @@ def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | 
         output_repo=manifest.output.repo,
         private=manifest.output.private,
     )
+
+
+def _missing_bytes(source: Any, streamed: bool) -> int:
+    """Bytes of a Hub source's files that the run downloads: those the local Hugging Face cache does not hold
+    yet, weights left out when the run reads them in place (0 for a folder)."""
+    if not source.repo_id:
+        return 0
+    from huggingface_hub import try_to_load_from_cache
+
+    def cached(name: str) -> bool:
+        return isinstance(
+            try_to_load_from_cache(source.repo_id, name, revision=source.resolved_revision), str
+        )
+
+    return sum(
+        size
+        for name, size in source.sizes.items()
+        if not (streamed and name.endswith(WEIGHT_SUFFIXES)) and not cached(name)
+    )
+
+
+def run_needs(plan: Plan, manifest: Manifest, out: Path | None, device: str | None = None) -> Needs:
+    """What a run of ``plan`` writes where, and the memory (and GPU memory) it holds.
+
+    Downloads land in the Hugging Face cache (only the small files of Hub sources the run reads in place, see
+    ``Plan.streamed``). Every step's output is built in a work folder beside ``out``; with ``out=None`` (publish
+    while merging) the final output passes through the temp folder about two shards at a time. The GPU is
+    counted when the run is told to use one (``--device`` or ``merge.device``: cuda or cuda:N).
+    """
+    from huggingface_hub import constants
+
+    *intermediate, final = plan.steps
+    kept = sum(step.output_bytes for step in intermediate)
+    disk = [("Hugging Face cache", Path(constants.HF_HUB_CACHE), plan.download_bytes)]
+    if out is None:
+        shard = min(final.output_bytes, parse_size(manifest.steps[-1].merge.shard_size))
+        disk.append(("output shards before upload", Path(tempfile.gettempdir()), kept + 2 * shard))
+    else:
+        disk.append(("output", out.absolute().parent, kept + final.output_bytes))
+    devices = [device] if device else [step.merge.device for step in manifest.steps]
+    gpu = next((name for name in devices if name and name.startswith("cuda")), None)
+    return Needs(
+        disk=[item for item in disk if item[2]],
+        memory=plan.peak_memory_bytes,
+        gpu=gpu,
+        gpu_memory=plan.peak_memory_bytes if gpu else 0,
+    )
+
+
+def with_preflight(
+    plan: Plan,
+    manifest: Manifest,
+    out: Path | None,
+    *,
+    device: str | None = None,
+    machine: Machine | None = None,
+) -> Plan:
+    """``plan`` with its needs checked against ``machine`` (default: this machine's numbers, read now)."""
+    needs = run_needs(plan, manifest, out, device)
+    return plan.model_copy(update={"preflight": check(needs, machine or measure(needs))})
+
+
+def can_run_here(
+    manifest_path: str | Path,
+    out: str | Path = ".",
+    *,
+    device: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> tuple[bool, str]:
+    """Whether this machine can run the manifest into ``out``, and why (for ``runner: auto``)."""
+    manifest = load_manifest(manifest_path)
+    plan = with_preflight(
+        build_plan(manifest, token=token, endpoint=endpoint), manifest, Path(out), device=device
+    )
+    assert plan.preflight is not None
+    if plan.preflight.message is not None:
+        return False, plan.preflight.message
+    return True, "fits this machine: " + "; ".join(item.describe() for item in plan.preflight.checks)
 
 
 def _largest_tensor(source: ResolvedSource) -> int | None:
@@ -228,6 +316,11 @@ def render_plan(plan: Plan) -> str:
     if plan.max_memory_bytes is not None and plan.peak_memory_bytes > plan.max_memory_bytes:
         lines.append(
             f"warning: the estimated peak memory exceeds merge.max_memory ({format_size(plan.max_memory_bytes)})"
+        )
+    if plan.preflight is not None:
+        lines.append("this machine:")
+        lines.extend(
+            f"  {'ok' if item.fits else 'TOO SMALL'}: {item.describe()}" for item in plan.preflight.checks
         )
     target = f"{plan.output_repo} ({'private' if plan.private else 'public'})" if plan.output_repo else "none"
     lines.append(f"publish to: {target}")

@@ -45,6 +45,7 @@ class MergedStep(StepRecord):
     losses: list[float] | None = Field(
         None, description="example losses per model, when weights came from examples"
     )
+    loss_dtype: str | None = Field(None, description="dtype the example losses were computed in")
 
     def merged(self) -> dict[str, Any]:
         """The shared fields, to build another stage's model: ``LockedStep(**step.merged(), ...)``."""

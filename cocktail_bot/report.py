@@ -49,6 +49,7 @@ class EvalResult(BaseModel):
     loss: float
     accuracy: float | None = Field(None, description="top-1 accuracy for encoders and rerankers")
     examples: int
+    dtype: str | None = Field(None, description="dtype the loss was computed in")
 
 
 class OutputReport(BaseModel):

@@ -1,19 +1,28 @@
-"""Score several models of one architecture on example sets with one model resident at a time.
+"""Score several models of one architecture on example sets, with memory bounded by one layer, not one model.
 
-The module is built once, from the first model (``from_pretrained``, or sentence-transformers for a folder
-saved by it, so that its own pooling is used); every other model's tensors are then streamed into that module
-from its checkpoint, tensor by tensor. Peak memory is one model plus one tensor, whatever the number of models
-(LM_Cocktail holds every state dict at once). On a GPU the module keeps the checkpoint's dtype; on CPU it runs
-in float32. Sentence-transformers modules after the transformer (Dense layers) come from the first model, as
-they do in the merged output, whose modules are copied from its base.
+By default each model runs block-streamed (``streamed.py``): the module is built once from the first model
+with its parameters on the meta device (through sentence-transformers for a folder saved by it, so that its
+own pooling is used), and every forward reads each module's weights from the model's checkpoint just before
+the module runs and drops them just after. Each model, in turn, is bound to that one module. On a GPU a model
+that fits in its memory is loaded whole instead (the fast path). A model that cannot be streamed (its
+checkpoint names differ from its parameters', or its code reads a weight outside its module) is loaded whole
+when it fits in memory, with a note, and refused with the numbers otherwise. Sentence-transformers modules
+after the transformer (Dense layers) come from the first model, as they do in the merged output, whose modules
+are copied from its base.
+
+Losses are computed in float32 on CPU (LM_Cocktail's numbers) and, by default, in the checkpoint's dtype on a
+GPU; ``dtype`` picks another.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -22,13 +31,16 @@ from cocktail_bot.devices import is_device
 from cocktail_bot.errors import ONCE, CocktailError
 from cocktail_bot.losses import (
     Score,
+    combine_scores,
     decoder_batches,
     decoder_score,
     encoder_score,
+    query_groups,
     reranker_score,
     sample_negatives,
 )
-from cocktail_bot.model_types import ModelType, is_sentence_transformer, load_transformers_model
+from cocktail_bot.model_types import AUTO_CLASS, ModelType, is_sentence_transformer
+from cocktail_bot.streamed import MISMATCH, NotStreamable, StreamedWeights, build_skeleton
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +93,22 @@ def token_limit(config, tokenizer, requested: int, *, extra: int | None = None) 
     return limit
 
 
+Load = Literal["auto", "streamed", "whole"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+GPU_HEADROOM = 0.8  # share of free GPU memory a whole model may take; the rest is for activations
+RAM_HEADROOM = 0.8  # the same for a model loaded whole on CPU as a fallback
+WAVE_TOKENS = 4096  # tokens of the batches that run together, each weight read once for them all
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Each model's :class:`Score` per example set, in order, and how the losses were computed."""
+
+    scores: list[dict[str, Score]]
+    dtype: str  # the compute dtype of the forward passes: float32, bfloat16, float16
+    streamed: bool  # block-streamed (one module's weights resident) rather than loaded whole
+
+
 def score_models(
     folders: Sequence[str | Path],
     model_type: ModelType | str,
@@ -90,13 +118,17 @@ def score_models(
     neg_number: int = 7,
     batch_size: int = 2,
     device: str | torch.device = "auto",
+    dtype: str = "auto",
     seed: int = 0,
     progress: bool = True,
     labels: Sequence[str] | None = None,
-) -> list[dict[str, Score]]:
-    """For each model folder, in order, its :class:`Score` on each named example set (already validated).
+    load: Load = "auto",
+) -> Scoring:
+    """Score each model folder, in order, on each named example set (already validated).
 
-    ``labels`` name the models in the log (default: their folders, which for a merge are temporary paths).
+    ``dtype`` is the compute dtype (``auto``: float32 on CPU, the checkpoint's dtype on a GPU). ``load`` is
+    ``auto`` (block-streamed, except on a GPU the model fits in), ``streamed`` or ``whole``. ``labels`` name
+    the models in the log (default: their folders, which for a merge are temporary paths).
     """
     from tqdm.auto import tqdm
 
@@ -112,163 +144,357 @@ def score_models(
     device = resolve_device(device)
     paths = [Path(folder) for folder in folders]
     names = list(labels) if labels is not None else [str(path) for path in paths]
-    network, scorer = _build(
-        paths[0], model_type, example_sets, max_input_length, neg_number, batch_size, device, seed
-    )
+    first = paths[0]
+    compute_dtype = resolve_dtype(dtype, device, first)
+    streamed = load == "streamed" or (load == "auto" and not resident_fits(first, compute_dtype, device))
+
+    def runner(streamed: bool) -> Runner:
+        return Runner(
+            first,
+            model_type,
+            example_sets,
+            device,
+            compute_dtype,
+            streamed=streamed,
+            max_input_length=max_input_length,
+            neg_number=neg_number,
+            batch_size=batch_size,
+            seed=seed,
+        )
+
+    try:
+        scorer = runner(streamed)
+    except NotStreamable as why:
+        fall_back(first, str(why), compute_dtype, device)
+        scorer, streamed = runner(False), False
     results = []
-    for index, path in enumerate(tqdm(paths, desc="scoring models", unit="model", disable=not progress)):
-        if index:
-            stream_weights(network, path, first=paths[0])
-        network.eval()
-        scores = {name: scorer(name) for name in example_sets}
+    for index, folder in enumerate(tqdm(paths, desc="scoring models", unit="model", disable=not progress)):
+        try:
+            scores = scorer.score_model(folder)
+        except NotStreamable as why:  # found while running the first model
+            fall_back(first, str(why), compute_dtype, device)
+            scorer, streamed = runner(False), False
+            scores = scorer.score_model(folder)
         for name, score in scores.items():
             logger.info("%s on %s: loss %.6f", names[index], name, score.loss)
         results.append(scores)
-    return results
+    return Scoring(results, dtype=dtype_name(compute_dtype), streamed=streamed)
 
 
-def _build(
-    folder: Path,
-    model_type: ModelType,
-    example_sets,
-    max_input_length: int,
-    neg_number: int,
-    batch_size: int,
-    device: torch.device,
-    seed: int,
-) -> tuple[torch.nn.Module, Callable[[str], Score]]:
-    """Load the first model and return (the transformers module to stream into, set name -> Score)."""
-    dtype = "auto" if device.type == "cuda" else torch.float32
-    if model_type is ModelType.DECODER:
-        model, tokenizer = _load_transformers(folder, model_type, dtype, device)
-        limit = token_limit(model.config, tokenizer, max_input_length)
-        batches = {
-            name: decoder_batches(examples, tokenizer, limit, batch_size)
-            for name, examples in example_sets.items()
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def resolve_dtype(dtype: str, device: torch.device, folder: Path) -> torch.dtype:
+    """The compute dtype: as asked, else float32 on CPU (LM_Cocktail's numbers) and the checkpoint's on a GPU."""
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise CocktailError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)}")
+        return DTYPES[dtype]
+    if device.type != "cuda":
+        return torch.float32
+    stored = checkpoint_dtype(folder)
+    return stored if stored in DTYPES.values() else torch.float32
+
+
+def checkpoint_dtype(folder: Path) -> torch.dtype:
+    """The floating dtype that holds most of a checkpoint's bytes (float32 for a checkpoint without one)."""
+    totals: dict[torch.dtype, int] = {}
+    with Checkpoint(folder) as checkpoint:
+        for name in checkpoint.names:
+            info = checkpoint.info(name)
+            if info.dtype.is_floating_point:
+                totals[info.dtype] = totals.get(info.dtype, 0) + info.nbytes
+    return max(totals, key=totals.__getitem__) if totals else torch.float32
+
+
+def whole_bytes(folder: Path, dtype: torch.dtype) -> int:
+    """Memory of the model loaded whole, its floating tensors in ``dtype``."""
+    with Checkpoint(folder) as checkpoint:
+        infos = [checkpoint.info(name) for name in checkpoint.names]
+    return sum(info.numel * dtype.itemsize if info.dtype.is_floating_point else info.nbytes for info in infos)
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Free memory where a whole model would live: the GPU's, or the machine's (None when unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def stays_resident(device_type: str, need: int, free: int | None) -> bool:
+    """The fast path: on a GPU, a model that fits in its free memory (with room for activations) is loaded
+    whole. On CPU models are always block-streamed, so memory stays bounded whatever the machine."""
+    return device_type == "cuda" and free is not None and need <= free * GPU_HEADROOM
+
+
+def resident_fits(folder: Path, dtype: torch.dtype, device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    return stays_resident(device.type, whole_bytes(folder, dtype), free_bytes(device))
+
+
+def fallback_refusal(
+    folder: Path, why: str, need: int, free: int | None, dtype: torch.dtype, device: torch.device
+) -> str | None:
+    """The error for a model that can run neither block by block nor whole (None: it fits whole)."""
+    if free is None or need <= free * RAM_HEADROOM:
+        return None
+    from cocktail_bot.sizes import format_size
+
+    return (
+        f"{folder} cannot be scored block by block ({why}), and loading it whole in {dtype_name(dtype)} "
+        f"needs {format_size(need)} of {'GPU' if device.type == 'cuda' else 'CPU'} memory, more than the "
+        f"{format_size(free)} free: use a machine with more memory, or a smaller dtype (weights: {{dtype: ...}})"
+    )
+
+
+def fall_back(folder: Path, why: str, dtype: torch.dtype, device: torch.device) -> None:
+    """Load the model whole when it fits, with a note; refuse with the numbers when it does not."""
+    refusal = fallback_refusal(folder, why, whole_bytes(folder, dtype), free_bytes(device), dtype, device)
+    if refusal:
+        raise CocktailError(refusal)
+    logger.warning("note: %s cannot be scored block by block (%s): loading it whole instead", folder, why)
+
+
+class Runner:
+    """The first model's module (block-streamed, or whole), its tokenizer or pooling, and the example sets
+    prepared for it; :meth:`score_model` runs any model of the same architecture through it."""
+
+    def __init__(
+        self,
+        folder: Path,
+        model_type: ModelType,
+        example_sets: Mapping[str, Sequence[Mapping]],
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        streamed: bool,
+        max_input_length: int,
+        neg_number: int,
+        batch_size: int,
+        seed: int,
+    ) -> None:
+        self.first, self.model_type, self.device, self.dtype = folder, model_type, device, dtype
+        self.example_sets, self.batch_size = example_sets, batch_size
+        self.st = None
+        self.tokenizer_lock = threading.Lock()
+        if model_type is ModelType.ENCODER and is_sentence_transformer(folder):
+            self.st = _sentence_transformer(folder, dtype, device, streamed=streamed)
+            limit = token_limit(
+                self.network.config, self.st.tokenizer, max_input_length, extra=self.st.max_seq_length
+            )
+            self.st.max_seq_length = limit
+        else:
+            if model_type is ModelType.ENCODER:
+                logger.info(
+                    "%s has no sentence-transformers pooling config (modules.json): using the CLS embedding",
+                    folder,
+                )
+            self.model = _transformers_model(folder, model_type, dtype, device, streamed=streamed)
+            self.tokenizer = _tokenizer(folder, model_type)
+            limit = token_limit(self.network.config, self.tokenizer, max_input_length)
+        self.limit = limit
+        self.network_class = type(self.network)
+        self.weights = StreamedWeights(self.network, device) if streamed else None
+        if model_type is ModelType.DECODER:
+            self.batches = {
+                name: decoder_batches(examples, self.tokenizer, limit, batch_size)
+                for name, examples in example_sets.items()
+            }
+        else:
+            self.negatives = {
+                name: sample_negatives(examples, neg_number, seed) for name, examples in example_sets.items()
+            }
+        if model_type is ModelType.RERANKER and self.network.config.num_labels not in (1, 2):
+            raise CocktailError(
+                f"{folder} has {self.network.config.num_labels} labels: "
+                "a reranker scores with 1 label (or 2: not relevant, relevant)"
+            )
+
+    @property
+    def network(self) -> Any:
+        """The transformers module that holds the weights (inside the sentence-transformers pipeline if any)."""
+        return self.st[0].model if self.st is not None else self.model
+
+    @network.setter
+    def network(self, module: Any) -> None:
+        if self.st is not None:
+            self.st[0].model = module
+        else:
+            self.model = module
+
+    def score_model(self, folder: Path) -> dict[str, Score]:
+        """The model in ``folder`` on every example set: streamed through the module, or loaded whole into it."""
+        if self.weights is None:
+            if folder != self.first:
+                check_same_layout(self.first, folder)
+                self.network = None  # free the previous model before loading this one
+                self.network = _load_whole(self.network_class, folder, self.dtype, self.device)
+            return self._score_all()
+        with self.weights.bound(folder, first=self.first):
+            try:
+                return self._score_all()
+            except (RuntimeError, NotImplementedError) as error:
+                if folder == self.first and "meta" in str(error):
+                    raise NotStreamable(
+                        f"its code reads a weight outside the module that owns it: {error}"
+                    ) from None
+                raise
+
+    def _score_all(self) -> dict[str, Score]:
+        """Every batch of every set, block-streamed batches in waves of up to ``WAVE_TOKENS`` tokens (each
+        weight read once per wave), then each set's batches combined as one call over the set would give."""
+        self.network.eval()
+        batches = [(name, index) for name, count in self._batch_counts().items() for index in range(count)]
+        waves: list[list[tuple[str, int]]] = [[]]
+        tokens = 0
+        for batch in batches:
+            cost = self._tokens(*batch)
+            if waves[-1] and (self.weights is None or tokens + cost > WAVE_TOKENS):
+                waves.append([])
+                tokens = 0
+            waves[-1].append(batch)
+            tokens += cost
+        scores: dict[tuple[str, int], Score] = {}
+        for wave in waves:
+            tasks = [functools.partial(self._score_batch, *batch) for batch in wave]
+            results = self.weights.together(tasks) if self.weights else [task() for task in tasks]
+            scores.update(zip(wave, results, strict=True))
+        return {
+            name: combine_scores([scores[name, index] for index in range(count)])
+            for name, count in self._batch_counts().items()
         }
-        return model, lambda name: decoder_score(model, batches[name], device)
 
-    negatives = {
-        name: sample_negatives(examples, neg_number, seed) for name, examples in example_sets.items()
-    }
-    if model_type is ModelType.ENCODER:
-        network, embed = _encoder(folder, dtype, device, max_input_length)
-        return network, lambda name: encoder_score(embed, example_sets[name], negatives[name], batch_size)
+    def _batch_counts(self) -> dict[str, int]:
+        if self.model_type is ModelType.DECODER:
+            return {name: len(batches) for name, batches in self.batches.items()}
+        return {name: -(-len(examples) // self.batch_size) for name, examples in self.example_sets.items()}
 
-    model, tokenizer = _load_transformers(folder, model_type, dtype, device)
-    limit = token_limit(model.config, tokenizer, max_input_length)
-    if model.config.num_labels not in (1, 2):
-        raise CocktailError(
-            f"{folder} has {model.config.num_labels} labels: "
-            "a reranker scores with 1 label (or 2: not relevant, relevant)"
-        )
+    def _tokens(self, name: str, index: int) -> int:
+        """A batch's size in tokens (retrieval: estimated at 4 characters a token, capped by the limit)."""
+        if self.model_type is ModelType.DECODER:
+            return self.batches[name][index].input_ids.numel()
+        start = index * self.batch_size
+        examples = self.example_sets[name][start : start + self.batch_size]
+        negatives = self.negatives[name][start : start + self.batch_size]
+        texts = [t for (query, group) in query_groups(examples, negatives) for t in (query, *group)]
+        return sum(min(self.limit, len(text) // 4 + 2) for text in texts)
 
-    def score_pairs(queries: list[str], passages: list[str]) -> torch.Tensor:
-        tokens = tokenizer(
-            queries, passages, padding=True, truncation=True, max_length=limit, return_tensors="pt"
-        )
-        logits = model(**tokens.to(device)).logits
+    def _score_batch(self, name: str, index: int) -> Score:
+        if self.model_type is ModelType.DECODER:
+            return decoder_score(self.network, self.batches[name][index : index + 1], self.device)
+        start = index * self.batch_size
+        examples = self.example_sets[name][start : start + self.batch_size]
+        negatives = self.negatives[name][start : start + self.batch_size]
+        if self.model_type is ModelType.ENCODER:
+            return encoder_score(self._embed, examples, negatives, self.batch_size)
+        return reranker_score(self._score_pairs, examples, negatives, self.batch_size)
+
+    def _tokenize(self, *texts: list[str]) -> Any:
+        """Fast tokenizers are not safe to call from several threads at once (the batches of a wave)."""
+        with self.tokenizer_lock:
+            if self.st is not None:
+                return self.st.preprocess(texts[0])
+            return self.tokenizer(
+                *texts, padding=True, truncation=True, max_length=self.limit, return_tensors="pt"
+            )
+
+    def _embed(self, texts: list[str]) -> torch.Tensor:
+        features = self._tokenize(texts)
+        if self.st is not None:
+            features = {
+                k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()
+            }
+            return self.st(features)["sentence_embedding"]
+        return self.network(**features.to(self.device), return_dict=True).last_hidden_state[:, 0]
+
+    def _score_pairs(self, queries: list[str], passages: list[str]) -> torch.Tensor:
+        logits = self.network(**self._tokenize(queries, passages).to(self.device)).logits
         return logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
 
-    return model, lambda name: reranker_score(score_pairs, example_sets[name], negatives[name], batch_size)
+
+def _transformers_model(
+    folder: Path, model_type: ModelType, dtype: torch.dtype, device: torch.device, *, streamed: bool
+) -> torch.nn.Module:
+    import transformers
+
+    auto_class = getattr(transformers, AUTO_CLASS[model_type])
+    if not streamed:
+        return _load_whole(auto_class, folder, dtype, device)
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        raise CocktailError(f"cannot load the {model_type.value} model in {folder}: {error}") from None
+    return build_skeleton(
+        lambda c, **kw: auto_class.from_config(c, trust_remote_code=False, **kw), config, dtype
+    )
 
 
-def _load_transformers(folder: Path, model_type: ModelType, dtype, device: torch.device):
+def _load_whole(model_class, folder: Path, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    """The model with all its weights, loaded straight onto ``device``."""
+    placement = {"device_map": str(device)} if device.type == "cuda" else {}
+    try:
+        model = model_class.from_pretrained(str(folder), dtype=dtype, trust_remote_code=False, **placement)
+    except (OSError, ValueError) as error:
+        raise CocktailError(f"cannot load the model in {folder}: {error}") from None
+    return model.eval()
+
+
+def _tokenizer(folder: Path, model_type: ModelType):
     from transformers import AutoTokenizer
 
     try:
-        model = load_transformers_model(folder, model_type, dtype=dtype).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except (OSError, ValueError) as error:
-        raise CocktailError(f"cannot load the {model_type.value} model in {folder}: {error}") from None
-    return model, tokenizer
+        raise CocktailError(f"cannot load the {model_type.value} tokenizer in {folder}: {error}") from None
 
 
-def _encoder(folder: Path, dtype, device: torch.device, max_input_length: int):
-    """(module to stream into, embed function): the model's own sentence-transformers pooling, else CLS."""
-    if is_sentence_transformer(folder):
-        from sentence_transformers import SentenceTransformer
+def _sentence_transformer(folder: Path, dtype: torch.dtype, device: torch.device, *, streamed: bool):
+    """The folder's sentence-transformers pipeline (its own pooling); streamed: the transformer on meta."""
+    from sentence_transformers import SentenceTransformer
 
-        try:
-            st = SentenceTransformer(
-                str(folder),
-                device=str(device),
-                trust_remote_code=False,
-                local_files_only=True,
-                model_kwargs={"dtype": dtype},
-            )
-        except (OSError, ValueError) as error:
-            raise CocktailError(f"cannot load the sentence-transformers model in {folder}: {error}") from None
-        network: Any = st[0].auto_model  # the transformers model inside the sentence-transformers module
-        st.max_seq_length = token_limit(
-            network.config, st.tokenizer, max_input_length, extra=st.max_seq_length
+    placement = {"device_map": "meta"} if streamed else {}
+    try:
+        st = SentenceTransformer(
+            str(folder),
+            device=None if streamed else str(device),
+            trust_remote_code=False,
+            local_files_only=True,
+            model_kwargs={"dtype": dtype, **placement},
         )
-        st.eval()
-
-        def embed_pooled(texts: list[str]) -> torch.Tensor:
-            features = st.preprocess(texts)
-            features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
-            return st(features)["sentence_embedding"]
-
-        return network, embed_pooled
-
-    logger.info(
-        "%s has no sentence-transformers pooling config (modules.json): using the CLS embedding", folder
-    )
-    model, tokenizer = _load_transformers(folder, ModelType.ENCODER, dtype, device)
-    limit = token_limit(model.config, tokenizer, max_input_length)
-
-    def embed(texts: list[str]) -> torch.Tensor:
-        tokens = tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
-        return model(**tokens.to(device), return_dict=True).last_hidden_state[:, 0]
-
-    return model, embed
+    except (OSError, ValueError) as error:
+        raise CocktailError(f"cannot load the sentence-transformers model in {folder}: {error}") from None
+    if streamed:
+        loaded: Any = st[0].model  # the transformers model inside the sentence-transformers module
+        st[0].model = build_skeleton(type(loaded)._from_config, loaded.config, dtype)
+        for module in list(st)[1:]:
+            module.to(device)
+    return st.eval()
 
 
-@torch.no_grad()
-def stream_weights(network: torch.nn.Module, folder: Path, *, first: Path) -> None:
-    """Overwrite ``network``'s weights with the checkpoint in ``folder``, one tensor at a time.
-
-    Checkpoint names may carry or lack the base model's prefix (``bert.``, ``model.``); tied weights are
-    filled once.
-    Every weight of the module must come from the checkpoint, with the same shape, or the models differ in
-    architecture and no weight computed from them would mean anything.
-    """
-    state = network.state_dict()
-    prefix = getattr(network, "base_model_prefix", "") or ""
-    filled: set[int] = set()
-    with Checkpoint(folder) as checkpoint:
-        for name in checkpoint.names:
-            key = _state_key(name, state, prefix)
-            if key is None:
+def check_same_layout(first: Path, folder: Path) -> None:
+    """``folder``'s checkpoint has the tensors of ``first``'s, with the same shapes, or scoring both means
+    nothing (models loaded whole are checked this way; streamed ones against the module they run in)."""
+    with Checkpoint(first) as reference, Checkpoint(folder) as other:
+        expected = {name: reference.info(name).shape for name in reference.names}
+        for name in other.names:
+            if name not in expected:
                 raise CocktailError(
-                    f"{folder} has the tensor {name!r}, which the model built from {first} lacks: "
-                    "example-based weights need models of one architecture"
+                    f"{folder} has the tensor {name!r}, which the model built from {first} lacks: {MISMATCH}"
                 )
-            target = state[key]
-            info = checkpoint.info(name)
-            if tuple(target.shape) != info.shape:
+            shape = other.info(name).shape
+            if shape != expected[name]:
                 raise CocktailError(
-                    f"{folder}: tensor {name!r} has shape {list(info.shape)} "
-                    f"but {first} has {list(target.shape)}: "
-                    "example-based weights need models of one architecture"
+                    f"{folder}: tensor {name!r} has shape {list(shape)} "
+                    f"but {first} has {list(expected[name])}: {MISMATCH}"
                 )
-            target.copy_(checkpoint.read(name))
-            filled.add(target.data_ptr())
-    missing = [key for key, tensor in state.items() if tensor.data_ptr() not in filled]
-    if missing:
-        raise CocktailError(
-            f"{folder} lacks the tensor {missing[0]!r} that {first} has"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-            + ": example-based weights need models of one architecture"
-        )
-
-
-def _state_key(name: str, state: Mapping[str, torch.Tensor], prefix: str) -> str | None:
-    if name in state:
-        return name
-    if prefix and name.startswith(prefix + ".") and name[len(prefix) + 1 :] in state:
-        return name[len(prefix) + 1 :]
-    if prefix and f"{prefix}.{name}" in state:
-        return f"{prefix}.{name}"
-    return None
+        missing = sorted(set(expected) - set(other.names))
+        if missing:
+            raise CocktailError(f"{folder} lacks the tensor {missing[0]!r} that {first} has: {MISMATCH}")

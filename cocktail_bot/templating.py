@@ -130,7 +130,8 @@ def eval_table(evals: Sequence[EvalResult]) -> dict[str, Any]:
         }
         for model in models
     ]
-    return {"sets": sets, "rows": rows}
+    dtype = next((result.dtype for result in evals if result.dtype), None)
+    return {"sets": sets, "rows": rows, "dtype": dtype}
 
 
 def reproduce_commands(report: Report) -> list[str]:

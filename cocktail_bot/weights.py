@@ -29,6 +29,7 @@ class WeightsResult:
     models: list[str]
     losses: list[float]
     weights: list[float]
+    dtype: str = "float32"  # the dtype the losses were computed in
 
 
 def _check_temperature(temperature: float) -> None:
@@ -71,20 +72,22 @@ def compute_weights(
     seed: int = DEFAULT_SEED,
     progress: bool = True,
     labels: Sequence[str] | None = None,
+    dtype: str = "auto",
 ) -> WeightsResult:
     """Losses of each model (local folders of one architecture) on ``examples`` and the weights they give.
 
     ``examples`` is an example file (JSON list or JSONL) or the records themselves; ``labels`` name the models
     in logs and messages (default: their paths). Negatives are sampled with
     ``seed``, so the same inputs always give the same weights; losses and weights are rounded to ``DECIMALS``
-    places, so that they are the same on any CPU.
+    places, so that they are the same on any CPU. ``dtype`` is the compute dtype of the losses (``auto``:
+    float32 on CPU, the checkpoint's dtype on a GPU).
     """
     from cocktail_bot.scoring import score_models
 
     model_type = ModelType.parse(model_type)
     _check_temperature(temperature)
     records = load_examples(examples, model_type)
-    scores = score_models(
+    scoring = score_models(
         models,
         model_type,
         {"examples": records},
@@ -95,11 +98,14 @@ def compute_weights(
         seed=seed,
         progress=progress,
         labels=labels,
+        dtype=dtype,
     )
-    losses = [score["examples"].loss for score in scores]
+    losses = [score["examples"].loss for score in scoring.scores]
     labels = list(labels) if labels is not None else [str(model) for model in models]
     for label, loss in zip(labels, losses, strict=True):
         if not math.isfinite(loss):
             raise CocktailError(f"the loss of {label} on the examples is {loss}: check the model's weights")
     losses = [round(loss, DECIMALS) for loss in losses]
-    return WeightsResult(models=labels, losses=losses, weights=rounded_weights(losses, temperature))
+    return WeightsResult(
+        models=labels, losses=losses, weights=rounded_weights(losses, temperature), dtype=scoring.dtype
+    )

@@ -19,11 +19,13 @@ TENSOR_MODULES = {
     "cocktail_bot.api",  # LM_Cocktail's drop-in: merges in process
     "cocktail_bot.checkpoint",
     "cocktail_bot.engine",
+    "cocktail_bot.fused",  # the CPU kernel of linear merges (numba over tensors' memory)
     "cocktail_bot.losses",
     "cocktail_bot.merge_kernels",
     "cocktail_bot.overlap",
     "cocktail_bot.scoring",
     "cocktail_bot.shards",
+    "cocktail_bot.streamed",
 }
 
 

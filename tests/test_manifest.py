@@ -121,6 +121,11 @@ BAD = [
         id="temperature",
     ),
     pytest.param(
+        HEADER + "models: [org/a, org/b]\nweights: {examples: examples/missing.jsonl, dtype: int8}\n",
+        ["5: weights.dtype: 'int8' is not allowed; expected one of auto, float32, bfloat16, float16"],
+        id="weights-dtype",
+    ),
+    pytest.param(
         HEADER + "models: [org/a, org/b]\nweights: {examples: examples/missing.jsonl}\n",
         [
             "5: weights.examples: file 'examples/missing.jsonl' not found "
@@ -388,7 +393,7 @@ def test_valid_two_step_manifest(repo: Path) -> None:
         steps:
           - name: helpers
             models: [org/base@v1.0, ./models/a, ./models/b]
-            weights: {examples: examples/train.jsonl, temperature: 2}
+            weights: {examples: examples/train.jsonl, temperature: 2, dtype: bfloat16}
           - name: final
             models: [{step: helpers, weight: 0.5}, {id: org/fine-tune, weight: 0.5}]
             weights: null
@@ -397,6 +402,7 @@ def test_valid_two_step_manifest(repo: Path) -> None:
     manifest = load_manifest(path)
     helpers, final = manifest.steps
     assert helpers.weights_mode == "examples" and helpers.example_weights.temperature == 2
+    assert helpers.example_weights.dtype == "bfloat16"
     assert helpers.examples_path == repo.resolve() / "examples" / "train.jsonl"
     assert [s.kind for s in helpers.models] == ["hub", "local", "local"]
     assert helpers.models[1].ref == str(repo.resolve() / "models" / "a")

@@ -68,6 +68,7 @@ def test_two_step_recipe_builds_the_final_step_only(built: tuple[Path, Path, Rep
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []  # work folder removed
     helpers, final = report.steps
     assert helpers.weights_mode == "examples" and len(helpers.losses) == 2
+    assert helpers.loss_dtype == "float32" and final.loss_dtype is None  # the CPU computes losses in float32
     assert sum(helpers.weights) == pytest.approx(1.0)
     assert final.models == ["step:helpers", "./models/llama-2"] and final.weights == [0.25, 0.75]
     # the merge is what the recipe says: 0.25 * (w0 m0 + w1 m1) + 0.75 m2
@@ -88,8 +89,10 @@ def test_two_step_recipe_builds_the_final_step_only(built: tuple[Path, Path, Rep
     assert report.provenance.repository == "acme/recipes"
     assert report.peak_rss_bytes > 0 and report.seconds > 0
     assert Report.model_validate_json((out / "report.json").read_text()) == report
+    assert {e.dtype for e in report.evals} == {"float32"}
     card = (out / "README.md").read_text()
     assert "helpers" in card and "final" in card and "- lm-cocktail" in card
+    assert "losses computed in `float32`" in card and "held-out example set, computed in `float32`." in card
 
 
 def test_lock_beside_the_manifest_and_in_the_output(built: tuple[Path, Path, Report]) -> None:
@@ -99,6 +102,7 @@ def test_lock_beside_the_manifest_and_in_the_output(built: tuple[Path, Path, Rep
     assert lock.manifest == "cocktail.yml" and lock.manifest_sha256 == report.manifest_sha256
     assert [s.label for s in lock.sources] == ["./models/llama-0", "./models/llama-1", "./models/llama-2"]
     assert lock.steps[0].losses == report.steps[0].losses and lock.steps[0].weights == report.steps[0].weights
+    assert lock.steps[0].loss_dtype == report.steps[0].loss_dtype == "float32"
     assert lock.output == hash_folder(out) == report.output.files
     assert verify_folder(out, lock) == []
 

@@ -58,7 +58,7 @@ def test_plan_pins_branches_and_tags_without_downloading(
         plan.sources[0].files["model.safetensors"]
         == hub_server.repos["cocktail/llama-a"].commits[shas["a-v1"]].files["model.safetensors"].sha256
     )
-    assert plan.download_bytes > plan.output_bytes > 0
+    assert 0 < plan.download_bytes < plan.output_bytes  # a merge alone reads Hub weights in place
     assert not hub_server.seen("resolve")  # metadata only: no file was downloaded
     assert main(["plan", str(manifest)]) == 0
     text = capsys.readouterr().out

@@ -99,7 +99,7 @@ def test_weights_are_deterministic_when_negatives_are_sampled(trained_encoders, 
                 score["examples"].loss
                 for score in score_models(
                     models, model_type, {"examples": examples}, neg_number=3, seed=seed, progress=False
-                )
+                ).scores
             ]
             for seed in (0, 5)
         ]

@@ -45,7 +45,12 @@ def test_json_output(trained_decoders, sentiment_file, capsys) -> None:
         models, "decoder", sentiment_file, temperature=2.0, max_input_length=64, batch_size=3, progress=False
     )
     assert code == 0
-    assert printed == {"models": models, "losses": expected.losses, "weights": expected.weights}
+    assert printed == {
+        "models": models,
+        "losses": expected.losses,
+        "weights": expected.weights,
+        "dtype": "float32",
+    }
     assert max(printed["weights"]) == printed["weights"][1]
 
 
@@ -59,7 +64,8 @@ def test_table_output_for_rerankers(trained_rerankers, tmp_path, capsys) -> None
     )
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["model", "loss", "weight"]
-    rows = [line.split() for line in lines[1:]]
+    assert lines[-1] == "losses computed in float32"
+    rows = [line.split() for line in lines[1:-1]]
     assert [row[0] for row in rows] == models
     assert float(rows[0][2]) > float(rows[1][2]) and float(rows[0][2]) + float(rows[1][2]) == pytest.approx(
         1, abs=1e-3
@@ -89,3 +95,17 @@ def test_bad_temperature_and_missing_model(trained_decoders, sentiment_file, tmp
         capsys.readouterr().err
     )  # the sources module words it; here: one line naming the model, no traceback
     assert err.startswith("error: ") and str(missing) in err and err.count("\n") == 1
+
+
+def test_dtype_option_computes_the_losses_in_bfloat16(trained_decoders, sentiment_file, capsys) -> None:
+    models = [str(trained_decoders[name]) for name in ("sentiment", "topic")]
+    args = ["weights", *models, "--type", "decoder", "--examples", str(sentiment_file), "--json"]
+    assert main([*args, "--dtype", "bfloat16"]) == 0
+    low = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    high = json.loads(capsys.readouterr().out)
+    assert (low["dtype"], high["dtype"]) == ("bfloat16", "float32")
+    assert low["losses"] == pytest.approx(high["losses"], rel=2e-2) and low["losses"] != high["losses"]
+    with pytest.raises(SystemExit) as caught:
+        main([*args, "--dtype", "int8"])
+    assert caught.value.code == 2 and "invalid choice: 'int8'" in capsys.readouterr().err

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from cocktail_bot.manifest import load_manifest
+from cocktail_bot.plan import build_plan
+from cocktail_bot.preflight import WAYS_OUT
+from cocktail_bot.sizes import format_size as fmt_size
 from tests.mounts import cocktail, require_mounts, run_mounted
 
 
@@ -77,13 +81,15 @@ def test_run_with_another_lock_path_on_a_read_only_mount(recipe: Path, tmp_path:
 
 
 def test_run_on_a_full_disk(recipe: Path, tmp_path: Path) -> None:
+    """`cocktail run` measures first: the preflight refuses a filesystem smaller than the output (exit 2)."""
     full = tmp_path / "full"
     full.mkdir()
     done = run_mounted(cocktail("run", str(recipe), "--out", str(full / "out")), tmpfs={full: "64k"})
+    output = fmt_size(build_plan(load_manifest(recipe)).output_bytes)
     assert (done.returncode, done.stderr) == (
-        1,
-        f"error: could not write the model to {full / 'out'}: No space left on device; "
-        "nothing was written there\n",
+        2,
+        f"error: this run does not fit this machine: disk on {full} (output): needs ~{output}, 65.5 kB free. "
+        f"Ways out: {WAYS_OUT['disk']}.\n",
     )
     assert list(full.iterdir()) == [] and not (recipe.parent / "cocktail.lock").exists()
 

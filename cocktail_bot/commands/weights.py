@@ -48,7 +48,16 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N"
     )
-    parser.add_argument("--json", action="store_true", help='print {"models", "losses", "weights"} as JSON')
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="dtype the losses are computed in: auto is float32 on CPU (LM_Cocktail's numbers) and the "
+        "checkpoint's dtype on a GPU",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help='print {"models", "losses", "weights", "dtype"} as JSON'
+    )
     parser.set_defaults(handler=handle)
 
 
@@ -70,12 +79,23 @@ def handle(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         progress=not (args.json or args.quiet),
+        dtype=args.dtype,
     )
     if args.json:
-        print(json.dumps({"models": args.models, "losses": result.losses, "weights": result.weights}))
+        print(
+            json.dumps(
+                {
+                    "models": args.models,
+                    "losses": result.losses,
+                    "weights": result.weights,
+                    "dtype": result.dtype,
+                }
+            )
+        )
         return 0
     width = max(len(model) for model in args.models)
     print(f"{'model':<{width}}  {'loss':>10}  {'weight':>8}")
     for model, loss, weight in zip(args.models, result.losses, result.weights, strict=True):
         print(f"{model:<{width}}  {loss:>10.4f}  {weight:>8.4f}")
+    print(f"losses computed in {result.dtype}")
     return 0

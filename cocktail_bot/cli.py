@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.quiet:
+    # Bars redraw a line in a terminal; in a CI log or a file each redraw is another line of noise.
+    args.progress = not args.quiet and sys.stderr.isatty()
+    if not args.progress:
         # Read when transformers and huggingface_hub are imported (later, in the handler): their bars go too.
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     handler = logging.StreamHandler(sys.stderr)

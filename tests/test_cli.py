@@ -1,8 +1,11 @@
+import fcntl
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
@@ -26,17 +29,38 @@ def test_unknown_command_is_a_usage_error(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_quiet_hides_progress_bars(tiny_llamas, tmp_path):
-    """With -q a CI log gets the result line only: no tqdm bars from us, transformers or the Hub client."""
+def run_in_terminal(command: list[str]) -> tuple[int, str]:
+    """Run with stderr on a pseudo-terminal, as a person at a shell sees it."""
+    leader, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a size, so bars draw
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return process.wait(), b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bars_only_in_a_terminal_and_never_with_quiet(tiny_llamas, tmp_path):
+    """A terminal gets tqdm bars; a CI log (stderr not a terminal) and -q get the result line only: no bars
+    from us, transformers or the Hub client."""
     command = [sys.executable, "-m", "cocktail_bot"]
     mix = ["mix", *map(str, tiny_llamas[:2]), "--weights", "0.5", "0.5", "--type", "decoder"]
-    loud = subprocess.run([*command, *mix, "--out", str(tmp_path / "loud")], capture_output=True, text=True)
-    quiet = subprocess.run(
-        [*command, "-q", *mix, "--out", str(tmp_path / "quiet")], capture_output=True, text=True
-    )
-    assert loud.returncode == quiet.returncode == 0, loud.stderr + quiet.stderr
-    assert "it/s]" in loud.stderr or "B/s]" in loud.stderr
-    assert "it/s]" not in quiet.stderr and "B/s]" not in quiet.stderr
+    status, terminal = run_in_terminal([*command, *mix, "--out", str(tmp_path / "terminal")])
+    log = subprocess.run([*command, *mix, "--out", str(tmp_path / "log")], capture_output=True, text=True)
+    quiet_status, quiet = run_in_terminal([*command, "-q", *mix, "--out", str(tmp_path / "quiet")])
+    assert status == log.returncode == quiet_status == 0, terminal + log.stderr + quiet
+    assert "it/s]" in terminal or "B/s]" in terminal
+    for text in (log.stderr, quiet):
+        assert "it/s]" not in text and "B/s]" not in text and "%|" not in text
+    assert "wrote" in log.stdout
 
 
 def test_quiet_goes_before_or_after_the_command():

@@ -63,7 +63,7 @@ def handle(args: argparse.Namespace) -> int:
             shard_size=args.shard_size,
             device=args.device,
             force=args.force,
-            progress=not args.quiet,
+            progress=args.progress,
         )
     print(
         f"wrote {result.output} ({format_size(result.total_bytes)}, {result.dtype}, "

@@ -36,7 +36,7 @@ def handle(args) -> int:
         lock_path=args.lock,
         force=args.force,
         device=args.device,
-        progress=not args.quiet,
+        progress=args.progress,
     )
     print(result.model_dump_json(indent=2) if args.json else render_text(result, plan=args.plan), end="")
     if args.json:

@@ -78,7 +78,7 @@ def handle(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         seed=args.seed,
-        progress=not (args.json or args.quiet),
+        progress=args.progress and not args.json,
         dtype=args.dtype,
     )
     if args.json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,25 @@ def tiny_llamas(model_cache: Path, llama_tokenizer) -> list[Path]:
         tiny_models.save_llama(model_cache / f"llama-{seed}", seed, tokenizer=llama_tokenizer)
         for seed in (0, 1, 2)
     ]
+
+
+@pytest.fixture
+def llama_recipe(tmp_path: Path, tiny_llamas: list[Path]):
+    """``make(name, rest)``: a repository holding two tiny Llamas and a manifest merging them (``rest`` is the
+    YAML after ``models:``), as a user keeps one."""
+
+    def make(name: str, rest: str) -> Path:
+        repo = tmp_path / "repo"
+        (repo / ".git").mkdir(parents=True)
+        for index, folder in enumerate(tiny_llamas[:2]):
+            shutil.copytree(folder, repo / "models" / f"llama-{index}")
+        manifest = repo / "cocktail.yml"
+        manifest.write_text(
+            f"version: 1\nname: {name}\ntype: decoder\nmodels: [./models/llama-0, ./models/llama-1]\n{rest}"
+        )
+        return manifest
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -24,17 +24,8 @@ BIG = 10**15
 
 
 @pytest.fixture
-def recipe(tmp_path: Path, tiny_llamas: list[Path]) -> Path:
-    repo = tmp_path / "repo"
-    (repo / ".git").mkdir(parents=True)
-    for index, folder in enumerate(tiny_llamas[:2]):
-        shutil.copytree(folder, repo / "models" / f"llama-{index}")
-    manifest = repo / "cocktail.yml"
-    manifest.write_text(
-        "version: 1\nname: preflight\ntype: decoder\nmodels: [./models/llama-0, ./models/llama-1]\n"
-        "weights: uniform\n"
-    )
-    return manifest
+def recipe(llama_recipe) -> Path:
+    return llama_recipe("preflight", "weights: uniform\n")
 
 
 def planned(manifest: Path, out: Path, machine: Machine, device: str | None = None):

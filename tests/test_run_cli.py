@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,17 +11,8 @@ from cocktail_bot.cli import main
 
 
 @pytest.fixture
-def recipe(tmp_path: Path, tiny_llamas: list[Path]) -> Path:
-    repo = tmp_path / "repo"
-    (repo / ".git").mkdir(parents=True)
-    for index, folder in enumerate(tiny_llamas[:2]):
-        shutil.copytree(folder, repo / "models" / f"llama-{index}")
-    manifest = repo / "cocktail.yml"
-    manifest.write_text(
-        "version: 1\nname: cli-cocktail\ntype: decoder\nmodels: [./models/llama-0, ./models/llama-1]\n"
-        "weights: uniform\nmerge: {dtype: float16}\n"
-    )
-    return manifest
+def recipe(llama_recipe) -> Path:
+    return llama_recipe("cli-cocktail", "weights: uniform\nmerge: {dtype: float16}\n")
 
 
 def test_run_locked_and_verify(recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

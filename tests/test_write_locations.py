@@ -6,7 +6,6 @@ skip where namespaces are refused.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -25,17 +24,8 @@ def _mounts() -> None:
 
 
 @pytest.fixture
-def recipe(tmp_path: Path, tiny_llamas: list[Path]) -> Path:
-    repo = tmp_path / "repo"
-    (repo / ".git").mkdir(parents=True)
-    for index, folder in enumerate(tiny_llamas[:2]):
-        shutil.copytree(folder, repo / "models" / f"llama-{index}")
-    manifest = repo / "cocktail.yml"
-    manifest.write_text(
-        "version: 1\nname: ro-cocktail\ntype: decoder\nmodels: [./models/llama-0, ./models/llama-1]\n"
-        "weights: uniform\noutput: {license: mit}\n"
-    )
-    return manifest
+def recipe(llama_recipe) -> Path:
+    return llama_recipe("ro-cocktail", "weights: uniform\noutput: {license: mit}\n")
 
 
 def mix_args(models: list[Path], out: Path) -> list[str]:

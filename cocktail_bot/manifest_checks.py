@@ -186,14 +186,15 @@ class Checker:
         given = [getattr(entry, "weight", None) is not None for entry in entries if entry is not None]
         mode, examples_path = self.weights(prefix, weights, sources, given, raw.get("weights") is not None)
         merge = _try(MergeOptions, raw.get("merge", {}))
-        method = self.method(prefix, merge) if merge is not None else None
+        own = [getattr(entry, "parameters", None) for entry in entries]
+        method = self.method(prefix, merge, own) if merge is not None else None
         if merge is None and isinstance(raw.get("merge"), dict):
             # Another merge option is wrong (the schema said which): the method and its parameters still
             # get checked, so that one run of `validate` lists every problem.
             chosen = {key: raw["merge"][key] for key in ("method", "parameters") if key in raw["merge"]}
             partial = _try(MergeOptions, chosen)
             if partial is not None:
-                self.method(prefix, partial)
+                self.method(prefix, partial, own)
         complete = None not in entries and None not in sources
         present = [source for source in sources if source is not None]
         if method is not None and mode is not None and complete:
@@ -233,19 +234,22 @@ class Checker:
                     message = f"unknown step {entry.step!r}; only steps listed before this one can be used"
                 self.fail((*loc, "step"), message)
                 return None
-            return SourceSpec(f"{STEP_PREFIX}{entry.step}", "step", entry.step, None, entry.weight)
+            return SourceSpec(
+                f"{STEP_PREFIX}{entry.step}", "step", entry.step, None, entry.weight, entry.parameters
+            )
+        parameters = None
         if isinstance(entry, str):
             weight = None
             reference, revision = split_revision(entry)
         else:
-            reference, weight, revision = entry.id, entry.weight, entry.revision
+            reference, weight, revision, parameters = entry.id, entry.weight, entry.revision, entry.parameters
         label = f"{reference}@{revision}" if revision else reference
         if is_local(reference):
             folder = self.path(loc if isinstance(entry, str) else (*loc, "id"), reference, kind="folder")
             if folder is None:
                 return None
-            return SourceSpec(label, "local", str(folder), None, weight)
-        return SourceSpec(label, "hub", reference, revision, weight)
+            return SourceSpec(label, "local", str(folder), None, weight, parameters)
+        return SourceSpec(label, "hub", reference, revision, weight, parameters)
 
     def weights(
         self, prefix: Loc, weights: Any, sources: list[SourceSpec | None], given: list[bool], present: bool
@@ -283,8 +287,11 @@ class Checker:
             )
         return ("explicit", None) if not missing else (None, None)
 
-    def method(self, prefix: Loc, merge: MergeOptions):
+    def method(self, prefix: Loc, merge: MergeOptions, own: list[dict[str, Any] | None]):
+        """The step's method with its parameters (the merge's, and each model's ``own``), or its problem at the
+        line of the value that is wrong."""
         from cocktail_bot import methods
+        from cocktail_bot.parameter_values import SettingError
 
         known = list(methods.METHODS)
         if merge.method not in known:
@@ -294,7 +301,12 @@ class Checker:
             )
             return None
         try:
-            return methods.get_method(merge.method, merge.parameters)
+            return methods.get_method(merge.method, merge.parameters, own)
+        except SettingError as error:
+            where = error.where
+            loc = (*prefix, *where) if where[:1] == ("models",) else (*prefix, "merge", "parameters", *where)
+            self.fail(loc, str(error), key=_names_key(loc, error))
+            return None
         except CocktailError as error:
             self.fail((*prefix, "merge", "parameters"), str(error))
             return None
@@ -324,6 +336,11 @@ class Checker:
                 self.fail(("output", "card"), str(error))
                 return None
         return resolved
+
+
+def _names_key(loc: Loc, error: Exception) -> bool:
+    """Point at the key, not the value, for an unknown parameter name."""
+    return str(error).startswith(("unknown parameter", "parameter ")) and isinstance(loc[-1], str)
 
 
 def _try(schema: type[BaseModel] | TypeAdapter[Any], data: Any) -> Any:

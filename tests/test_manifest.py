@@ -167,7 +167,7 @@ BAD = [
     pytest.param(
         HEADER
         + "models: [org/a, org/b]\nweights: uniform\nmerge: {method: ties, parameters: {density: 2}}\n",
-        ["6: merge.parameters: merge method 'ties': parameter 'density' must be a number in (0, 1], got 2"],
+        ["6: merge.parameters.density: merge method 'ties': parameter 'density' must be a number in (0, 1], got 2"],
         id="method-parameters",
     ),
     pytest.param(

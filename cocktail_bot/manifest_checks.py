@@ -27,7 +27,9 @@ from cocktail_bot.manifest_schema import (
     MergeOptions,
     StepOutput,
 )
+from cocktail_bot.methods import METHODS, MergeMethod, get_method
 from cocktail_bot.model_files import has_weights
+from cocktail_bot.parameter_values import SettingError
 from cocktail_bot.recipe import SINGLE_STEP_NAME, SourceSpec, StepSpec
 from cocktail_bot.references import STEP_PREFIX, is_local, split_revision
 from cocktail_bot.suggest import did_you_mean
@@ -182,9 +184,6 @@ class Checker:
         if base_ref is not None:
             base = next((s for s in sources if s is not None and s.label == base_ref), None)
             base = base or self.source((*prefix, "base"), base_ref, earlier, all_names)
-        weights = _try(WEIGHTS, raw.get("weights"))
-        given = [getattr(entry, "weight", None) is not None for entry in entries if entry is not None]
-        mode, examples_path = self.weights(prefix, weights, sources, given, raw.get("weights") is not None)
         merge = _try(MergeOptions, raw.get("merge", {}))
         own = [getattr(entry, "parameters", None) for entry in entries]
         method = self.method(prefix, merge, own) if merge is not None else None
@@ -195,6 +194,15 @@ class Checker:
             partial = _try(MergeOptions, chosen)
             if partial is not None:
                 self.method(prefix, partial, own)
+        weights = _try(WEIGHTS, raw.get("weights"))
+        given = [getattr(entry, "weight", None) is not None for entry in entries if entry is not None]
+        chosen_method = (
+            raw["merge"].get("method", "linear") if isinstance(raw.get("merge"), dict) else "linear"
+        )
+        method_class = METHODS.get(chosen_method) if isinstance(chosen_method, str) else None
+        mode, examples_path = self.weights(
+            prefix, weights, sources, given, raw.get("weights") is not None, method_class
+        )
         complete = None not in entries and None not in sources
         present = [source for source in sources if source is not None]
         if method is not None and mode is not None and complete:
@@ -252,10 +260,27 @@ class Checker:
         return SourceSpec(label, "hub", reference, revision, weight, parameters)
 
     def weights(
-        self, prefix: Loc, weights: Any, sources: list[SourceSpec | None], given: list[bool], present: bool
+        self,
+        prefix: Loc,
+        weights: Any,
+        sources: list[SourceSpec | None],
+        given: list[bool],
+        present: bool,
+        method: type[MergeMethod] | None,
     ) -> tuple[Any, Path | None]:
-        """The step's weights mode; ``given`` says which valid entries carry a weight."""
+        """The step's weights mode; ``given`` says which valid entries carry a weight. A method that uses no
+        per-model weights (slerp) needs none; computing them from examples would be work thrown away."""
         if present and weights is None:  # invalid 'weights:', already reported by the schema
+            return None, None
+        if method is not None and not method.uses_weights and weights in (None, "uniform") and not any(given):
+            return "unused", None
+        if method is not None and not method.uses_weights and weights not in (None, "uniform"):
+            self.fail(
+                (*prefix, "weights"),
+                f"merge method {method.name!r} does not use per-model weights (its parameters set the "
+                "mix), so there is nothing to compute from examples: remove 'weights:'",
+                key=True,
+            )
             return None, None
         if weights is not None:
             if any(given):
@@ -287,13 +312,12 @@ class Checker:
             )
         return ("explicit", None) if not missing else (None, None)
 
-    def method(self, prefix: Loc, merge: MergeOptions, own: list[dict[str, Any] | None]):
+    def method(
+        self, prefix: Loc, merge: MergeOptions, own: list[dict[str, Any] | None]
+    ) -> MergeMethod | None:
         """The step's method with its parameters (the merge's, and each model's ``own``), or its problem at the
         line of the value that is wrong."""
-        from cocktail_bot import methods
-        from cocktail_bot.parameter_values import SettingError
-
-        known = list(methods.METHODS)
+        known = list(METHODS)
         if merge.method not in known:
             self.fail(
                 (*prefix, "merge", "method"),
@@ -301,7 +325,7 @@ class Checker:
             )
             return None
         try:
-            return methods.get_method(merge.method, merge.parameters, own)
+            return get_method(merge.method, merge.parameters, own)
         except SettingError as error:
             where = error.where
             loc = (*prefix, *where) if where[:1] == ("models",) else (*prefix, "merge", "parameters", *where)

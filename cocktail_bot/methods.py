@@ -151,6 +151,7 @@ class MergeMethod:
     )  # set by ``at``: plain values for a tensor
 
     parameters: ClassVar[tuple[Parameter, ...]] = ()
+    uses_weights: ClassVar[bool] = True  # False: per-model weights are not needed (and ignored when given)
     title: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     kernel: ClassVar[str] = ""  # the key of merge_kernels.KERNELS that computes it
@@ -529,6 +530,7 @@ class Slerp(MergeMethod):
     name: str = "slerp"
     needs_base: bool = True
     parameters: ClassVar[tuple[Parameter, ...]] = (T,)
+    uses_weights: ClassVar[bool] = False
     title: ClassVar[str] = "spherical linear interpolation, Shoemake 1985"
     paper: ClassVar[str] = "doi:10.1145/325165.325242"
     kernel: ClassVar[str] = "slerp"

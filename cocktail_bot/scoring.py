@@ -40,6 +40,7 @@ from cocktail_bot.losses import (
     sample_negatives,
 )
 from cocktail_bot.model_types import AUTO_CLASS, ModelType, is_sentence_transformer
+from cocktail_bot.preflight import available_memory
 from cocktail_bot.streamed import MISMATCH, NotStreamable, StreamedWeights, build_skeleton
 
 logger = logging.getLogger(__name__)
@@ -215,17 +216,12 @@ def whole_bytes(folder: Path, dtype: torch.dtype) -> int:
     return sum(info.numel * dtype.itemsize if info.dtype.is_floating_point else info.nbytes for info in infos)
 
 
-def free_bytes(device: torch.device) -> int | None:
-    """Free memory where a whole model would live: the GPU's, or the machine's (None when unknown)."""
+def free_bytes(device: torch.device) -> int:
+    """Free memory where a whole model would live: the GPU's, or the memory available to this machine's
+    processes."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return available_memory()
 
 
 def stays_resident(device_type: str, need: int, free: int | None) -> bool:

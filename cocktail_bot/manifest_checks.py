@@ -84,8 +84,11 @@ def schema_message(error: ErrorDetails) -> str:
 class Checker:
     """Consistency checks that the schema cannot express; runs on every part that passed the schema."""
 
-    def __init__(self, nodes: NodeIndex, folder: Path, root: Path, model_type: str) -> None:
+    def __init__(
+        self, nodes: NodeIndex, folder: Path, root: Path, model_type: str, *, outside_folders: bool = False
+    ) -> None:
         self.nodes, self.folder, self.root, self.model_type = nodes, folder, root, model_type
+        self.outside_folders = outside_folders  # model folders may be outside the repository (local runs)
         self.problems: list[Problem] = []
 
     def fail(self, loc: Loc, message: str, *, key: bool = False) -> None:
@@ -93,9 +96,11 @@ class Checker:
 
     # ---- paths ---------------------------------------------------------------------------------------------
     def path(self, loc: Loc, value: str, *, kind: Literal["file", "folder"]) -> Path | None:
-        """Resolve a manifest path (symlinks too) and require it inside the repository and present."""
+        """Resolve a manifest path (symlinks too) and require it present, and inside the repository unless it
+        is a model folder of a local run (``outside_folders``): the Action reads nothing outside its checkout."""
         resolved = (self.folder / value).resolve()
-        if not resolved.is_relative_to(self.root):
+        confined = kind == "file" or not self.outside_folders
+        if confined and not resolved.is_relative_to(self.root):
             self.fail(
                 loc,
                 f"{value!r} resolves to {resolved}, outside the repository {self.root}; "

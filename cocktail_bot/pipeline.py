@@ -100,12 +100,14 @@ def run_manifest(
     create_pr: bool = False,
     pr_title: str | None = None,
     before_publish: Callable[[], None] | None = None,
+    outside_folders: bool = False,
 ) -> Report:
     """Build the manifest's model into ``out`` (and publish it when ``publish`` and ``output.repo`` say so;
     ``create_pr`` proposes it as a new Hub pull request; ``pr_title`` updates the open one of that title, the
     Action's one preview per GitHub pull request; see ``hub.publish_folder``). ``before_publish`` runs just
     before anything is sent to the Hub and may raise to stop the run (the Action: "is this still the PR's
-    head?"); nothing is published or written to ``out`` then.
+    head?"); nothing is published or written to ``out`` then. ``outside_folders``: local model folders may be
+    outside the manifest's repository (``cocktail run`` on this machine; see ``manifest.load_manifest``).
 
     Writes ``out``: the model files, ``README.md`` (the card), ``cocktail.lock``, ``report.json`` and
     ``report.md``; and the lock beside the manifest (``lock_path``; default ``<manifest>.lock``), unless
@@ -113,7 +115,7 @@ def run_manifest(
     (only with ``publish``): the model goes to the Hub and nowhere else.
     """
     started = time.perf_counter()
-    manifest = load_manifest(path)
+    manifest = load_manifest(path, outside_folders=outside_folders)
     if out is None and not publish:
         raise CocktailError("give --out DIR for the model, or --publish to publish it without a local copy")
     out = Path(out).resolve() if out is not None else None

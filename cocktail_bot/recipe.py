@@ -89,6 +89,15 @@ class Manifest:
     def relative_path(self) -> str:
         return self.path.relative_to(self.root).as_posix()
 
+    def outside_sources(self) -> list[SourceSpec]:
+        """Local model folders outside the repository (allowed for local runs): a lock naming them is not
+        portable."""
+        return [
+            source
+            for source in self.external_sources()
+            if source.kind == "local" and not Path(source.ref).is_relative_to(self.root)
+        ]
+
     def external_sources(self) -> list[SourceSpec]:
         """Hub and local sources of every step (and bases), each once, in order of appearance."""
         seen: dict[tuple[str, str | None], SourceSpec] = {}

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from cocktail_bot import geometric
-from cocktail_bot.methods import DELLA_BLOCK
+from cocktail_bot.memory import DELLA_BLOCK
 
 if TYPE_CHECKING:
     from cocktail_bot.methods import MergeMethod, Sce, Slerp, TaskArithmetic

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cocktail_bot.errors import CocktailError
+from cocktail_bot.memory import DELLA_BLOCK
 from cocktail_bot.suggest import closest
 
 if TYPE_CHECKING:
@@ -36,9 +37,6 @@ logger = logging.getLogger(__name__)
 # their sum, with a note; sums within EXACT_SUM (float rounding) are used as given.
 SUM_TOLERANCE = 1e-3
 EXACT_SUM = 1e-9
-# DELLA ranks magnitudes within each row: rows are ranked and drawn for this many entries at a time (at least one
-# row), so its temporaries stay small
-DELLA_BLOCK = 2**18
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,11 @@ class Parameter:
 
     def validate(self, method: str, value: Any) -> Any:
         """The value, as its kind, or CocktailError naming the method, the parameter and the allowed range."""
+        if isinstance(value, list | dict):
+            raise CocktailError(
+                f"merge method {method!r}: parameter {self.name!r} takes one value ({self.range_text}), got "
+                f"{value!r}; per-layer values are not supported: give one value for the whole model"
+            )
         problem = CocktailError(
             f"merge method {method!r}: parameter {self.name!r} must be {self.range_text}, got {value!r}"
         )
@@ -117,12 +122,12 @@ class MergeMethod:
     needs_base: bool = False
 
     parameters: ClassVar[tuple[Parameter, ...]] = ()
+    uses_weights: ClassVar[bool] = True  # False: per-model weights are not needed (and ignored when given)
     title: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     summary: ClassVar[str] = ""  # what it does, in one sentence, for the card
     kernel: ClassVar[str] = ""  # the key of merge_kernels.KERNELS that computes it
     optional_base: ClassVar[bool] = False  # a base, when named, is used (mergekit's BasePolicy.OPTIONAL)
-    uses_weights: ClassVar[bool] = True  # False: per-model weights are not used (as in mergekit)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", self._resolve(dict(self.params)))
@@ -450,10 +455,10 @@ class Slerp(MergeMethod):
     name: str = "slerp"
     needs_base: bool = True
     parameters: ClassVar[tuple[Parameter, ...]] = (T,)
+    uses_weights: ClassVar[bool] = False
     title: ClassVar[str] = "spherical linear interpolation, Shoemake 1985"
     paper: ClassVar[str] = "doi:10.1145/325165.325242"
     kernel: ClassVar[str] = "slerp"
-    uses_weights: ClassVar[bool] = False
     summary: ClassVar[str] = "spherical linear interpolation between two models."
 
     def temporary_bytes(self, numel: int, itemsize: int) -> int:

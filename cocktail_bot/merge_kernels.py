@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -25,7 +25,7 @@ from cocktail_bot import geometric
 from cocktail_bot.memory import DELLA_BLOCK
 
 if TYPE_CHECKING:
-    from cocktail_bot.methods import MergeMethod, Sce, Slerp, TaskArithmetic
+    from cocktail_bot.methods import Della, MergeMethod, Sce, Slerp, TaskArithmetic
 
 RESCALE_EPS = 1e-7  # mergekit's sparsify.rescaled_masked_tensor: below this L1 norm a mask is not rescaled
 SLERP_DOT_THRESHOLD = 0.9995  # mergekit's slerp: nearly collinear tensors are interpolated linearly
@@ -60,6 +60,8 @@ def merge_(
     of them. The same arithmetic, step for step, as ``merge``: the results are bit-identical."""
     if method.needs_base and base is None:
         method.check_base(None)
+    if not method.resolved:  # a direct call: the listed models are the tensors', outside any layer
+        method = method.at(key, 0.0, range(len(tensors)))
     return KERNELS[method.kernel](method, tensors, weights, base, key)
 
 
@@ -230,18 +232,23 @@ def _keep_probabilities(block: torch.Tensor, density: float, epsilon: float) -> 
     return (density - epsilon) + rank_norm * 2 * epsilon
 
 
-def _sparsify(method: TaskArithmetic, delta: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """The method's sparsification (mergekit's names) of one task vector, in place."""
+def _sparsify(
+    method: TaskArithmetic, index: int, delta: torch.Tensor, generator: torch.Generator | None, key: str
+) -> torch.Tensor:
+    """The method's sparsification (mergekit's names) of model ``index``'s task vector, in place, with that
+    model's values of the per-model parameters (density, gamma, epsilon)."""
     params = method.params
-    density, rescale = params["density"], params["rescale"]
+    density, rescale = params["density"][index], params["rescale"]
     if method.sparsification == "magnitude":
         return keep_largest(delta, density, rescale)
     if method.sparsification == "random":
         return drop_randomly(delta, density, rescale, generator)
     if method.sparsification == "magnitude_outliers":
-        return drop_outliers(delta, density, params["gamma"], rescale)
+        return drop_outliers(delta, density, params["gamma"][index], rescale)
     if method.sparsification == "della_magprune":
-        return magprune(delta, density, params["epsilon"], rescale, generator)
+        epsilon = params["epsilon"][index]
+        cast("Della", method).check_spread(density, epsilon, f" (tensor {key!r}, model {index + 1})")
+        return magprune(delta, density, epsilon, rescale, generator)
     raise ValueError(f"unknown sparsification {method.sparsification!r}")
 
 
@@ -260,16 +267,16 @@ def tensor_seed(seed: int, key: str) -> int:
 def _task_vectors(
     method: TaskArithmetic, tensors: Sequence[torch.Tensor], base: torch.Tensor, key: str
 ) -> Iterator[torch.Tensor]:
-    """Each model's task vector, sparsified, in the models' order (one generator per tensor), computed in
-    place of the model's tensor."""
+    """Each model's task vector, sparsified with that model's density, in the models' order (one generator per
+    tensor), computed in place of the model's tensor."""
     params = method.params
     generator = None
-    if method.sparsification in RANDOM_SPARSIFICATIONS and params["density"] < 1:
+    if method.sparsification in RANDOM_SPARSIFICATIONS and min(params["density"]) < 1:
         generator = torch.Generator(device=base.device).manual_seed(tensor_seed(params["seed"], key))
-    for tensor in tensors:
+    for index, tensor in enumerate(tensors):
         delta = tensor.sub_(base)
         if method.sparsification is not None:
-            delta = _sparsify(method, delta, generator)
+            delta = _sparsify(method, index, delta, generator, key)
         yield delta
 
 

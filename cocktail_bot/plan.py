@@ -119,6 +119,7 @@ def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | 
                 models=[s.label for s in step.models],
                 method=step.merge.method,
                 method_params=dict(step.merge.parameters),
+                model_params=step.model_params if any(step.model_params) else None,
                 weights=describe_weights(step, manifest),
                 output_bytes=output,
             )
@@ -244,7 +245,7 @@ def _merge_bytes(step: StepSpec, itemsize: int, largest_numel: int) -> int:
     """The engine's buffers for this step (:func:`cocktail_bot.memory.merge_memory`)."""
     labels = [source.label for source in step.models]
     named_base = step.base.label if step.base is not None else None
-    method = get_method(step.merge.method, step.merge.parameters).for_base(named_base)
+    method = get_method(step.merge.method, step.merge.parameters, step.model_params).for_base(named_base)
     base = named_base if named_base is not None else labels[0]
     inputs = len(method.split_base(labels, base)) + (1 if method.needs_base else 0)
     wide = FLOAT64 if method.name == "linear" or itemsize == FLOAT64 else FLOAT32

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from cocktail_bot.manifest_schema import (
     ExampleWeights,
@@ -29,6 +29,7 @@ class SourceSpec:
     ref: str  # repo id, absolute local path, or step name
     revision: str | None = None
     weight: float | None = None
+    parameters: dict[str, Any] | None = field(default=None, compare=False)  # its per-model parameters
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class StepSpec:
     examples_path: Path | None
     merge: MergeOptions
     base: SourceSpec | None  # None: the first model
+
+    @property
+    def model_params(self) -> list[dict[str, Any] | None]:
+        """Each model's own per-model parameter settings (None: it sets none)."""
+        return [source.parameters for source in self.models]
 
     @property
     def explicit_weights(self) -> list[float] | None:

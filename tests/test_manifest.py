@@ -167,15 +167,17 @@ BAD = [
     pytest.param(
         HEADER
         + "models: [org/a, org/b]\nweights: uniform\nmerge: {method: ties, parameters: {density: 2}}\n",
-        ["6: merge.parameters: merge method 'ties': parameter 'density' must be a number in (0, 1], got 2"],
+        [
+            "6: merge.parameters.density: merge method 'ties': parameter 'density' must be a number in (0, 1], got 2"
+        ],
         id="method-parameters",
     ),
     pytest.param(
         HEADER
-        + "models: [org/a, org/b]\nbase: org/a\nmerge: {method: slerp, parameters: {t: [0, 0.5, 1]}}\n",
+        + "models: [org/a, org/b]\nbase: org/a\nweights: uniform\nmerge: {method: dare_ties, parameters: {seed: [1, 2]}}\n",
         [
-            "6: merge.parameters: merge method 'slerp': parameter 't' takes one value (a number in [0, 1]), "
-            "got [0, 0.5, 1]; per-layer values are not supported: give one value for the whole model"
+            "7: merge.parameters.seed: merge method 'dare_ties': parameter 'seed' takes one value, got [1, 2]; "
+            "per-layer lists and filters are not supported"
         ],
         id="list-for-a-one-value-parameter",
     ),

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from cocktail_bot.engine import merge
+from cocktail_bot.errors import CocktailError
 from cocktail_bot.merge_kernels import tensor_seed
 from cocktail_bot.methods import METHODS, get_method
 
@@ -406,3 +407,54 @@ def test_engine_della_draws_what_mergekit_draws_from_the_same_seed(tiny_llamas, 
             method, params, inputs[0][name], [inputs[1][name], inputs[2][name]], [0.7, 0.4], name
         )
         assert torch.equal(value, theirs), name
+
+
+@pytest.mark.parametrize(
+    "name, shared, own",
+    [
+        (
+            "breadcrumbs",
+            {},
+            [{"density": 0.5, "gamma": 0.05}, {"density": 0.8}, {"gamma": 0.2, "density": 0.3}],
+        ),
+        ("breadcrumbs_ties", {"density": 0.6}, [{}, {"gamma": 0.1}, {"density": 0.9, "gamma": 0.0}]),
+        ("della", {"epsilon": 0.1}, [{"density": 0.5}, {"density": 0.7, "epsilon": 0.2}, {}]),
+        ("della_linear", {"density": 0.4}, [{"epsilon": 0.3}, {}, {"density": 1.0}]),
+    ],
+)
+def test_new_methods_take_mergekits_per_model_parameters(name, shared, own):
+    """density, gamma and epsilon are per model in mergekit (NON_BASE scope): a model's own value wins, the
+    merge's applies to the others."""
+    generator = torch.Generator().manual_seed(11)
+    base = torch.randn(20, 30, generator=generator)
+    models = [base + 0.1 * torch.randn(20, 30, generator=generator) for _ in range(3)]
+    weights = [0.5, 0.8, -0.3]
+    key = "model.layers.1.self_attn.v_proj.weight"
+    ours = get_method(name, shared, own).merge(models, weights, base, key=key)
+    per_model = {
+        k: {i + 1: s.get(k, shared.get(k)) for i, s in enumerate(own)}
+        for k in ("density", "gamma", "epsilon")
+    }
+    defaults = {parameter.name: parameter.default for parameter in METHODS[name].parameters}
+    params = {
+        **shared,
+        **{
+            k: {i: (defaults[k] if v is None else v) for i, v in values.items()}
+            for k, values in per_model.items()
+            if k in defaults
+        },
+    }
+    theirs = mergekit_group_merge(name, params, base, models, weights, key)
+    assert torch.equal(ours, theirs)
+
+
+def test_della_spread_is_checked_before_any_tensor_per_model_and_per_tensor():
+    with pytest.raises(CocktailError, match=r"'della': density - epsilon and density \+ epsilon must lie in"):
+        get_method("della", {"density": 0.9, "epsilon": 0.15})
+    with pytest.raises(CocktailError, match="density=0.1 and epsilon=0.15 give -0.05 and 0.25"):
+        get_method("della_linear", {"density": 0.5}, [{}, {"density": 0.1}])
+    get_method("della", {"density": 1.0, "epsilon": 0.5})  # density 1 keeps everything: no probabilities
+    method = get_method("della", {"density": [0.5, 0.95], "epsilon": 0.1})  # a per-layer list: per tensor
+    tensors = [torch.randn(4, 4), torch.randn(4, 4)]
+    with pytest.raises(CocktailError, match=r"tensor 'w', model 1\): density - epsilon"):
+        method.at("w", 1.0, [0, 1]).merge(tensors, [0.5, 0.5], torch.zeros(4, 4), key="w")

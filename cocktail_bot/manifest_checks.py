@@ -252,6 +252,13 @@ class Checker:
         else:
             reference, weight, revision, parameters = entry.id, entry.weight, entry.revision, entry.parameters
         label = f"{reference}@{revision}" if revision else reference
+        if not is_local(reference) and not revision and (self.folder / reference).is_dir():
+            self.fail(
+                loc if isinstance(entry, str) else (*loc, "id"),
+                f"{reference!r} is read as a Hub repo id, but {self.folder / reference} is a folder: write "
+                f"'./{reference}' for the folder, or '{reference}@main' for the Hub repo",
+            )
+            return None
         if is_local(reference):
             folder = self.path(loc if isinstance(entry, str) else (*loc, "id"), reference, kind="folder")
             if folder is None:

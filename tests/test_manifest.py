@@ -155,6 +155,16 @@ BAD = [
         id="path-escapes",
     ),
     pytest.param(
+        HEADER + "models: [models/a, {id: models/b}]\nweights: uniform\n",
+        [
+            "4: models[0]: 'models/a' is read as a Hub repo id, but {root}/models/a is a folder: write "
+            "'./models/a' for the folder, or 'models/a@main' for the Hub repo",
+            "4: models[1].id: 'models/b' is read as a Hub repo id, but {root}/models/b is a folder: write "
+            "'./models/b' for the folder, or 'models/b@main' for the Hub repo",
+        ],
+        id="hub-id-naming-a-folder",
+    ),
+    pytest.param(
         HEADER + "models: [org/a, org/a]\nweights: uniform\n",
         ["4: models[1]: 'org/a' is listed twice in this step; list it once"],
         id="duplicate-model",

@@ -110,6 +110,11 @@ def multislerp(method: MergeMethod, tensors: Sequence[torch.Tensor], weights, ba
             vector.sub_(base.view(-1))
     weight = torch.tensor(list(weights), dtype=vectors[0].dtype, device=vectors[0].device)
     if method.params["normalize_weights"]:
+        if float(weight.sum()) == 0:
+            raise CocktailError(
+                f"multislerp cannot merge tensor {key!r}: its weights {list(weights)} sum to 0 and "
+                "normalize_weights divides by their sum; change the weights or set normalize_weights: false"
+            )
         weight = weight / weight.sum()
     norms = torch.stack([torch.norm(vector, dim=-1) for vector in vectors])
     scale = norms + eps

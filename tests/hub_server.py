@@ -169,7 +169,7 @@ class Token:
 
 @dataclass(frozen=True)
 class Request:
-    """What the server saw: route name, method, repo, and for file routes the file path."""
+    """What the server saw: route name, method, repo, for file routes the file path, and the Range asked."""
 
     method: str
     route: str
@@ -177,6 +177,7 @@ class Request:
     path: str | None
     revision: str | None
     token: str | None
+    range: str | None = None
 
 
 class Throttle:
@@ -651,7 +652,15 @@ class _Handler(hub_jobs.JobRoutes, BaseHTTPRequestHandler):
         token = self._token()
         with self.hub._lock:
             self.hub.requests.append(
-                Request(method, route, repo_id, params.get("path"), params.get("revision"), token)
+                Request(
+                    method,
+                    route,
+                    repo_id,
+                    params.get("path"),
+                    params.get("revision"),
+                    token,
+                    self.headers.get("Range"),
+                )
             )
         injected = self.hub._take_failure(route, method)
         if injected is not None and injected[0] == 0:

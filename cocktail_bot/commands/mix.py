@@ -12,7 +12,8 @@ def register(subparsers) -> None:
         "mix",
         help="merge models with given weights into a new model folder",
         description="Merge models of one architecture as sum(w_i * theta_i), streaming tensor by tensor. "
-        "MODEL is a local folder or a Hugging Face Hub reference (org/name or org/name@revision).",
+        "MODEL is a local folder or a Hugging Face Hub reference (org/name or org/name@revision), whose "
+        "safetensors weights are read from the Hub by range, not downloaded.",
     )
     parser.add_argument("models", nargs="+", metavar="MODEL", help="models to merge (the first is the base)")
     parser.add_argument(
@@ -44,17 +45,17 @@ def register(subparsers) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from cocktail_bot.api import resolve_model_folders
+    from cocktail_bot.api import resolve_models
     from cocktail_bot.engine import check_arguments, merge
     from cocktail_bot.sizes import format_size
     from cocktail_bot.writable import writing
 
     check_arguments(args.models, args.weights, base=args.base, dtype=args.dtype, shard_size=args.shard_size)
-    folders = resolve_model_folders(args.models)
-    base = resolve_model_folders([args.base])[0] if args.base else None
+    models = resolve_models(args.models)  # Hub weights are read in place, not downloaded
+    base = resolve_models([args.base])[0] if args.base else None
     with writing(args.out, "the merged model"):
         result = merge(
-            folders,
+            models,
             args.weights,
             args.out,
             model_type=args.model_type,

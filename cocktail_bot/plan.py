@@ -338,9 +338,10 @@ def _example_tokens(
 
 def _merge_bytes(step: StepSpec, itemsize: int, largest_numel: int) -> int:
     """The engine's buffers for this step (:func:`cocktail_bot.memory.merge_memory`)."""
-    method = get_method(step.merge.method, step.merge.parameters, step.model_params)
     labels = [source.label for source in step.models]
-    base = step.base.label if step.base is not None else labels[0]
+    named_base = step.base.label if step.base is not None else None
+    method = get_method(step.merge.method, step.merge.parameters, step.model_params).for_base(named_base)
+    base = named_base if named_base is not None else labels[0]
     inputs = len(method.split_base(labels, base)) + (1 if method.needs_base else 0)
     wide = FLOAT64 if method.name == "linear" or itemsize == FLOAT64 else FLOAT32
     output = DTYPE_BYTES[step.merge.dtype] if step.merge.dtype else itemsize

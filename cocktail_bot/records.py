@@ -9,10 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
-class PinnedSource(BaseModel):
+class Record(BaseModel):
+    """The base of the records a run passes between stages and writes (sources, steps, report, lock, plan).
+
+    Their validators are built when a model is first used (``defer_build``), not when its module is imported:
+    a command imports the models of every stage it might reach, and `cocktail plan`, for one, must start fast
+    without the report's and the lock's.
+    """
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class PinnedSource(Record):
     """One input model pinned to an exact revision, with the sha256 of each file a merge reads."""
 
     label: str = Field(
@@ -28,7 +39,7 @@ class PinnedSource(BaseModel):
         return {name: getattr(self, name) for name in PinnedSource.model_fields}
 
 
-class StepRecord(BaseModel):
+class StepRecord(Record):
     """One merge step as every stage names it."""
 
     name: str
@@ -49,7 +60,9 @@ class MergedStep(StepRecord):
     """A step with the weights it merged with (and the losses they came from)."""
 
     weights_mode: str
-    weights: list[float]
+    weights: list[float | list[Any]] = Field(
+        description="one per model: a number, or a per-layer list / filtered values as the manifest gives them"
+    )
     losses: list[float] | None = Field(
         None, description="example losses per model, when weights came from examples"
     )

@@ -21,6 +21,7 @@ shard is merged).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import shutil
@@ -522,6 +523,19 @@ def _single_threaded_kernels() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+@contextmanager
+def _heap_frozen() -> Iterator[None]:
+    """The objects that exist before the merge (torch, numba, transformers: a million or so) are left out of
+    the garbage collector's passes while it runs. The merge's own small objects (futures, views, closures)
+    still trigger collections, but a full one no longer walks the whole heap (measured: 3.5-3.7 -> 3.1-3.4 CPU
+    s for a 2.2 GB merge, docs/benchmarks.md). Unfrozen after: nothing is kept from collection for good."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _usable_device(device: str) -> torch.device:
     try:
         torch_device = torch.device(device)
@@ -704,6 +718,7 @@ def merge(
             with (
                 tqdm(total=total, unit="B", unit_scale=True, desc="merging", disable=not progress) as bar,
                 _single_threaded_kernels(),
+                _heap_frozen(),
             ):
                 tasks = (
                     task for relative, shard, write in parts for task in plan.tasks(relative, shard, write)

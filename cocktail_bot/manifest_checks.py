@@ -27,6 +27,7 @@ from cocktail_bot.manifest_schema import (
     MergeOptions,
     StepOutput,
 )
+from cocktail_bot.methods import METHODS, MergeMethod, get_method
 from cocktail_bot.model_files import has_weights
 from cocktail_bot.recipe import SINGLE_STEP_NAME, SourceSpec, StepSpec
 from cocktail_bot.references import STEP_PREFIX, is_local, split_revision
@@ -182,9 +183,6 @@ class Checker:
         if base_ref is not None:
             base = next((s for s in sources if s is not None and s.label == base_ref), None)
             base = base or self.source((*prefix, "base"), base_ref, earlier, all_names)
-        weights = _try(WEIGHTS, raw.get("weights"))
-        given = [getattr(entry, "weight", None) is not None for entry in entries if entry is not None]
-        mode, examples_path = self.weights(prefix, weights, sources, given, raw.get("weights") is not None)
         merge = _try(MergeOptions, raw.get("merge", {}))
         method = self.method(prefix, merge) if merge is not None else None
         if merge is None and isinstance(raw.get("merge"), dict):
@@ -194,6 +192,15 @@ class Checker:
             partial = _try(MergeOptions, chosen)
             if partial is not None:
                 self.method(prefix, partial)
+        weights = _try(WEIGHTS, raw.get("weights"))
+        given = [getattr(entry, "weight", None) is not None for entry in entries if entry is not None]
+        chosen_method = (
+            raw["merge"].get("method", "linear") if isinstance(raw.get("merge"), dict) else "linear"
+        )
+        method_class = METHODS.get(chosen_method) if isinstance(chosen_method, str) else None
+        mode, examples_path = self.weights(
+            prefix, weights, sources, given, raw.get("weights") is not None, method_class
+        )
         complete = None not in entries and None not in sources
         present = [source for source in sources if source is not None]
         if method is not None and mode is not None and complete:
@@ -248,10 +255,27 @@ class Checker:
         return SourceSpec(label, "hub", reference, revision, weight)
 
     def weights(
-        self, prefix: Loc, weights: Any, sources: list[SourceSpec | None], given: list[bool], present: bool
+        self,
+        prefix: Loc,
+        weights: Any,
+        sources: list[SourceSpec | None],
+        given: list[bool],
+        present: bool,
+        method: type[MergeMethod] | None,
     ) -> tuple[Any, Path | None]:
-        """The step's weights mode; ``given`` says which valid entries carry a weight."""
+        """The step's weights mode; ``given`` says which valid entries carry a weight. A method that uses no
+        per-model weights (slerp) needs none; computing them from examples would be work thrown away."""
         if present and weights is None:  # invalid 'weights:', already reported by the schema
+            return None, None
+        if method is not None and not method.uses_weights and weights in (None, "uniform") and not any(given):
+            return "unused", None
+        if method is not None and not method.uses_weights and weights not in (None, "uniform"):
+            self.fail(
+                (*prefix, "weights"),
+                f"merge method {method.name!r} does not use per-model weights (its parameters set the "
+                "mix), so there is nothing to compute from examples: remove 'weights:'",
+                key=True,
+            )
             return None, None
         if weights is not None:
             if any(given):
@@ -283,10 +307,8 @@ class Checker:
             )
         return ("explicit", None) if not missing else (None, None)
 
-    def method(self, prefix: Loc, merge: MergeOptions):
-        from cocktail_bot import methods
-
-        known = list(methods.METHODS)
+    def method(self, prefix: Loc, merge: MergeOptions) -> MergeMethod | None:
+        known = list(METHODS)
         if merge.method not in known:
             self.fail(
                 (*prefix, "merge", "method"),
@@ -294,7 +316,7 @@ class Checker:
             )
             return None
         try:
-            return methods.get_method(merge.method, merge.parameters)
+            return get_method(merge.method, merge.parameters)
         except CocktailError as error:
             self.fail((*prefix, "merge", "parameters"), str(error))
             return None

@@ -158,7 +158,8 @@ Size = Annotated[str | int, AfterValidator(_size), Field(json_schema_extra={"pat
 
 class MergeOptions(_Strict):
     method: str = Field("linear", description="linear, task_arithmetic, ties, dare_linear, dare_ties, slerp")
-    parameters: dict[str, float | int | str | bool | None] = Field(
+    # Lists and mappings reach the method, which says whether it takes them (one message, not four union errors).
+    parameters: dict[str, float | int | str | bool | list[Any] | dict[str, Any] | None] = Field(
         default_factory=dict, description="method parameters, e.g. {density: 0.5} for ties"
     )
     dtype: OutputDtype | None = Field(None, description="output dtype; default: the sources' dtype")

@@ -64,6 +64,11 @@ class Parameter:
 
     def validate(self, method: str, value: Any) -> Any:
         """The value, as its kind, or CocktailError naming the method, the parameter and the allowed range."""
+        if isinstance(value, list | dict):
+            raise CocktailError(
+                f"merge method {method!r}: parameter {self.name!r} takes one value ({self.range_text}), got "
+                f"{value!r}; per-layer values are not supported: give one value for the whole model"
+            )
         problem = CocktailError(
             f"merge method {method!r}: parameter {self.name!r} must be {self.range_text}, got {value!r}"
         )
@@ -116,6 +121,7 @@ class MergeMethod:
     needs_base: bool = False
 
     parameters: ClassVar[tuple[Parameter, ...]] = ()
+    uses_weights: ClassVar[bool] = True  # False: per-model weights are not needed (and ignored when given)
     title: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     kernel: ClassVar[str] = ""  # the key of merge_kernels.KERNELS that computes it
@@ -397,6 +403,7 @@ class Slerp(MergeMethod):
     name: str = "slerp"
     needs_base: bool = True
     parameters: ClassVar[tuple[Parameter, ...]] = (T,)
+    uses_weights: ClassVar[bool] = False
     title: ClassVar[str] = "spherical linear interpolation, Shoemake 1985"
     paper: ClassVar[str] = "doi:10.1145/325165.325242"
     kernel: ClassVar[str] = "slerp"

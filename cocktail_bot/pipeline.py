@@ -307,7 +307,12 @@ def run_step(
     method = get_method(step.merge.method, step.merge.parameters)
     weights = method.normalised(weights)
     base = step.base or (step.models[0] if step.models else None)
-    logger.info("step %s: %s with weights %s", step.name, ", ".join(labels), [round(w, 4) for w in weights])
+    if step.weights_mode == "unused":
+        logger.info("step %s: %s (%s uses no per-model weights)", step.name, ", ".join(labels), method.name)
+    else:
+        logger.info(
+            "step %s: %s with weights %s", step.name, ", ".join(labels), [round(w, 4) for w in weights]
+        )
     result = engine.merge(
         [context.model_of(source) for source in step.models],
         weights,

@@ -291,6 +291,8 @@ def describe_weights(step: StepSpec, manifest: Manifest) -> str:
         return "given: " + ", ".join(f"{w:g}" for w in step.explicit_weights or [])
     if step.weights_mode == "uniform":
         return f"uniform: 1/{len(step.models)} each"
+    if step.weights_mode == "unused":
+        return f"none: {step.merge.method} uses no per-model weights (its parameters set the mix)"
     assert step.example_weights is not None and step.examples_path is not None
     where = _relative(step.examples_path, manifest)
     return f"from examples {where} (softmax(-loss/{step.example_weights.temperature:g}))"

@@ -35,7 +35,7 @@ class SourceSpec:
 class StepSpec:
     name: str
     models: tuple[SourceSpec, ...]
-    weights_mode: Literal["explicit", "uniform", "examples"]
+    weights_mode: Literal["explicit", "uniform", "examples", "unused"]  # unused: the method takes none
     example_weights: ExampleWeights | None
     examples_path: Path | None
     merge: MergeOptions
@@ -43,7 +43,7 @@ class StepSpec:
 
     @property
     def explicit_weights(self) -> list[float] | None:
-        if self.weights_mode == "uniform":
+        if self.weights_mode in ("uniform", "unused"):  # unused: what the engine is handed, and ignores
             return [1.0 / len(self.models)] * len(self.models)
         if self.weights_mode == "explicit":
             return [float(m.weight) for m in self.models]  # type: ignore[arg-type]

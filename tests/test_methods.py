@@ -262,6 +262,13 @@ TIES = "merge method 'ties': parameter"
             "0 gives the base, 1 the other model)",
         ),
         ("slerp", {"t": 1.2}, "merge method 'slerp': parameter 't' must be a number in [0, 1], got 1.2"),
+        (
+            "ties",
+            {"density": {"filter": "mlp", "value": 0.5}},
+            "merge method 'ties': parameter 'density' takes one value (a number in (0, 1]), got "
+            "{'filter': 'mlp', 'value': 0.5}; per-layer values are not supported: give one value for the "
+            "whole model",
+        ),
     ],
 )
 def test_bad_methods_and_parameters(name, params, message):

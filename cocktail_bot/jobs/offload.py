@@ -29,6 +29,7 @@ from cocktail_bot.pipeline import (
     output_location,
     write_report,
 )
+from cocktail_bot.plan import can_run_here
 from cocktail_bot.recipe import Manifest
 from cocktail_bot.report import Provenance, Report
 
@@ -55,8 +56,6 @@ def offload_reason(
     cuda and torch sees no GPU, or the preflight (plan's :func:`~cocktail_bot.plan.can_run_here`: disk per
     filesystem, memory, GPU memory) finds this machine too small for the run into ``out`` (None: publishing
     with no local copy)."""
-    from cocktail_bot.plan import can_run_here
-
     manifest = load_manifest(manifest_path)
     if wants_cuda(manifest, device):
         import torch

@@ -29,6 +29,7 @@ from cocktail_bot.manifest_schema import (
 )
 from cocktail_bot.methods import METHODS, MergeMethod, get_method
 from cocktail_bot.model_files import has_weights
+from cocktail_bot.parameter_values import SettingError
 from cocktail_bot.recipe import SINGLE_STEP_NAME, SourceSpec, StepSpec
 from cocktail_bot.references import STEP_PREFIX, is_local, split_revision
 from cocktail_bot.suggest import did_you_mean
@@ -83,8 +84,11 @@ def schema_message(error: ErrorDetails) -> str:
 class Checker:
     """Consistency checks that the schema cannot express; runs on every part that passed the schema."""
 
-    def __init__(self, nodes: NodeIndex, folder: Path, root: Path, model_type: str) -> None:
+    def __init__(
+        self, nodes: NodeIndex, folder: Path, root: Path, model_type: str, *, outside_folders: bool = False
+    ) -> None:
         self.nodes, self.folder, self.root, self.model_type = nodes, folder, root, model_type
+        self.outside_folders = outside_folders  # model folders may be outside the repository (local runs)
         self.problems: list[Problem] = []
 
     def fail(self, loc: Loc, message: str, *, key: bool = False) -> None:
@@ -92,9 +96,11 @@ class Checker:
 
     # ---- paths ---------------------------------------------------------------------------------------------
     def path(self, loc: Loc, value: str, *, kind: Literal["file", "folder"]) -> Path | None:
-        """Resolve a manifest path (symlinks too) and require it inside the repository and present."""
+        """Resolve a manifest path (symlinks too) and require it present, and inside the repository unless it
+        is a model folder of a local run (``outside_folders``): the Action reads nothing outside its checkout."""
         resolved = (self.folder / value).resolve()
-        if not resolved.is_relative_to(self.root):
+        confined = kind == "file" or not self.outside_folders
+        if confined and not resolved.is_relative_to(self.root):
             self.fail(
                 loc,
                 f"{value!r} resolves to {resolved}, outside the repository {self.root}; "
@@ -184,14 +190,15 @@ class Checker:
             base = next((s for s in sources if s is not None and s.label == base_ref), None)
             base = base or self.source((*prefix, "base"), base_ref, earlier, all_names)
         merge = _try(MergeOptions, raw.get("merge", {}))
-        method = self.method(prefix, merge) if merge is not None else None
+        own = [getattr(entry, "parameters", None) for entry in entries]
+        method = self.method(prefix, merge, own) if merge is not None else None
         if merge is None and isinstance(raw.get("merge"), dict):
             # Another merge option is wrong (the schema said which): the method and its parameters still
             # get checked, so that one run of `validate` lists every problem.
             chosen = {key: raw["merge"][key] for key in ("method", "parameters") if key in raw["merge"]}
             partial = _try(MergeOptions, chosen)
             if partial is not None:
-                self.method(prefix, partial)
+                self.method(prefix, partial, own)
         weights = _try(WEIGHTS, raw.get("weights"))
         given = [getattr(entry, "weight", None) is not None for entry in entries if entry is not None]
         chosen_method = (
@@ -240,19 +247,29 @@ class Checker:
                     message = f"unknown step {entry.step!r}; only steps listed before this one can be used"
                 self.fail((*loc, "step"), message)
                 return None
-            return SourceSpec(f"{STEP_PREFIX}{entry.step}", "step", entry.step, None, entry.weight)
+            return SourceSpec(
+                f"{STEP_PREFIX}{entry.step}", "step", entry.step, None, entry.weight, entry.parameters
+            )
+        parameters = None
         if isinstance(entry, str):
             weight = None
             reference, revision = split_revision(entry)
         else:
-            reference, weight, revision = entry.id, entry.weight, entry.revision
+            reference, weight, revision, parameters = entry.id, entry.weight, entry.revision, entry.parameters
         label = f"{reference}@{revision}" if revision else reference
+        if not is_local(reference) and not revision and (self.folder / reference).is_dir():
+            self.fail(
+                loc if isinstance(entry, str) else (*loc, "id"),
+                f"{reference!r} is read as a Hub repo id, but {self.folder / reference} is a folder: write "
+                f"'./{reference}' for the folder, or '{reference}@main' for the Hub repo",
+            )
+            return None
         if is_local(reference):
             folder = self.path(loc if isinstance(entry, str) else (*loc, "id"), reference, kind="folder")
             if folder is None:
                 return None
-            return SourceSpec(label, "local", str(folder), None, weight)
-        return SourceSpec(label, "hub", reference, revision, weight)
+            return SourceSpec(label, "local", str(folder), None, weight, parameters)
+        return SourceSpec(label, "hub", reference, revision, weight, parameters)
 
     def weights(
         self,
@@ -307,7 +324,11 @@ class Checker:
             )
         return ("explicit", None) if not missing else (None, None)
 
-    def method(self, prefix: Loc, merge: MergeOptions) -> MergeMethod | None:
+    def method(
+        self, prefix: Loc, merge: MergeOptions, own: list[dict[str, Any] | None]
+    ) -> MergeMethod | None:
+        """The step's method with its parameters (the merge's, and each model's ``own``), or its problem at the
+        line of the value that is wrong."""
         known = list(METHODS)
         if merge.method not in known:
             self.fail(
@@ -316,7 +337,12 @@ class Checker:
             )
             return None
         try:
-            return get_method(merge.method, merge.parameters)
+            return get_method(merge.method, merge.parameters, own)
+        except SettingError as error:
+            where = error.where
+            loc = (*prefix, *where) if where[:1] == ("models",) else (*prefix, "merge", "parameters", *where)
+            self.fail(loc, str(error), key=_names_key(loc, error))
+            return None
         except CocktailError as error:
             self.fail((*prefix, "merge", "parameters"), str(error))
             return None
@@ -346,6 +372,11 @@ class Checker:
                 self.fail(("output", "card"), str(error))
                 return None
         return resolved
+
+
+def _names_key(loc: Loc, error: Exception) -> bool:
+    """Point at the key, not the value, for an unknown parameter name."""
+    return str(error).startswith(("unknown parameter", "parameter ")) and isinstance(loc[-1], str)
 
 
 def _try(schema: type[BaseModel] | TypeAdapter[Any], data: Any) -> Any:

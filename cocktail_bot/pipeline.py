@@ -101,6 +101,7 @@ def run_manifest(
     pr_title: str | None = None,
     before_publish: Callable[[], None] | None = None,
     run_files: Path | None = None,
+    outside_folders: bool = False,
 ) -> Report:
     """Build the manifest's model into ``out`` (and publish it when ``publish`` and ``output.repo`` say so;
     ``create_pr`` proposes it as a new Hub pull request; ``pr_title`` updates the open one of that title, the
@@ -108,7 +109,8 @@ def run_manifest(
     before anything is sent to the Hub and may raise to stop the run (the Action: "is this still the PR's
     head?"); nothing is published or written to ``out`` then. ``run_files``: a folder that also gets the card,
     lock and report (with ``out=None``, a Hugging Face job hands them back from there without keeping the
-    model), also when publishing fails.
+    model), also when publishing fails. ``outside_folders``: local model folders may be outside the
+    manifest's repository (``cocktail run`` on this machine; see ``manifest.load_manifest``).
 
     Writes ``out``: the model files, ``README.md`` (the card), ``cocktail.lock``, ``report.json`` and
     ``report.md``; and the lock beside the manifest (``lock_path``; default ``<manifest>.lock``), unless
@@ -116,7 +118,7 @@ def run_manifest(
     (only with ``publish``): the model goes to the Hub and nowhere else.
     """
     started = time.perf_counter()
-    manifest = load_manifest(path)
+    manifest = load_manifest(path, outside_folders=outside_folders)
     if out is None and not publish:
         raise CocktailError("give --out DIR for the model, or --publish to publish it without a local copy")
     out = Path(out).resolve() if out is not None else None
@@ -304,7 +306,7 @@ def run_step(
     paths = [context.path_of(source) for source in step.models]
     labels = [source.label for source in step.models]
     weights, losses, loss_dtype = step_weights(context, step, paths)
-    method = get_method(step.merge.method, step.merge.parameters)
+    method = get_method(step.merge.method, step.merge.parameters, step.model_params)
     weights = method.normalised(weights)
     base = step.base or (step.models[0] if step.models else None)
     if step.weights_mode == "unused":
@@ -321,6 +323,7 @@ def run_step(
         base=context.model_of(step.base) if step.base is not None else None,
         method=step.merge.method,
         method_params=dict(step.merge.parameters),
+        model_params=step.model_params,
         dtype=step.merge.dtype,
         shard_size=step.merge.shard_size,
         device=engine_device(context.device or step.merge.device),
@@ -334,6 +337,7 @@ def run_step(
         models=labels,
         method=method.name,
         method_params=dict(method.params),
+        model_params=[dict(own) or None for own in method.model_params] or None,
         weights_mode=step.weights_mode,
         weights=weights,
         losses=losses,

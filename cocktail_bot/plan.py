@@ -119,6 +119,7 @@ def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | 
                 models=[s.label for s in step.models],
                 method=step.merge.method,
                 method_params=dict(step.merge.parameters),
+                model_params=step.model_params if any(step.model_params) else None,
                 weights=describe_weights(step, manifest),
                 output_bytes=output,
             )
@@ -246,7 +247,7 @@ def _largest_tensor(source: ResolvedSource) -> int | None:
 
 def _merge_bytes(step: StepSpec, itemsize: int, largest_numel: int) -> int:
     """The engine's buffers for this step (:func:`cocktail_bot.memory.merge_memory`)."""
-    method = get_method(step.merge.method, step.merge.parameters)
+    method = get_method(step.merge.method, step.merge.parameters, step.model_params)
     labels = [source.label for source in step.models]
     base = step.base.label if step.base is not None else labels[0]
     inputs = len(method.split_base(labels, base)) + (1 if method.needs_base else 0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from cocktail_bot.manifest_schema import (
     ExampleWeights,
@@ -29,6 +29,7 @@ class SourceSpec:
     ref: str  # repo id, absolute local path, or step name
     revision: str | None = None
     weight: float | None = None
+    parameters: dict[str, Any] | None = field(default=None, compare=False)  # its per-model parameters
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class StepSpec:
     examples_path: Path | None
     merge: MergeOptions
     base: SourceSpec | None  # None: the first model
+
+    @property
+    def model_params(self) -> list[dict[str, Any] | None]:
+        """Each model's own per-model parameter settings (None: it sets none)."""
+        return [source.parameters for source in self.models]
 
     @property
     def explicit_weights(self) -> list[float] | None:
@@ -82,6 +88,15 @@ class Manifest:
     @property
     def relative_path(self) -> str:
         return self.path.relative_to(self.root).as_posix()
+
+    def outside_sources(self) -> list[SourceSpec]:
+        """Local model folders outside the repository (allowed for local runs): a lock naming them is not
+        portable."""
+        return [
+            source
+            for source in self.external_sources()
+            if source.kind == "local" and not Path(source.ref).is_relative_to(self.root)
+        ]
 
     def external_sources(self) -> list[SourceSpec]:
         """Hub and local sources of every step (and bases), each once, in order of appearance."""

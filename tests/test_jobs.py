@@ -421,6 +421,16 @@ def test_where_a_run_happens(
     assert choose_runner("auto", checkout, publishing=True, fork=False) == expected
     assert choose_runner("auto", checkout, publishing=True, fork=True) == "local"
     assert choose_runner("auto", checkout, publishing=False, fork=False) == "local"
+    local = checkout.parent / "models" / "a"
+    local.mkdir(parents=True)
+    (local / "model.safetensors").write_bytes(jobs_hub.files(f"{ORG}/llama-a")["model.safetensors"])
+    checkout.write_text(MANIFEST.replace(f"{ORG}/llama-a", "./models/a") + "merge: {device: cuda}\n")
+    with caplog.at_level("INFO", logger="cocktail_bot.jobs.offload"):
+        assert choose_runner("auto", checkout, publishing=True, fork=False) == "local"
+    assert (
+        "runner auto: the run merges local folders (./models/a), which a Hugging Face job cannot read, "
+        "so it runs here" in caplog.text
+    )
 
 
 def test_auto_offloads_a_run_that_does_not_fit_here(

@@ -155,6 +155,16 @@ BAD = [
         id="path-escapes",
     ),
     pytest.param(
+        HEADER + "models: [models/a, {id: models/b}]\nweights: uniform\n",
+        [
+            "4: models[0]: 'models/a' is read as a Hub repo id, but {root}/models/a is a folder: write "
+            "'./models/a' for the folder, or 'models/a@main' for the Hub repo",
+            "4: models[1].id: 'models/b' is read as a Hub repo id, but {root}/models/b is a folder: write "
+            "'./models/b' for the folder, or 'models/b@main' for the Hub repo",
+        ],
+        id="hub-id-naming-a-folder",
+    ),
+    pytest.param(
         HEADER + "models: [org/a, org/a]\nweights: uniform\n",
         ["4: models[1]: 'org/a' is listed twice in this step; list it once"],
         id="duplicate-model",
@@ -167,15 +177,17 @@ BAD = [
     pytest.param(
         HEADER
         + "models: [org/a, org/b]\nweights: uniform\nmerge: {method: ties, parameters: {density: 2}}\n",
-        ["6: merge.parameters: merge method 'ties': parameter 'density' must be a number in (0, 1], got 2"],
+        [
+            "6: merge.parameters.density: merge method 'ties': parameter 'density' must be a number in (0, 1], got 2"
+        ],
         id="method-parameters",
     ),
     pytest.param(
         HEADER
-        + "models: [org/a, org/b]\nbase: org/a\nmerge: {method: slerp, parameters: {t: [0, 0.5, 1]}}\n",
+        + "models: [org/a, org/b]\nbase: org/a\nweights: uniform\nmerge: {method: dare_ties, parameters: {seed: [1, 2]}}\n",
         [
-            "6: merge.parameters: merge method 'slerp': parameter 't' takes one value (a number in [0, 1]), "
-            "got [0, 0.5, 1]; per-layer values are not supported: give one value for the whole model"
+            "7: merge.parameters.seed: merge method 'dare_ties': parameter 'seed' takes one value, got [1, 2]; "
+            "per-layer lists and filters are not supported"
         ],
         id="list-for-a-one-value-parameter",
     ),
@@ -483,3 +495,34 @@ def test_slerp_needs_no_per_model_weights(repo: Path) -> None:
     assert load_manifest(path).steps[0].weights_mode == "unused"
     path.write_text(recipe.replace("[org/a, org/b]", "[{id: org/a, weight: 0.2}, {id: org/b, weight: 0.8}]"))
     assert load_manifest(path).steps[0].weights_mode == "explicit"  # given, and ignored, as in mergekit
+
+
+def test_model_folders_outside_the_repository_are_allowed_for_local_runs(repo: Path, caplog) -> None:
+    """Where people keep checkpoints (`../checkpoints/x`, an absolute path): allowed when asked for (the CLI
+    asks), with a note that the lock is not portable; files (examples, cards) and the default stay confined."""
+    caplog.set_level("INFO")
+    outside = repo.parent / "checkpoints"
+    for name in ("x", "y"):
+        (outside / name).mkdir(parents=True)
+        (outside / name / "model.safetensors").write_bytes(b"")
+    path = repo / "cocktail.yml"
+    path.write_text(HEADER + f"models: [./models/a, ../checkpoints/x, {outside / 'y'}]\nweights: uniform\n")
+    with pytest.raises(CocktailError, match="outside the repository"):
+        load_manifest(path)
+    manifest = load_manifest(path, outside_folders=True)
+    [step] = manifest.steps
+    assert [(s.label, s.kind, s.ref) for s in step.models] == [
+        ("./models/a", "local", str(repo.resolve() / "models" / "a")),
+        ("../checkpoints/x", "local", str(outside.resolve() / "x")),
+        (str(outside / "y"), "local", str(outside.resolve() / "y")),
+    ]
+    assert [s.label for s in manifest.outside_sources()] == ["../checkpoints/x", str(outside / "y")]
+    assert caplog.messages == [
+        f"note: ../checkpoints/x, {outside / 'y'} are outside the repository {repo.resolve()}: the lock records "
+        "them by path and file hashes, so it is not portable (a --locked rebuild needs the same files at the "
+        "same path, and the Action cannot use it)"
+    ]
+    (repo.parent / "train.jsonl").write_text('{"input": "a", "output": "b"}\n')
+    path.write_text(HEADER + "models: [./models/a, ../checkpoints/x]\nweights: {examples: ../train.jsonl}\n")
+    with pytest.raises(CocktailError, match="'../train.jsonl' resolves to .*, outside the repository"):
+        load_manifest(path, outside_folders=True)

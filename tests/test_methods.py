@@ -263,11 +263,10 @@ TIES = "merge method 'ties': parameter"
         ),
         ("slerp", {"t": 1.2}, "merge method 'slerp': parameter 't' must be a number in [0, 1], got 1.2"),
         (
-            "ties",
-            {"density": {"filter": "mlp", "value": 0.5}},
-            "merge method 'ties': parameter 'density' takes one value (a number in (0, 1]), got "
-            "{'filter': 'mlp', 'value': 0.5}; per-layer values are not supported: give one value for the "
-            "whole model",
+            "dare_ties",
+            {"seed": {"filter": "mlp", "value": 5}},
+            "merge method 'dare_ties': parameter 'seed' takes one value, got {'filter': 'mlp', 'value': 5}; "
+            "per-layer lists and filters are not supported",
         ),
     ],
 )

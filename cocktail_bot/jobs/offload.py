@@ -55,8 +55,11 @@ def offload_reason(
     """Whether ``runner: auto`` sends the run to Hugging Face Jobs, and why: a step (or ``device``) asks for
     cuda and torch sees no GPU, or the preflight (plan's :func:`~cocktail_bot.plan.can_run_here`: disk per
     filesystem, memory, GPU memory) finds this machine too small for the run into ``out`` (None: publishing
-    with no local copy)."""
-    manifest = load_manifest(manifest_path)
+    with no local copy). A run that merges local model folders stays here: a job cannot read them."""
+    manifest = load_manifest(manifest_path, outside_folders=True)
+    local = [source.label for source in manifest.external_sources() if source.kind == "local"]
+    if local:
+        return False, f"merges local folders ({', '.join(local)}), which a Hugging Face job cannot read"
     if wants_cuda(manifest, device):
         import torch
 

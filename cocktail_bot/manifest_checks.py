@@ -29,7 +29,7 @@ from cocktail_bot.manifest_schema import (
 )
 from cocktail_bot.methods import METHODS, MergeMethod, get_method
 from cocktail_bot.model_files import has_weights
-from cocktail_bot.parameter_values import SettingError
+from cocktail_bot.parameter_values import SettingError, check_weight
 from cocktail_bot.recipe import SINGLE_STEP_NAME, SourceSpec, StepSpec
 from cocktail_bot.references import STEP_PREFIX, is_local, split_revision
 from cocktail_bot.suggest import did_you_mean
@@ -218,7 +218,7 @@ class Checker:
             except CocktailError as error:
                 self.fail((*prefix, "merge", "method"), str(error))
             else:
-                weights_given = [float(s.weight) for s in sources] if mode == "explicit" else None  # type: ignore
+                weights_given = [s.weight for s in sources] if mode == "explicit" else None  # type: ignore
                 try:
                     method.check_recipe(labels, weights_given, base_label)
                 except CocktailError as error:
@@ -236,6 +236,13 @@ class Checker:
         )
 
     def source(self, loc: Loc, entry: Any, earlier: list[Any], all_names: list[Any]) -> SourceSpec | None:
+        weight = getattr(entry, "weight", None)
+        if isinstance(weight, (list, dict)):  # a per-layer list or filtered values (mergekit's forms)
+            try:
+                entry = entry.model_copy(update={"weight": check_weight(weight)})
+            except SettingError as error:
+                self.fail((*loc, "weight", *error.where), f"weight: {error}")
+                return None
         if isinstance(entry, StepOutput):
             if entry.step not in earlier:
                 known = [n for n in earlier if isinstance(n, str)]

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 CHUNK_ELEMENTS = 16 * 2**20
 PREFETCH = 2  # tasks read ahead of the arithmetic, and results queued for the writer
 BLOCK_ELEMENTS = 2**18  # per input, a float64 scratch block of 2 MB: close to a core's cache
+# DELLA ranks magnitudes within each row: rows are ranked and drawn this many entries at a time (at least one
+# row), so its temporaries stay small
+DELLA_BLOCK = 2**18
 # Threads summing a chunk's blocks (torch releases the GIL). Half the cores, as reading, writing and hashing
 # need the rest; on 2 cores the caller's thread alone does the sums.
 SUM_WORKERS = max(1, min(8, (os.cpu_count() or 1) // 2))

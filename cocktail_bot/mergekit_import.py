@@ -5,7 +5,7 @@ What has an equivalent is translated: the models (Hub ids with their revisions, 
 :mod:`cocktail_bot.parameter_values`), ``dtype`` / ``out_dtype`` and ``tokenizer_source: base``. What
 cocktail-bot does not do is refused by name with its line: ``slices`` / ``modules`` and ``passthrough`` (layer
 stacking), LoRA references, tokenizer merging (``tokenizer_source: union`` or another model, added tokens), chat
-templates, methods it does not have, per-layer weights. Differences that keep the result are said as comments at
+templates, methods it does not have, per-layer weights for ``linear``. Differences that keep the result are said as comments at
 the top of the manifest (mergekit's linear ``normalize``, dropped ``int8_mask``, the compute dtype).
 
 Pure: text in, text out. Free of torch.
@@ -25,7 +25,7 @@ import yaml
 from cocktail_bot.dtypes import canonical_dtype
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.methods import EXACT_SUM, METHODS, MergeMethod, get_method
-from cocktail_bot.parameter_values import SettingError, is_scalar
+from cocktail_bot.parameter_values import SettingError, check_weight, is_scalar
 from cocktail_bot.references import check_reference, is_local
 from cocktail_bot.yaml_lines import Loc, NodeIndex, Problem, compose
 
@@ -237,21 +237,28 @@ def translate(text: str, *, display: str, name: str, model_type: str, folder: Pa
             continue
         own = _number(dict(model.get("parameters") or {}))
         weight = own.pop("weight", default_weight)
-        if weight is not None and not (is_scalar(weight) and not isinstance(weight, (bool, str))):
-            where = (
-                (*loc, "parameters", "weight")
-                if "weight" in (model.get("parameters") or {})
-                else ("parameters", "weight")
-            )
-            translator.fail(
-                where,
-                "per-layer or filtered weights are not supported by cocktail-bot yet: give "
-                "each model one weight",
-            )
+        given_here = "weight" in (model.get("parameters") or {})
+        where: Loc = (*loc, "parameters", "weight") if given_here else ("parameters", "weight")
+        if weight is not None and not is_scalar(weight):  # a per-layer list or filtered values
+            if method_name == "linear":
+                translator.fail(
+                    where,
+                    "cocktail-bot's linear takes one weight per model (they sum to 1): per-layer or filtered "
+                    "weights are for the methods with a base",
+                )
+                weight = None
+            else:
+                try:
+                    weight = check_weight(weight)
+                except SettingError as error:
+                    translator.fail((*where, *error.where), f"weight: {error}")
+                    weight = None
+        elif weight is not None and (isinstance(weight, (bool, str)) or not math.isfinite(weight)):
+            translator.fail(where, f"a weight is a finite number, got {_short(weight)}")
             weight = None
         entry: dict[str, Any] = {"id": reference}
         if weight is not None:
-            entry["weight"] = float(weight)
+            entry["weight"] = weight if isinstance(weight, list) else float(weight)
         if own:
             entry["parameters"] = own
         if method_class is not None and method_class.needs_base and reference == base:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cocktail_bot import __version__
 from cocktail_bot.atomic import replace_folder, staging_folder
@@ -38,6 +38,7 @@ from cocktail_bot.lock import (
 )
 from cocktail_bot.manifest import load_manifest
 from cocktail_bot.model_types import is_sentence_transformer
+from cocktail_bot.parameter_values import format_setting
 from cocktail_bot.plan import build_plan, manifest_report, plan_manifest, with_preflight
 from cocktail_bot.preflight import require
 from cocktail_bot.recipe import Manifest, SourceSpec, StepSpec
@@ -151,6 +152,7 @@ def run_manifest(
         out.parent if out else None, f".{out.name if out else manifest.name}.", ".cocktail-work", private=True
     )
     uploader: ShardUploader | None = None
+    committed = False
     try:
         context = RunContext(manifest, work, lock, device, progress)
         context.sources = resolve_sources(
@@ -206,6 +208,7 @@ def run_manifest(
                 pr_title=pr_title,
                 uploaded=uploader.uploaded,
             )
+            committed = publish_error is None
             if publish_error is not None:
                 report.status, report.error = "failure", str(publish_error)
         write_report(final, report)
@@ -226,6 +229,8 @@ def run_manifest(
     except OSError as error:
         raise write_error(error, out if out is not None else work, "the model") from None
     finally:
+        if uploader is not None and not committed:  # no empty repo left behind
+            uploader.delete_created_repo()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -313,7 +318,10 @@ def run_step(
         logger.info("step %s: %s (%s uses no per-model weights)", step.name, ", ".join(labels), method.name)
     else:
         logger.info(
-            "step %s: %s with weights %s", step.name, ", ".join(labels), [round(w, 4) for w in weights]
+            "step %s: %s with weights %s",
+            step.name,
+            ", ".join(labels),
+            format_setting([round(w, 4) if isinstance(w, float) else w for w in weights]),
         )
     result = engine.merge(
         [context.model_of(source) for source in step.models],
@@ -357,7 +365,7 @@ def run_step(
 
 def step_weights(
     context: RunContext, step: StepSpec, paths: list[Path]
-) -> tuple[list[float], list[float] | None, str | None]:
+) -> tuple[list[Any], list[float] | None, str | None]:
     """The step's weights: the manifest's, uniform, the lock's (`--locked`), or computed from the examples;
     with the example losses and the dtype they were computed in."""
     if context.locked is not None:

@@ -30,6 +30,7 @@ from cocktail_bot.memory import (
 from cocktail_bot.methods import get_method
 from cocktail_bot.model_files import largest_float_tensor
 from cocktail_bot.model_types import PIPELINE_TAG, ModelType
+from cocktail_bot.parameter_values import format_setting
 from cocktail_bot.preflight import Machine, Needs, Preflight, check, measure
 from cocktail_bot.recipe import Manifest, StepSpec
 from cocktail_bot.records import PinnedSource, StepRecord
@@ -247,9 +248,10 @@ def _largest_tensor(source: ResolvedSource) -> int | None:
 
 def _merge_bytes(step: StepSpec, itemsize: int, largest_numel: int) -> int:
     """The engine's buffers for this step (:func:`cocktail_bot.memory.merge_memory`)."""
-    method = get_method(step.merge.method, step.merge.parameters, step.model_params)
     labels = [source.label for source in step.models]
-    base = step.base.label if step.base is not None else labels[0]
+    named_base = step.base.label if step.base is not None else None
+    method = get_method(step.merge.method, step.merge.parameters, step.model_params).for_base(named_base)
+    base = named_base if named_base is not None else labels[0]
     inputs = len(method.split_base(labels, base)) + (1 if method.needs_base else 0)
     wide = FLOAT64 if method.name == "linear" or itemsize == FLOAT64 else FLOAT32
     output = DTYPE_BYTES[step.merge.dtype] if step.merge.dtype else itemsize
@@ -289,7 +291,7 @@ def _relative(path: Path | None, manifest: Manifest) -> str | None:
 
 def describe_weights(step: StepSpec, manifest: Manifest) -> str:
     if step.weights_mode == "explicit":
-        return "given: " + ", ".join(f"{w:g}" for w in step.explicit_weights or [])
+        return "given: " + ", ".join(format_setting(w) for w in step.explicit_weights or [])
     if step.weights_mode == "uniform":
         return f"uniform: 1/{len(step.models)} each"
     if step.weights_mode == "unused":

@@ -19,6 +19,7 @@ TENSOR_MODULES = {
     "cocktail_bot.api",  # LM_Cocktail's drop-in: merges in process
     "cocktail_bot.checkpoint",
     "cocktail_bot.engine",
+    "cocktail_bot.geometric",  # model_stock, nuslerp, multislerp, karcher: arithmetic by angles and norms
     "cocktail_bot.fused",  # the CPU kernel of linear merges (numba over tensors' memory)
     "cocktail_bot.losses",
     "cocktail_bot.merge_kernels",

@@ -16,9 +16,6 @@ from cocktail_bot.cli import main
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.mergekit_import import translate
 from cocktail_bot.methods import METHODS
-from tools import tiny_models
-
-LAYERS = 5
 
 
 def translated(config: str, folder: Path | None = None) -> dict:
@@ -148,11 +145,19 @@ def test_linear_weights_are_divided_as_mergekit_normalizes_them():
             ["3: models[1]: no weight: mergekit needs one per model (parameters: {weight: ...})"],
         ),
         (
-            "models:\n  - model: a/b\n  - model: c/d\n    parameters: {weight: [0, 1]}\nmerge_method: ties\n"
-            "base_model: a/b\n",
+            "models:\n  - model: a/b\n    parameters: {weight: 0.5}\n  - model: c/d\n    parameters: {weight: [0, 1]}\n"
+            "merge_method: linear\n",
             [
-                "4: models[1].parameters.weight: per-layer or filtered weights are not supported by cocktail-bot "
-                "yet: give each model one weight"
+                "5: models[1].parameters.weight: cocktail-bot's linear takes one weight per model (they sum to 1): "
+                "per-layer or filtered weights are for the methods with a base"
+            ],
+        ),
+        (
+            "models:\n  - model: a/b\n  - model: c/d\n    parameters:\n      weight:\n        - filter: mlp\n"
+            "          value: 0.5\nmerge_method: ties\nbase_model: a/b\n",
+            [
+                "6: models[1].parameters.weight: weight: a filtered weight needs an entry without a filter, for the "
+                "tensors no filter matches: add e.g. {value: 0.5}"
             ],
         ),
     ],
@@ -164,7 +169,8 @@ def test_linear_weights_are_divided_as_mergekit_normalizes_them():
         "unknown-method",
         "typo",
         "no-weight",
-        "per-layer-weight",
+        "per-layer-linear-weight",
+        "weight-without-fallback",
     ],
 )
 def test_what_cocktail_bot_does_not_do_is_refused_by_name_with_its_line(config, expected):
@@ -195,19 +201,57 @@ def test_the_cli_prints_the_manifest_and_refuses_with_exit_2(tmp_path, capsys, m
 # ---- the translated manifest builds mergekit's model ------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def deep_llamas(model_cache: Path, llama_tokenizer) -> list[Path]:
-    return [
-        tiny_models.save_llama(
-            model_cache / f"llama-deep-{seed}", 10 + seed, tokenizer=llama_tokenizer, num_hidden_layers=LAYERS
-        )
-        for seed in range(3)
+# mergekit's examples/ties.yml (also its README's TIES example): a density gradient, a weight gradient, filtered
+# weights
+TIES = """\
+models:
+  - model: psmathur/orca_mini_v3_13b
+    parameters:
+      density: [1, 0.7, 0.1] # density gradient
+      weight: 1.0
+  - model: garage-bAInd/Platypus2-13B
+    parameters:
+      density: 0.5
+      weight: [0, 0.3, 0.7, 1] # weight gradient
+  - model: WizardLM/WizardMath-13B-V1.0
+    parameters:
+      density: 0.33
+      weight:
+        - filter: mlp
+          value: 0.5
+        - value: 0
+merge_method: ties
+base_model: TheBloke/Llama-2-13B-fp16
+parameters:
+  normalize: true
+  int8_mask: true
+dtype: float16
+"""
+
+
+def test_ties_from_the_examples_keeps_its_gradients_and_filters():
+    manifest = translated(TIES)
+    assert manifest["base"] == "TheBloke/Llama-2-13B-fp16"
+    assert manifest["models"] == [
+        {"id": "psmathur/orca_mini_v3_13b", "weight": 1.0, "parameters": {"density": [1, 0.7, 0.1]}},
+        {"id": "garage-bAInd/Platypus2-13B", "weight": [0, 0.3, 0.7, 1], "parameters": {"density": 0.5}},
+        {
+            "id": "WizardLM/WizardMath-13B-V1.0",
+            "weight": [{"filter": "mlp", "value": 0.5}, {"value": 0}],
+            "parameters": {"density": 0.33},
+        },
     ]
+    assert manifest["merge"] == {"method": "ties", "parameters": {"normalize": True}, "dtype": "float16"}
 
 
 # Real-world configs, models renamed to the three tiny Llamas (m0 is the base), dtype float32 so that both tools
 # compute in the same precision.
 BUILDS = {
+    "ties-example": TIES.replace("psmathur/orca_mini_v3_13b", "./models/m1")
+    .replace("garage-bAInd/Platypus2-13B", "./models/m2")
+    .replace("WizardLM/WizardMath-13B-V1.0", "./models/m3")
+    .replace("TheBloke/Llama-2-13B-fp16", "./models/m0")
+    .replace("float16", "float32"),
     "ties": """\
         models:
           - model: ./models/m1

@@ -246,8 +246,8 @@ BAD = [
     pytest.param(
         HEADER + "models:\n  - {id: org/a, weight: true}\n  - {id: org/b, weight: '0.5'}\n",
         [
-            "5: models[0].weight: input should be a valid number (got True)",
-            "6: models[1].weight: input should be a valid number (got '0.5')",
+            "5: models[0].weight: expected a number, a per-layer list [0.2, 0.8] or filtered values, got True",
+            "6: models[1].weight: expected a number, a per-layer list [0.2, 0.8] or filtered values, got '0.5'",
         ],
         id="weights-are-numbers",
     ),

@@ -22,6 +22,13 @@ METHODS = {
     "dare_linear": {"density": 0.5},
     "dare_ties": {"density": 0.5},
     "slerp": {"t": 0.3},
+    "breadcrumbs": {"density": 0.5},
+    "della": {"density": 0.5},
+    "model_stock": {},
+    "nuslerp": {},
+    "multislerp": {},
+    "karcher": {},
+    "sce": {"select_topk": 0.5},
 }
 MANIFEST = """\
 version: 1

@@ -28,10 +28,12 @@ from typing import TypeVar
 
 import torch
 
-from cocktail_bot.checkpoint import Checkpoint
+from cocktail_bot.checkpoint import Checkpoint, open_checkpoint
 from cocktail_bot.errors import CocktailError
+from cocktail_bot.remote import HubModel
 
 MISMATCH = "example-based weights need models of one architecture"
+Model = Path | HubModel  # a local folder, or a Hub model whose weights are read by range
 T = TypeVar("T")
 
 
@@ -140,13 +142,13 @@ class StreamedWeights:
                 module._parameters[name] = meta
 
     @contextmanager
-    def bound(self, folder: Path, *, first: Path) -> Iterator[None]:
-        """Point the hooks at ``folder``'s checkpoint, after checking every parameter has a tensor there.
+    def bound(self, folder: Model, *, first: Model) -> Iterator[None]:
+        """Point the hooks at ``folder``'s checkpoint (a local folder, or a Hub model read by range), after checking every parameter has a tensor there.
 
         For the first model a parameter without a tensor means the model cannot be streamed
         (:class:`NotStreamable`); for the others it means the models differ (``CocktailError``).
         """
-        with Checkpoint(folder) as checkpoint:
+        with open_checkpoint(folder) as checkpoint:
             self.sources = self._map(checkpoint, folder, first)
             self._load_buffers(checkpoint)
             self.checkpoint = checkpoint
@@ -156,7 +158,7 @@ class StreamedWeights:
                 self.checkpoint = None
                 self.drop()
 
-    def _map(self, checkpoint: Checkpoint, folder: Path, first: Path) -> dict[str, str]:
+    def _map(self, checkpoint: Checkpoint, folder: Model, first: Model) -> dict[str, str]:
         names = set(checkpoint.names)
         sources = {}
         for name, param in sorted(self.network.named_parameters(remove_duplicate=False)):

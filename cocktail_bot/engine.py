@@ -61,6 +61,7 @@ from cocktail_bot.model_files import (
 )
 from cocktail_bot.model_types import ModelType
 from cocktail_bot.overlap import BufferPool, Task, run_tasks
+from cocktail_bot.parameter_values import layer_positions
 from cocktail_bot.remote import HubModel
 from cocktail_bot.shards import Shard, ShardWriter, parse_shard_size, plan_shards, write_index
 from cocktail_bot.sizes import format_size
@@ -143,6 +144,11 @@ class _Merge:
                 pairs = list(zip(self.sources, opened, strict=True))
                 tied.reconcile((self.base, base_checkpoint), pairs, model_type)
         self._check()
+        # each tensor's place over the layers, for per-layer parameter values (mergekit's t)
+        self.positions = {
+            relative: layer_positions(checkpoints[-1].names)
+            for relative, checkpoints in self.checkpoints.items()
+        }
         self._workers = stack.enter_context(ThreadPoolExecutor(SUM_WORKERS, "cocktail-sum"))
 
     def verify(self) -> None:
@@ -279,6 +285,8 @@ class _Merge:
                 )
                 continue
             wide = self._wide_dtype(inputs, name)
+            # the parameters' values for this tensor (per model, per layer, per filter)
+            method = self.method.at(name, self.positions[relative][name], self.merged)
             if self.method.elementwise:
                 step = self.chunk_elements()
                 for start in range(0, out.numel, step):
@@ -286,14 +294,14 @@ class _Merge:
                     yield Task(
                         count * out.dtype.itemsize,
                         partial(self._read_chunk, inputs, name, start, count),
-                        partial(self._merge_chunk, name, dtype=out.dtype, wide=wide),
+                        partial(self._merge_chunk, method, name, dtype=out.dtype, wide=wide),
                         write,
                     )
             else:
                 yield Task(
                     out.nbytes,
                     partial(self._read_rows, inputs, name, wide),
-                    partial(self._merge_rows, name, dtype=out.dtype),
+                    partial(self._merge_rows, method, name, dtype=out.dtype),
                     write,
                 )
 
@@ -306,14 +314,20 @@ class _Merge:
             )
         return chunks
 
-    def _apply(self, name: str, rows: list[torch.Tensor]) -> torch.Tensor:
-        """The method on the engine's own widened copies (``merge_`` may overwrite them)."""
-        if self.method.needs_base:
-            return self.method.merge_(rows[:-1], self.weights, rows[-1], key=name)
-        return self.method.merge_(rows, self.weights, None, key=name)
+    def _apply(self, method: MergeMethod, name: str, rows: list[torch.Tensor]) -> torch.Tensor:
+        """The method (with its values for this tensor) on the engine's own widened copies (``merge_`` may
+        overwrite them)."""
+        if method.needs_base:
+            return method.merge_(rows[:-1], self.weights, rows[-1], key=name)
+        return method.merge_(rows, self.weights, None, key=name)
 
     def _merge_chunk(
-        self, name: str, chunks: list[torch.Tensor], dtype: torch.dtype, wide: torch.dtype
+        self,
+        method: MergeMethod,
+        name: str,
+        chunks: list[torch.Tensor],
+        dtype: torch.dtype,
+        wide: torch.dtype,
     ) -> tuple[torch.Tensor, Callable[[], None]]:
         """An elementwise method on one chunk of every input, cast once to the output dtype."""
         count = chunks[0].numel()
@@ -324,7 +338,7 @@ class _Merge:
             shares = [
                 (self._merge_fused, (chunks, result, group))
                 if fuse
-                else (self._merge_blocks, (name, chunks, result, group, scratch, wide))
+                else (self._merge_blocks, (method, name, chunks, result, group, scratch, wide))
                 for group, scratch in zip(groups, self._scratch, strict=False)
             ]
             if len(shares) == 1:
@@ -333,7 +347,7 @@ class _Merge:
                 for future in [self._workers.submit(merge, *args) for merge, args in shares]:
                     future.result()
         else:  # move the inputs as stored (fewer bytes), widen them on the device
-            result.copy_(self._apply(name, [chunk.to(self.device).to(wide) for chunk in chunks]))
+            result.copy_(self._apply(method, name, [chunk.to(self.device).to(wide) for chunk in chunks]))
         for chunk in chunks:
             self.inputs.give(chunk)
         return result, lambda: self.outputs.give(result)
@@ -345,6 +359,7 @@ class _Merge:
 
     def _merge_blocks(
         self,
+        method: MergeMethod,
         name: str,
         chunks: list[torch.Tensor],
         result: torch.Tensor,
@@ -360,7 +375,7 @@ class _Merge:
                 row.view(wide)[: end - start].copy_(chunk[start:end])
                 for row, chunk in zip(scratch, chunks, strict=True)
             ]
-            result[start:end].copy_(self._apply(name, rows))
+            result[start:end].copy_(self._apply(method, name, rows))
 
     def _read_rows(self, inputs: list[Checkpoint], name: str, wide: torch.dtype) -> torch.Tensor:
         """One tensor of every input, widened model by model into the rows of the reused buffer."""
@@ -382,11 +397,11 @@ class _Merge:
         return rows
 
     def _merge_rows(
-        self, name: str, rows: torch.Tensor, dtype: torch.dtype
+        self, method: MergeMethod, name: str, rows: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, Callable[[], None]]:
         """A method that needs whole tensors (a tensor-wide statistic); the rows are reused once written, as
         the result may be one of them."""
-        values = self._apply(name, list(rows.to(self.device))).to(dtype).cpu()
+        values = self._apply(method, name, list(rows.to(self.device))).to(dtype).cpu()
         return values, lambda: self.rows.give(rows)
 
     def _non_float_task(
@@ -544,6 +559,7 @@ def check_arguments(
     base: Hashable | None = None,
     method: str = "linear",
     method_params: dict[str, Any] | None = None,
+    model_params: Sequence[dict[str, Any] | None] | None = None,
     dtype: str | torch.dtype | None = None,
     shard_size: str | int = "5GB",
 ) -> tuple[MergeMethod, torch.dtype | None, int]:
@@ -556,7 +572,7 @@ def check_arguments(
         raise CocktailError("no models to merge: give at least one model folder")
     if len(weights) != len(models):
         raise CocktailError(f"got {len(weights)} weights for {len(models)} models: give one weight per model")
-    merge_method = get_method(method, method_params)
+    merge_method = get_method(method, method_params, model_params)
     merge_method.check_recipe(list(models), [float(weight) for weight in weights], base)
     return merge_method, parse_dtype(dtype), parse_shard_size(shard_size)
 
@@ -570,6 +586,7 @@ def merge(
     base: str | Model | None = None,
     method: str = "linear",
     method_params: dict[str, Any] | None = None,
+    model_params: Sequence[dict[str, Any] | None] | None = None,
     dtype: str | torch.dtype | None = None,
     shard_size: str | int = "5GB",
     device: str = "cpu",
@@ -583,6 +600,8 @@ def merge(
 
     An existing ``output`` is refused, replaced as a whole (``force``), or, with ``into_existing``, written into
     file by file: its other files are kept (LM_Cocktail's behaviour, for the drop-in API).
+    ``method_params`` and ``model_params`` (one mapping per model, of its per-model parameters) take values,
+    per-layer lists and filtered values (:mod:`cocktail_bot.parameter_values`), resolved tensor by tensor.
     ``on_shard(name, path, sha256)`` runs as each weights file is complete, on the writer thread (it may block
     to hold the merge back, and may take the file away: ``output`` then lacks it).
     """
@@ -599,6 +618,7 @@ def merge(
         base=model_folder(base_model).resolve() if base_model is not None else None,
         method=method,
         method_params=method_params,
+        model_params=model_params,
         dtype=dtype,
         shard_size=shard_size,
     )

@@ -27,7 +27,9 @@ from cocktail_bot.manifest_schema import (
     MergeOptions,
     StepOutput,
 )
+from cocktail_bot.methods import METHODS, MergeMethod, get_method
 from cocktail_bot.model_files import has_weights
+from cocktail_bot.parameter_values import SettingError
 from cocktail_bot.recipe import SINGLE_STEP_NAME, SourceSpec, StepSpec
 from cocktail_bot.references import STEP_PREFIX, is_local, split_revision
 from cocktail_bot.suggest import did_you_mean
@@ -182,18 +184,25 @@ class Checker:
         if base_ref is not None:
             base = next((s for s in sources if s is not None and s.label == base_ref), None)
             base = base or self.source((*prefix, "base"), base_ref, earlier, all_names)
-        weights = _try(WEIGHTS, raw.get("weights"))
-        given = [getattr(entry, "weight", None) is not None for entry in entries if entry is not None]
-        mode, examples_path = self.weights(prefix, weights, sources, given, raw.get("weights") is not None)
         merge = _try(MergeOptions, raw.get("merge", {}))
-        method = self.method(prefix, merge) if merge is not None else None
+        own = [getattr(entry, "parameters", None) for entry in entries]
+        method = self.method(prefix, merge, own) if merge is not None else None
         if merge is None and isinstance(raw.get("merge"), dict):
             # Another merge option is wrong (the schema said which): the method and its parameters still
             # get checked, so that one run of `validate` lists every problem.
             chosen = {key: raw["merge"][key] for key in ("method", "parameters") if key in raw["merge"]}
             partial = _try(MergeOptions, chosen)
             if partial is not None:
-                self.method(prefix, partial)
+                self.method(prefix, partial, own)
+        weights = _try(WEIGHTS, raw.get("weights"))
+        given = [getattr(entry, "weight", None) is not None for entry in entries if entry is not None]
+        chosen_method = (
+            raw["merge"].get("method", "linear") if isinstance(raw.get("merge"), dict) else "linear"
+        )
+        method_class = METHODS.get(chosen_method) if isinstance(chosen_method, str) else None
+        mode, examples_path = self.weights(
+            prefix, weights, sources, given, raw.get("weights") is not None, method_class
+        )
         complete = None not in entries and None not in sources
         present = [source for source in sources if source is not None]
         if method is not None and mode is not None and complete:
@@ -233,25 +242,45 @@ class Checker:
                     message = f"unknown step {entry.step!r}; only steps listed before this one can be used"
                 self.fail((*loc, "step"), message)
                 return None
-            return SourceSpec(f"{STEP_PREFIX}{entry.step}", "step", entry.step, None, entry.weight)
+            return SourceSpec(
+                f"{STEP_PREFIX}{entry.step}", "step", entry.step, None, entry.weight, entry.parameters
+            )
+        parameters = None
         if isinstance(entry, str):
             weight = None
             reference, revision = split_revision(entry)
         else:
-            reference, weight, revision = entry.id, entry.weight, entry.revision
+            reference, weight, revision, parameters = entry.id, entry.weight, entry.revision, entry.parameters
         label = f"{reference}@{revision}" if revision else reference
         if is_local(reference):
             folder = self.path(loc if isinstance(entry, str) else (*loc, "id"), reference, kind="folder")
             if folder is None:
                 return None
-            return SourceSpec(label, "local", str(folder), None, weight)
-        return SourceSpec(label, "hub", reference, revision, weight)
+            return SourceSpec(label, "local", str(folder), None, weight, parameters)
+        return SourceSpec(label, "hub", reference, revision, weight, parameters)
 
     def weights(
-        self, prefix: Loc, weights: Any, sources: list[SourceSpec | None], given: list[bool], present: bool
+        self,
+        prefix: Loc,
+        weights: Any,
+        sources: list[SourceSpec | None],
+        given: list[bool],
+        present: bool,
+        method: type[MergeMethod] | None,
     ) -> tuple[Any, Path | None]:
-        """The step's weights mode; ``given`` says which valid entries carry a weight."""
+        """The step's weights mode; ``given`` says which valid entries carry a weight. A method that uses no
+        per-model weights (slerp) needs none; computing them from examples would be work thrown away."""
         if present and weights is None:  # invalid 'weights:', already reported by the schema
+            return None, None
+        if method is not None and not method.uses_weights and weights in (None, "uniform") and not any(given):
+            return "unused", None
+        if method is not None and not method.uses_weights and weights not in (None, "uniform"):
+            self.fail(
+                (*prefix, "weights"),
+                f"merge method {method.name!r} does not use per-model weights (its parameters set the "
+                "mix), so there is nothing to compute from examples: remove 'weights:'",
+                key=True,
+            )
             return None, None
         if weights is not None:
             if any(given):
@@ -283,10 +312,12 @@ class Checker:
             )
         return ("explicit", None) if not missing else (None, None)
 
-    def method(self, prefix: Loc, merge: MergeOptions):
-        from cocktail_bot import methods
-
-        known = list(methods.METHODS)
+    def method(
+        self, prefix: Loc, merge: MergeOptions, own: list[dict[str, Any] | None]
+    ) -> MergeMethod | None:
+        """The step's method with its parameters (the merge's, and each model's ``own``), or its problem at the
+        line of the value that is wrong."""
+        known = list(METHODS)
         if merge.method not in known:
             self.fail(
                 (*prefix, "merge", "method"),
@@ -294,7 +325,12 @@ class Checker:
             )
             return None
         try:
-            return methods.get_method(merge.method, merge.parameters)
+            return get_method(merge.method, merge.parameters, own)
+        except SettingError as error:
+            where = error.where
+            loc = (*prefix, *where) if where[:1] == ("models",) else (*prefix, "merge", "parameters", *where)
+            self.fail(loc, str(error), key=_names_key(loc, error))
+            return None
         except CocktailError as error:
             self.fail((*prefix, "merge", "parameters"), str(error))
             return None
@@ -324,6 +360,11 @@ class Checker:
                 self.fail(("output", "card"), str(error))
                 return None
         return resolved
+
+
+def _names_key(loc: Loc, error: Exception) -> bool:
+    """Point at the key, not the value, for an unknown parameter name."""
+    return str(error).startswith(("unknown parameter", "parameter ")) and isinstance(loc[-1], str)
 
 
 def _try(schema: type[BaseModel] | TypeAdapter[Any], data: Any) -> Any:

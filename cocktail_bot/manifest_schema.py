@@ -17,6 +17,7 @@ from pydantic import (
     StrictFloat,
     Tag,
     TypeAdapter,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -58,6 +59,36 @@ RepoIdOrPath = Annotated[
 ]
 
 
+_SCALAR_SCHEMA: dict[str, Any] = {"type": ["number", "boolean", "string"]}
+_VALUES_SCHEMA: dict[str, Any] = {
+    "anyOf": [_SCALAR_SCHEMA, {"type": "array", "items": _SCALAR_SCHEMA, "minItems": 1}]
+}
+_FILTERED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"filter": {"type": "string"}, "value": _VALUES_SCHEMA},
+    "required": ["value"],
+    "additionalProperties": False,
+}
+# A parameter's value: one value, a per-layer list, or values scoped by a filter on tensor names (mergekit's
+# forms, see parameter_values). The schema takes any value so that the method's own check says what is wrong,
+# with the line; the JSON Schema describes the forms for editors.
+ParameterSetting = Annotated[
+    Any,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                *_VALUES_SCHEMA["anyOf"],
+                _FILTERED_SCHEMA,
+                {"type": "array", "items": _FILTERED_SCHEMA, "minItems": 1},
+            ],
+            "description": "a value, a per-layer list [0, 0.5, 1] (interpolated over the layers), or "
+            "filtered values [{filter: self_attn, value: ...}, {value: ...}]",
+        }
+    ),
+]
+Parameters = dict[str, ParameterSetting]
+
+
 class HubOrLocalModel(_Strict):
     """A source written as a mapping: ``{id: org/name, revision: v1, weight: 0.3}``."""
 
@@ -70,6 +101,9 @@ class HubOrLocalModel(_Strict):
     # Strict: YAML's `true` or a quoted "0.5" is a mistake, not a weight of 1.0 or 0.5.
     weight: StrictFloat | None = Field(
         None, description="this model's weight; give every model one, or use 'weights:'"
+    )
+    parameters: Parameters | None = Field(
+        None, description="this model's own values of the method's per-model parameters, e.g. {density: 0.5}"
     )
 
     @field_validator("revision")
@@ -85,6 +119,9 @@ class StepOutput(_Strict):
 
     step: str = Field(description="name of an earlier step")
     weight: StrictFloat | None = None
+    parameters: Parameters | None = Field(
+        None, description="this model's own values of the method's per-model parameters, e.g. {density: 0.5}"
+    )
 
 
 def _entry_kind(value: Any) -> str | None:
@@ -158,8 +195,10 @@ Size = Annotated[str | int, AfterValidator(_size), Field(json_schema_extra={"pat
 
 class MergeOptions(_Strict):
     method: str = Field("linear", description="linear, task_arithmetic, ties, dare_linear, dare_ties, slerp")
-    parameters: dict[str, float | int | str | bool | None] = Field(
-        default_factory=dict, description="method parameters, e.g. {density: 0.5} for ties"
+    parameters: Parameters = Field(
+        default_factory=dict,
+        description="method parameters, e.g. {density: 0.5} for ties (per-model ones apply to every model "
+        "that sets none); each a value, a per-layer list or filtered values",
     )
     dtype: OutputDtype | None = Field(None, description="output dtype; default: the sources' dtype")
     shard_size: Size = Field("5GB", description="largest output shard, e.g. '5GB'")

@@ -57,6 +57,8 @@ def merge_(
     of them. The same arithmetic, step for step, as ``merge``: the results are bit-identical."""
     if method.needs_base and base is None:
         method.check_base(None)
+    if not method.resolved:  # a direct call: the listed models are the tensors', outside any layer
+        method = method.at(key, 0.0, range(len(tensors)))
     return KERNELS[method.kernel](method, tensors, weights, base, key)
 
 
@@ -174,17 +176,18 @@ def tensor_seed(seed: int, key: str) -> int:
 def _task_vectors(
     method: TaskArithmetic, tensors: Sequence[torch.Tensor], base: torch.Tensor, key: str
 ) -> Iterator[torch.Tensor]:
-    """Each model's task vector, sparsified, in the models' order (one generator per tensor), computed in
-    place of the model's tensor."""
+    """Each model's task vector, sparsified with that model's density, in the models' order (one generator per
+    tensor), computed in place of the model's tensor."""
     params = method.params
     generator = None
-    if method.sparsification == "random" and params["density"] < 1:
+    if method.sparsification == "random" and min(params["density"]) < 1:
         generator = torch.Generator(device=base.device).manual_seed(tensor_seed(params["seed"], key))
-    for tensor in tensors:
+    densities = params.get("density", [1.0] * len(tensors))  # one per model (task_arithmetic: none)
+    for tensor, density in zip(tensors, densities, strict=True):
         delta = tensor.sub_(base)
         if method.sparsification is not None:
             sparsify = SPARSIFIERS[method.sparsification]
-            delta = sparsify(delta, params["density"], params["rescale"], generator)
+            delta = sparsify(delta, density, params["rescale"], generator)
         yield delta
 
 

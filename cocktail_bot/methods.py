@@ -17,14 +17,24 @@ the ``kernel`` that computes it), listed in ``METHODS``; a new kind of arithmeti
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cocktail_bot.errors import CocktailError
+from cocktail_bot.parameter_values import (
+    SettingError,
+    check_setting,
+    covers_every_tensor,
+    evaluate,
+    format_setting,
+    scalars,
+)
 from cocktail_bot.suggest import closest
 
 if TYPE_CHECKING:
@@ -49,6 +59,11 @@ class Parameter:
     minimum: float | None = None
     maximum: float | None = None
     exclusive_minimum: bool = False
+    # one value per merged model (mergekit's INPUT / NON_BASE scope), given on the model or, for every model,
+    # in the merge's parameters; otherwise one value shared by all models (mergekit's SHARED scope)
+    per_model: bool = False
+    # may take a different value per tensor: a per-layer list, filter-scoped values (parameter_values)
+    varies: bool = True
 
     @property
     def range_text(self) -> str:
@@ -83,6 +98,15 @@ class Parameter:
             raise problem
         return self.kind(value)
 
+    def check_setting(self, method: str, setting: Any) -> Any:
+        """The setting (a value, a per-layer list, filtered values) with every value validated; SettingError
+        says what is wrong and where inside it."""
+        return check_setting(setting, partial(self.validate, method), varies=self.varies)
+
+    def evaluate(self, method: str, setting: Any, tensor: str, position: float) -> Any:
+        """The setting's value for one tensor, or None where no filter matches it."""
+        return evaluate(setting, tensor, position, partial(self.validate, method))
+
 
 LAMBDA = Parameter("lambda", float, 1.0, "scales the merged task vector before it is added to the base")
 DENSITY = Parameter(
@@ -93,9 +117,12 @@ DENSITY = Parameter(
     minimum=0.0,
     maximum=1.0,
     exclusive_minimum=True,
+    per_model=True,
 )
 RESCALE = Parameter("rescale", bool, None, "rescale each sparsified task vector to its original L1 norm")
-SEED = Parameter("seed", int, 0, "seeds the random drop masks, per tensor with the tensor's name", minimum=0)
+SEED = Parameter(
+    "seed", int, 0, "seeds the random drop masks, per tensor with the tensor's name", minimum=0, varies=False
+)
 T = Parameter("t", float, None, "interpolation factor: 0 gives the base, 1 the other model", 0.0, 1.0)
 
 
@@ -107,32 +134,68 @@ def _normalize(default: bool) -> Parameter:
 class MergeMethod:
     """A merge method with its parameters, validated (and defaults filled in) once before any tensor is read.
 
-    Subclasses declare ``parameters`` (the schema), ``paper`` and ``title``; ``params`` always holds every
-    declared parameter's value, so the card and the report show exactly what was used.
+    Subclasses declare ``parameters`` (the schema), ``paper`` and ``title``. ``params`` holds every declared
+    parameter's setting (a value, a per-layer list or filtered values, see :mod:`cocktail_bot.parameter_values`;
+    for a ``per_model`` parameter, the one every model gets unless it sets its own), so the card and the report
+    show exactly what was used. ``model_params`` holds each listed model's own settings of ``per_model``
+    parameters (empty: none set any). The kernels see the method :meth:`at` one tensor, where every value is
+    plain.
     """
 
     name: str = ""
     params: Mapping[str, Any] = field(default_factory=dict)
+    model_params: tuple[Mapping[str, Any], ...] = ()
     needs_base: bool = False
+    resolved: bool = field(
+        default=False, compare=False, repr=False
+    )  # set by ``at``: plain values for a tensor
 
     parameters: ClassVar[tuple[Parameter, ...]] = ()
+    uses_weights: ClassVar[bool] = True  # False: per-model weights are not needed (and ignored when given)
     title: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     kernel: ClassVar[str] = ""  # the key of merge_kernels.KERNELS that computes it
 
     def __post_init__(self) -> None:
+        if self.resolved:
+            raise ValueError("a method is resolved for a tensor by at(), not built so")
         object.__setattr__(self, "params", self._resolve(dict(self.params)))
+        object.__setattr__(
+            self,
+            "model_params",
+            tuple(self._model_settings(index, dict(given)) for index, given in enumerate(self.model_params)),
+        )
+
+    @property
+    def declared(self) -> dict[str, Parameter]:
+        return {parameter.name: parameter for parameter in self.parameters}
+
+    def _setting(self, parameter: Parameter, setting: Any, where: tuple[str | int, ...]) -> Any:
+        try:
+            checked = parameter.check_setting(self.name, setting)
+        except SettingError as error:
+            message = str(error)
+            if not message.startswith("merge method"):
+                message = f"merge method {self.name!r}: parameter {parameter.name!r} {message}"
+            raise SettingError(message, (*where, *error.where)) from None
+        return checked
 
     def _resolve(self, given: dict[str, Any]) -> dict[str, Any]:
-        declared = {parameter.name: parameter for parameter in self.parameters}
+        declared = self.declared
         for name in given:
             if name not in declared:
                 owner = f"merge method {self.name!r}"
-                raise CocktailError(_unknown("parameter", name, list(declared), owner))
+                raise SettingError(_unknown("parameter", name, list(declared), owner), (name,))
         resolved = {}
         for name, parameter in declared.items():
             if name in given:
-                resolved[name] = parameter.validate(self.name, given[name])
+                resolved[name] = self._setting(parameter, given[name], (name,))
+                if parameter.default is None and not covers_every_tensor(resolved[name]):
+                    raise SettingError(
+                        f"merge method {self.name!r}: parameter {name!r} has no value for the tensors no "
+                        "filter matches: add an entry without a filter, e.g. {value: 0.5}",
+                        (name,),
+                    )
             elif parameter.default is None:
                 raise CocktailError(
                     f"merge method {self.name!r} needs the parameter {name!r} ({parameter.range_text}: "
@@ -141,6 +204,71 @@ class MergeMethod:
             else:
                 resolved[name] = parameter.default
         return resolved
+
+    def _model_settings(self, index: int, given: dict[str, Any]) -> dict[str, Any]:
+        """One listed model's own settings; only ``per_model`` parameters may be set on a model."""
+        declared = self.declared
+        per_model = [name for name, parameter in declared.items() if parameter.per_model]
+        where: tuple[str | int, ...] = ("models", index, "parameters")
+        checked = {}
+        for name, setting in given.items():
+            if name not in declared or not declared[name].per_model:
+                owner = f"merge method {self.name!r} per model"
+                message = _unknown("parameter", name, per_model, owner)
+                if name in declared:
+                    message = (
+                        f"parameter {name!r} of merge method {self.name!r} is one value for all models: "
+                        "set it under the merge's parameters"
+                    )
+                raise SettingError(message, (*where, name))
+            checked[name] = self._setting(declared[name], setting, (*where, name))
+        return checked
+
+    def values(self, name: str) -> list[Any]:
+        """Every value the recipe gives parameter ``name``, anywhere (shared, per model, per layer, per filter):
+        for decisions that hold for every tensor (``elementwise``, memory)."""
+        found = list(scalars(self.params[name]))
+        for settings in self.model_params:
+            if name in settings:
+                found.extend(scalars(settings[name]))
+        return found
+
+    def at(self, tensor: str, position: float, merged: Sequence[int]) -> MergeMethod:
+        """This method with every parameter's value for one tensor: shared parameters a plain value, ``per_model``
+        ones a list with one value per merged model (``merged``: their indices among the listed models, in the
+        order of the kernel's tensors). ``position`` is the tensor's place over the layers (mergekit's t)."""
+        resolved: dict[str, Any] = {}
+        for name, parameter in self.declared.items():
+            if not parameter.per_model:
+                resolved[name] = self._value(parameter, [self.params[name]], tensor, position)
+                continue
+            resolved[name] = [
+                self._value(parameter, [*self._own(index, name), self.params[name]], tensor, position)
+                for index in merged
+            ]
+        at = copy.copy(self)  # not replace(): the values are checked already, and are no settings
+        object.__setattr__(at, "params", resolved)
+        object.__setattr__(at, "model_params", ())
+        object.__setattr__(at, "resolved", True)
+        return at
+
+    def _own(self, index: int, name: str) -> list[Any]:
+        if index < len(self.model_params) and name in self.model_params[index]:
+            return [self.model_params[index][name]]
+        return []
+
+    def _value(self, parameter: Parameter, settings: list[Any], tensor: str, position: float) -> Any:
+        """The first setting that has a value for the tensor (mergekit's precedence: the model's, then the
+        merge's), else the default."""
+        for setting in settings:
+            value = parameter.evaluate(self.name, setting, tensor, position)
+            if value is not None:
+                return value
+        if parameter.default is None:
+            raise CocktailError(
+                f"merge method {self.name!r}: parameter {parameter.name!r} has no value for {tensor}"
+            )
+        return parameter.default
 
     @property
     def elementwise(self) -> bool:
@@ -154,10 +282,16 @@ class MergeMethod:
 
     def describe(self) -> str:
         """One line for the card and the report: the method, its paper and every parameter's value."""
-        settings = ", ".join(f"{name}={_format(value)}" for name, value in self.params.items())
+        settings = ", ".join(f"{name}={format_setting(value)}" for name, value in self.params.items())
+        own = "; ".join(
+            f"model {index + 1}: " + ", ".join(f"{name}={format_setting(v)}" for name, v in given.items())
+            for index, given in enumerate(self.model_params)
+            if given
+        )
         text = f"{self.name} ({self.title}"
         text += f", {self.paper})" if self.paper else ")"
-        return f"{text} with {settings}" if settings else text
+        text = f"{text} with {settings}" if settings else text
+        return f"{text} ({own})" if own else text
 
     @property
     def paper_url(self) -> str | None:
@@ -193,6 +327,11 @@ class MergeMethod:
         ``weights`` are one per listed model, or None where they are not known yet (computed from examples).
         """
         self.check_base(base)
+        if self.model_params and len(self.model_params) != len(models):
+            raise CocktailError(
+                f"got parameters for {len(self.model_params)} models but {len(models)} models: "
+                "give one set of parameters per model (or none)"
+            )
         merged = self.split_base(models, base)
         if weights is None:
             self.check_models(len(merged))
@@ -251,12 +390,6 @@ class MergeMethod:
 def _check_finite(weights: Sequence[float]) -> None:
     if not all(math.isfinite(float(w)) for w in weights):
         raise CocktailError(f"weights must be finite numbers, got {list(weights)}")
-
-
-def _format(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _unknown(what: str, name: str, choices: Sequence[str], owner: str = "") -> str:
@@ -328,7 +461,7 @@ class TaskArithmetic(MergeMethod):
     @property
     def elementwise(self) -> bool:
         # the sign election is per entry; sparsification ranks, masks and rescales the whole tensor
-        return self.sparsification is None or self.params["density"] >= 1
+        return self.sparsification is None or all(density >= 1 for density in self.values("density"))
 
     def temporary_bytes(self, numel: int, itemsize: int) -> int:
         if self.elementwise:
@@ -397,6 +530,7 @@ class Slerp(MergeMethod):
     name: str = "slerp"
     needs_base: bool = True
     parameters: ClassVar[tuple[Parameter, ...]] = (T,)
+    uses_weights: ClassVar[bool] = False
     title: ClassVar[str] = "spherical linear interpolation, Shoemake 1985"
     paper: ClassVar[str] = "doi:10.1145/325165.325242"
     kernel: ClassVar[str] = "slerp"
@@ -418,10 +552,17 @@ METHODS: dict[str, type[MergeMethod]] = {
 # dataclass defaults are class attributes too, so `method.name` above is each class's default name.
 
 
-def get_method(name: str, params: Mapping[str, Any] | None = None) -> MergeMethod:
-    """The named method with its parameters validated and defaults filled in, or one clear CocktailError."""
+def get_method(
+    name: str,
+    params: Mapping[str, Any] | None = None,
+    model_params: Sequence[Mapping[str, Any] | None] | None = None,
+) -> MergeMethod:
+    """The named method with its parameters validated and defaults filled in, or one clear CocktailError
+    (a SettingError, saying where, for a parameter). ``model_params``: each listed model's own settings of
+    per-model parameters (None or empty: none)."""
     try:
         method_class = METHODS[name]
     except (KeyError, TypeError):
         raise CocktailError(_unknown("merge method", name, list(METHODS))) from None
-    return method_class(params=dict(params or {}))
+    own = tuple(dict(given or {}) for given in model_params or ())
+    return method_class(params=dict(params or {}), model_params=own if any(own) else ())

@@ -292,10 +292,15 @@ def run_step(
     models = [context.model_of(source) for source in step.models]
     labels = [source.label for source in step.models]
     weights, losses, loss_dtype = step_weights(context, step, models)
-    method = get_method(step.merge.method, step.merge.parameters)
+    method = get_method(step.merge.method, step.merge.parameters, step.model_params)
     weights = method.normalised(weights)
     base = step.base or (step.models[0] if step.models else None)
-    logger.info("step %s: %s with weights %s", step.name, ", ".join(labels), [round(w, 4) for w in weights])
+    if step.weights_mode == "unused":
+        logger.info("step %s: %s (%s uses no per-model weights)", step.name, ", ".join(labels), method.name)
+    else:
+        logger.info(
+            "step %s: %s with weights %s", step.name, ", ".join(labels), [round(w, 4) for w in weights]
+        )
     result = engine.merge(
         models,
         weights,
@@ -304,6 +309,7 @@ def run_step(
         base=context.model_of(step.base) if step.base is not None else None,
         method=step.merge.method,
         method_params=dict(step.merge.parameters),
+        model_params=step.model_params,
         dtype=step.merge.dtype,
         shard_size=step.merge.shard_size,
         device=engine_device(context.device or step.merge.device),
@@ -317,6 +323,7 @@ def run_step(
         models=labels,
         method=method.name,
         method_params=dict(method.params),
+        model_params=[dict(own) or None for own in method.model_params] or None,
         weights_mode=step.weights_mode,
         weights=weights,
         losses=losses,

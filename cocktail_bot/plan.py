@@ -118,6 +118,7 @@ def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | 
                 models=[s.label for s in step.models],
                 method=step.merge.method,
                 method_params=dict(step.merge.parameters),
+                model_params=step.model_params if any(step.model_params) else None,
                 weights=describe_weights(step, manifest),
                 output_bytes=output,
             )
@@ -239,7 +240,7 @@ def _largest_tensor(source: ResolvedSource) -> int | None:
 
 def _merge_bytes(step: StepSpec, itemsize: int, largest_numel: int) -> int:
     """The engine's buffers for this step (:func:`cocktail_bot.memory.merge_memory`)."""
-    method = get_method(step.merge.method, step.merge.parameters)
+    method = get_method(step.merge.method, step.merge.parameters, step.model_params)
     labels = [source.label for source in step.models]
     base = step.base.label if step.base is not None else labels[0]
     inputs = len(method.split_base(labels, base)) + (1 if method.needs_base else 0)
@@ -284,6 +285,8 @@ def describe_weights(step: StepSpec, manifest: Manifest) -> str:
         return "given: " + ", ".join(f"{w:g}" for w in step.explicit_weights or [])
     if step.weights_mode == "uniform":
         return f"uniform: 1/{len(step.models)} each"
+    if step.weights_mode == "unused":
+        return f"none: {step.merge.method} uses no per-model weights (its parameters set the mix)"
     assert step.example_weights is not None and step.examples_path is not None
     where = _relative(step.examples_path, manifest)
     return f"from examples {where} (softmax(-loss/{step.example_weights.temperature:g}))"

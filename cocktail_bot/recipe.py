@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from cocktail_bot.manifest_schema import (
     ExampleWeights,
@@ -29,21 +29,27 @@ class SourceSpec:
     ref: str  # repo id, absolute local path, or step name
     revision: str | None = None
     weight: float | None = None
+    parameters: dict[str, Any] | None = field(default=None, compare=False)  # its per-model parameters
 
 
 @dataclass(frozen=True)
 class StepSpec:
     name: str
     models: tuple[SourceSpec, ...]
-    weights_mode: Literal["explicit", "uniform", "examples"]
+    weights_mode: Literal["explicit", "uniform", "examples", "unused"]  # unused: the method takes none
     example_weights: ExampleWeights | None
     examples_path: Path | None
     merge: MergeOptions
     base: SourceSpec | None  # None: the first model
 
     @property
+    def model_params(self) -> list[dict[str, Any] | None]:
+        """Each model's own per-model parameter settings (None: it sets none)."""
+        return [source.parameters for source in self.models]
+
+    @property
     def explicit_weights(self) -> list[float] | None:
-        if self.weights_mode == "uniform":
+        if self.weights_mode in ("uniform", "unused"):  # unused: what the engine is handed, and ignores
             return [1.0 / len(self.models)] * len(self.models)
         if self.weights_mode == "explicit":
             return [float(m.weight) for m in self.models]  # type: ignore[arg-type]

@@ -34,7 +34,15 @@ class StepRecord(BaseModel):
     name: str
     models: list[str] = Field(description="labels of the step's sources, in order ('step:NAME' for a step's)")
     method: str = "linear"
-    method_params: dict[str, bool | float | int | str | None] = Field(default_factory=dict)
+    method_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="each parameter's setting: a value, a per-layer list or filtered values",
+    )
+    model_params: list[dict[str, Any] | None] | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="each model's own per-model parameter settings, when any model sets some",
+    )
 
 
 class MergedStep(StepRecord):

@@ -31,7 +31,7 @@ class SourceReport(PinnedSource):
 class StepReport(MergedStep):
     """One merge step: which models, which weights and why."""
 
-    weights_mode: Literal["explicit", "uniform", "examples"]
+    weights_mode: Literal["explicit", "uniform", "examples", "unused"]
     examples: str | None = Field(None, description="example file the weights were computed from")
     temperature: float | None = None
     base: str | None = Field(

@@ -24,6 +24,7 @@ from jinja2.loaders import split_template_path
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from cocktail_bot.errors import CocktailError
+from cocktail_bot.parameter_values import format_setting
 from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import EvalResult, Report
 from cocktail_bot.sizes import format_size
@@ -95,6 +96,7 @@ FILTERS: dict[str, Callable[..., str]] = {
     "percent": fmt_percent,
     "size": format_size,
     "duration": fmt_duration,
+    "setting": format_setting,
 }
 
 

@@ -167,8 +167,28 @@ BAD = [
     pytest.param(
         HEADER
         + "models: [org/a, org/b]\nweights: uniform\nmerge: {method: ties, parameters: {density: 2}}\n",
-        ["6: merge.parameters: merge method 'ties': parameter 'density' must be a number in (0, 1], got 2"],
+        [
+            "6: merge.parameters.density: merge method 'ties': parameter 'density' must be a number in (0, 1], got 2"
+        ],
         id="method-parameters",
+    ),
+    pytest.param(
+        HEADER
+        + "models: [org/a, org/b]\nbase: org/a\nweights: uniform\nmerge: {method: dare_ties, parameters: {seed: [1, 2]}}\n",
+        [
+            "7: merge.parameters.seed: merge method 'dare_ties': parameter 'seed' takes one value, got [1, 2]; "
+            "per-layer lists and filters are not supported"
+        ],
+        id="list-for-a-one-value-parameter",
+    ),
+    pytest.param(
+        HEADER + "models: [org/a, org/b]\nbase: org/a\nweights: {examples: examples/train.jsonl}\n"
+        "merge: {method: slerp, parameters: {t: 0.5}}\n",
+        [
+            "6: weights: merge method 'slerp' does not use per-model weights (its parameters set the mix), "
+            "so there is nothing to compute from examples: remove 'weights:'"
+        ],
+        id="examples-for-a-method-without-weights",
     ),
     pytest.param(
         HEADER + "models: [org/a, org/b]\nweights: uniform\nmerge: {method: task_arithmetic}\n",
@@ -453,3 +473,15 @@ def test_cli_validate_and_schema(repo: Path, capsys: pytest.CaptureFixture[str])
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert schema["title"] == "cocktail.yml" and schema["additionalProperties"] is False
+
+
+def test_slerp_needs_no_per_model_weights(repo: Path) -> None:
+    path = repo / "cocktail.yml"
+    recipe = HEADER + "models: [org/a, org/b]\nbase: org/a\nmerge: {method: slerp, parameters: {t: 0.3}}\n"
+    path.write_text(recipe)
+    [step] = load_manifest(path).steps
+    assert step.weights_mode == "unused" and step.explicit_weights == [0.5, 0.5]
+    path.write_text(recipe.replace("merge:", "weights: uniform\nmerge:"))
+    assert load_manifest(path).steps[0].weights_mode == "unused"
+    path.write_text(recipe.replace("[org/a, org/b]", "[{id: org/a, weight: 0.2}, {id: org/b, weight: 0.8}]"))
+    assert load_manifest(path).steps[0].weights_mode == "explicit"  # given, and ignored, as in mergekit

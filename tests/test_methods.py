@@ -262,6 +262,12 @@ TIES = "merge method 'ties': parameter"
             "0 gives the base, 1 the other model)",
         ),
         ("slerp", {"t": 1.2}, "merge method 'slerp': parameter 't' must be a number in [0, 1], got 1.2"),
+        (
+            "dare_ties",
+            {"seed": {"filter": "mlp", "value": 5}},
+            "merge method 'dare_ties': parameter 'seed' takes one value, got {'filter': 'mlp', 'value': 5}; "
+            "per-layer lists and filters are not supported",
+        ),
     ],
 )
 def test_bad_methods_and_parameters(name, params, message):

@@ -66,3 +66,29 @@ def test_manifest_weights_off_by_rounding_are_divided_by_their_sum(
     )
     recipe.write_text(recipe.read_text().replace("0.499999", "0.49"))
     assert main(["validate", str(recipe)]) == 2
+
+
+def test_slerp_without_weights_builds_what_it_builds_with_them(
+    recipe: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """slerp uses no per-model weights: a manifest without any validates, plans and builds the same bytes as
+    one that gives them, and the card says the method uses none instead of showing weights it ignored."""
+    caplog.set_level("INFO")
+    slerp = "base: ./models/llama-0\nmerge: {method: slerp, parameters: {t: 0.3}}\n"
+    recipe.write_text(recipe.read_text().replace("weights: uniform\nmerge: {dtype: float16}\n", slerp))
+    assert main(["validate", str(recipe)]) == 0
+    assert main(["plan", str(recipe)]) == 0
+    assert main(["-q", "run", str(recipe), "--out", str(tmp_path / "none")]) == 0
+    assert (
+        "step merge: ./models/llama-0, ./models/llama-1 (slerp uses no per-model weights)" in caplog.messages
+    )
+    card = (tmp_path / "none" / "README.md").read_text()
+    assert "No per-model weights: `slerp` does not use them; its parameters set the mix." in card
+    assert "| `./models/llama-0` | — |" in card
+    assert json.loads((recipe.parent / "cocktail.lock").read_text())["steps"][0]["weights_mode"] == "unused"
+    models = "[./models/llama-0, ./models/llama-1]"
+    weighted = "[{id: ./models/llama-0, weight: 0.9}, {id: ./models/llama-1, weight: 0.1}]"
+    recipe.write_text(recipe.read_text().replace(models, weighted))
+    assert main(["-q", "run", str(recipe), "--out", str(tmp_path / "given")]) == 0
+    given = (tmp_path / "given" / "model.safetensors").read_bytes()
+    assert given == (tmp_path / "none" / "model.safetensors").read_bytes()

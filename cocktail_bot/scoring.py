@@ -6,7 +6,8 @@ tokenizer downloaded, its weights read by range requests). By default each model
 (through sentence-transformers for a folder saved by it, so that its own pooling is used), and every forward
 reads each module's weights from the model's checkpoint (``checkpoint.open_checkpoint``: local files by offset,
 Hub files by range) just before the module runs and drops them just after. Each model, in turn, is bound to
-that one module. On a GPU a local model that fits in its memory is loaded whole instead (the fast path). A
+that one module. On a GPU a model that fits in its memory stays resident instead (the fast path): the same
+module, every weight read once from the checkpoint onto the GPU and kept while that model runs. A
 model that cannot be streamed (its checkpoint names differ from its parameters', or its code reads a weight
 outside its module) is loaded whole when it fits in memory, with a note (a Hub model's weights are downloaded
 for it), and refused with the numbers otherwise. Sentence-transformers modules after the transformer (Dense
@@ -99,7 +100,8 @@ def token_limit(config, tokenizer, requested: int, *, extra: int | None = None) 
     return limit
 
 
-Load = Literal["auto", "streamed", "whole"]
+Load = Literal["auto", "streamed", "resident", "whole"]
+Mode = Literal["streamed", "resident", "pretrained"]  # how a Runner holds the weights (see Runner)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GPU_HEADROOM = 0.8  # share of free GPU memory a whole model may take; the rest is for activations
 RAM_HEADROOM = 0.8  # the same for a model loaded whole on CPU as a fallback
@@ -112,7 +114,7 @@ class Scoring:
 
     scores: list[dict[str, Score]]
     dtype: str  # the compute dtype of the forward passes: float32, bfloat16, float16
-    streamed: bool  # block-streamed (one module's weights resident) rather than loaded whole
+    streamed: bool  # block-streamed (one module's weights resident) rather than resident or loaded whole
 
 
 def score_models(
@@ -133,8 +135,10 @@ def score_models(
     """Score each model (a local folder or a ``HubModel``), in order, on each named example set (validated).
 
     ``dtype`` is the compute dtype (``auto``: float32 on CPU, the checkpoint's dtype on a GPU). ``load`` is
-    ``auto`` (block-streamed, except a local model on a GPU it fits in), ``streamed`` or ``whole``. ``labels``
-    name the models in the log (default: their folders or Hub ids; a merge's folder is a temporary path).
+    ``auto`` (block-streamed, except resident on a GPU the model fits in), ``streamed``, ``resident`` (every
+    weight read once from the checkpoint and kept) or ``whole`` (``from_pretrained``, the path before block
+    streaming; a Hub model is downloaded for it). ``labels`` name the models in the log (default: their
+    folders or Hub ids; a merge's folder is a temporary path).
     """
     from tqdm.auto import tqdm
 
@@ -152,16 +156,18 @@ def score_models(
     names = list(labels) if labels is not None else [str(path) for path in paths]
     first = paths[0]
     compute_dtype = resolve_dtype(dtype, device, first)
-    streamed = load == "streamed" or (load == "auto" and not resident_fits(first, compute_dtype, device))
+    mode: Mode = "pretrained" if load == "whole" else "streamed"
+    if load == "resident" or (load == "auto" and resident_fits(first, compute_dtype, device)):
+        mode = "resident"
 
-    def runner(streamed: bool) -> Runner:
+    def runner(mode: Mode) -> Runner:
         return Runner(
             first,
             model_type,
             example_sets,
             device,
             compute_dtype,
-            streamed=streamed,
+            mode=mode,
             max_input_length=max_input_length,
             neg_number=neg_number,
             batch_size=batch_size,
@@ -169,22 +175,22 @@ def score_models(
         )
 
     try:
-        scorer = runner(streamed)
+        scorer = runner(mode)
     except NotStreamable as why:
         fall_back(first, str(why), compute_dtype, device)
-        scorer, streamed = runner(False), False
+        scorer, mode = runner("pretrained"), "pretrained"
     results = []
     for index, folder in enumerate(tqdm(paths, desc="scoring models", unit="model", disable=not progress)):
         try:
             scores = scorer.score_model(folder)
         except NotStreamable as why:  # found while running the first model
             fall_back(first, str(why), compute_dtype, device)
-            scorer, streamed = runner(False), False
+            scorer, mode = runner("pretrained"), "pretrained"
             scores = scorer.score_model(folder)
         for name, score in scores.items():
             logger.info("%s on %s: loss %.6f", names[index], name, score.loss)
         results.append(scores)
-    return Scoring(results, dtype=dtype_name(compute_dtype), streamed=streamed)
+    return Scoring(results, dtype=dtype_name(compute_dtype), streamed=mode == "streamed")
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -235,15 +241,13 @@ def free_bytes(device: torch.device) -> int | None:
 
 
 def stays_resident(device_type: str, need: int, free: int | None) -> bool:
-    """The fast path: on a GPU, a model that fits in its free memory (with room for activations) is loaded
-    whole. On CPU models are always block-streamed, so memory stays bounded whatever the machine."""
+    """The fast path: on a GPU, a model that fits in its free memory (with room for activations) stays
+    resident. On CPU models are always block-streamed, so memory stays bounded whatever the machine."""
     return device_type == "cuda" and free is not None and need <= free * GPU_HEADROOM
 
 
 def resident_fits(folder: Model, dtype: torch.dtype, device: torch.device) -> bool:
-    """A local model on a GPU it fits in. A Hub model is block-streamed there too: loading it whole would
-    download it, and its weights are read once per wave of batches either way."""
-    if device.type != "cuda" or isinstance(folder, HubModel):
+    if device.type != "cuda":
         return False
     return stays_resident(device.type, whole_bytes(folder, dtype), free_bytes(device))
 
@@ -272,8 +276,13 @@ def fall_back(folder: Model, why: str, dtype: torch.dtype, device: torch.device)
 
 
 class Runner:
-    """The first model's module (block-streamed, or whole), its tokenizer or pooling, and the example sets
-    prepared for it; :meth:`score_model` runs any model of the same architecture through it."""
+    """The first model's module, its tokenizer or pooling, and the example sets prepared for it;
+    :meth:`score_model` runs any model of the same architecture through it.
+
+    ``mode``: ``streamed`` (parameters on meta, each module's weights read as it runs), ``resident`` (the same
+    module, every weight read once per model and kept) or ``pretrained`` (each model loaded whole by
+    ``from_pretrained``: the fallback, which also converts checkpoints whose names differ).
+    """
 
     def __init__(
         self,
@@ -283,7 +292,7 @@ class Runner:
         device: torch.device,
         dtype: torch.dtype,
         *,
-        streamed: bool,
+        mode: Mode,
         max_input_length: int,
         neg_number: int,
         batch_size: int,
@@ -293,8 +302,9 @@ class Runner:
         self.example_sets, self.batch_size = example_sets, batch_size
         self.st = None
         self.tokenizer_lock = threading.Lock()
+        on_meta = mode != "pretrained"
         if model_type is ModelType.ENCODER and is_sentence_transformer(model_folder(folder)):
-            self.st = _sentence_transformer(folder, dtype, device, streamed=streamed)
+            self.st = _sentence_transformer(folder, dtype, device, on_meta=on_meta)
             limit = token_limit(
                 self.network.config, self.st.tokenizer, max_input_length, extra=self.st.max_seq_length
             )
@@ -305,12 +315,12 @@ class Runner:
                     "%s has no sentence-transformers pooling config (modules.json): using the CLS embedding",
                     folder,
                 )
-            self.model = _transformers_model(folder, model_type, dtype, device, streamed=streamed)
+            self.model = _transformers_model(folder, model_type, dtype, device, on_meta=on_meta)
             self.tokenizer = _tokenizer(model_folder(folder), model_type)
             limit = token_limit(self.network.config, self.tokenizer, max_input_length)
         self.limit = limit
         self.network_class = type(self.network)
-        self.weights = StreamedWeights(self.network, device) if streamed else None
+        self.weights = StreamedWeights(self.network, device, resident=mode == "resident") if on_meta else None
         if model_type is ModelType.DECODER:
             self.batches = {
                 name: decoder_batches(examples, self.tokenizer, limit, batch_size)
@@ -360,12 +370,13 @@ class Runner:
         """Every batch of every set, block-streamed batches in waves of up to ``WAVE_TOKENS`` tokens (each
         weight read once per wave), then each set's batches combined as one call over the set would give."""
         self.network.eval()
+        streamed = self.weights is not None and not self.weights.resident
         batches = [(name, index) for name, count in self._batch_counts().items() for index in range(count)]
         waves: list[list[tuple[str, int]]] = [[]]
         tokens = 0
         for batch in batches:
             cost = self._tokens(*batch)
-            if waves[-1] and (self.weights is None or tokens + cost > WAVE_TOKENS):
+            if waves[-1] and (not streamed or tokens + cost > WAVE_TOKENS):
                 waves.append([])
                 tokens = 0
             waves[-1].append(batch)
@@ -373,7 +384,9 @@ class Runner:
         scores: dict[tuple[str, int], Score] = {}
         for wave in waves:
             tasks = [functools.partial(self._score_batch, *batch) for batch in wave]
-            results = self.weights.together(tasks) if self.weights else [task() for task in tasks]
+            results = (
+                self.weights.together(tasks) if streamed and self.weights else [task() for task in tasks]
+            )
             scores.update(zip(wave, results, strict=True))
         return {
             name: combine_scores([scores[name, index] for index in range(count)])
@@ -429,12 +442,12 @@ class Runner:
 
 
 def _transformers_model(
-    folder: Model, model_type: ModelType, dtype: torch.dtype, device: torch.device, *, streamed: bool
+    folder: Model, model_type: ModelType, dtype: torch.dtype, device: torch.device, *, on_meta: bool
 ) -> torch.nn.Module:
     import transformers
 
     auto_class = getattr(transformers, AUTO_CLASS[model_type])
-    if not streamed:
+    if not on_meta:
         return _load_whole(auto_class, folder, dtype, device)
     try:
         config = transformers.AutoConfig.from_pretrained(str(model_folder(folder)), trust_remote_code=False)
@@ -466,23 +479,23 @@ def _tokenizer(folder: Path, model_type: ModelType):
         raise CocktailError(f"cannot load the {model_type.value} tokenizer in {folder}: {error}") from None
 
 
-def _sentence_transformer(folder: Model, dtype: torch.dtype, device: torch.device, *, streamed: bool):
-    """The model's sentence-transformers pipeline (its own pooling); streamed: the transformer on meta."""
+def _sentence_transformer(folder: Model, dtype: torch.dtype, device: torch.device, *, on_meta: bool):
+    """The model's sentence-transformers pipeline (its own pooling), its transformer's parameters on meta."""
     from sentence_transformers import SentenceTransformer
 
-    placement = {"device_map": "meta"} if streamed else {}
+    placement = {"device_map": "meta"} if on_meta else {}
     try:
-        with pipeline_folder(folder, streamed=streamed) as path, quiet_transformers(streamed):
+        with pipeline_folder(folder, on_meta=on_meta) as path, quiet_transformers(on_meta):
             st = SentenceTransformer(
                 str(path),
-                device=None if streamed else str(device),
+                device=None if on_meta else str(device),
                 trust_remote_code=False,
                 local_files_only=True,
                 model_kwargs={"dtype": dtype, **placement},
             )
     except (OSError, ValueError) as error:
         raise CocktailError(f"cannot load the sentence-transformers model in {folder}: {error}") from None
-    if streamed:
+    if on_meta:
         loaded: Any = st[0].model  # the transformers model inside the sentence-transformers module
         st[0].model = build_skeleton(type(loaded)._from_config, loaded.config, dtype)
         _load_modules(st, folder, device)
@@ -553,15 +566,15 @@ def whole_folder(model: Model) -> Path:
 
 
 @contextmanager
-def pipeline_folder(model: Model, *, streamed: bool) -> Iterator[Path]:
+def pipeline_folder(model: Model, *, on_meta: bool) -> Iterator[Path]:
     """A folder sentence-transformers loads the model's pipeline from.
 
-    A Hub model's weights are not on disk. Block-streamed, its transformer is built on the meta device, so a
-    temporary folder with links to its small files stands in, with an empty safetensors file for the
-    transformer's weights and the modules' own weights (a Dense layer: small) read by range. Loaded whole, its
-    weights are downloaded (``whole_folder``).
+    A Hub model's weights are not on disk. With its transformer built on the meta device (block-streamed or
+    resident), a temporary folder with links to its small files stands in, with an empty safetensors file for
+    the transformer's weights and the modules' own weights (a Dense layer: small) read by range. Loaded whole
+    by ``from_pretrained``, its weights are downloaded (``whole_folder``).
     """
-    if not isinstance(model, HubModel) or not streamed:
+    if not isinstance(model, HubModel) or not on_meta:
         yield whole_folder(model)
         return
     from safetensors.torch import save_file

@@ -44,7 +44,7 @@ def cached_weight_files() -> list[Path]:
 
 def results(models, model_type: str, sets, **options) -> list[tuple[float, float | None, int]]:
     scoring = score_models(models, model_type, sets, device="cpu", progress=False, **options)
-    assert scoring.streamed
+    assert scoring.streamed == (options.get("load", "auto") != "resident")
     return [(s[n].loss, s[n].accuracy, s[n].examples) for s in scoring.scores for n in sets]
 
 
@@ -61,9 +61,14 @@ def assert_hub_equals_local(hub_server, folders: list[Path], model_type: str, se
 def test_decoders_on_the_hub_score_like_local_folders(
     hub_server, tiny_llama_sharded: Path, tiny_llama_bf16: Path, tiny_llamas: list[Path]
 ) -> None:
-    assert_hub_equals_local(
-        hub_server, [tiny_llama_sharded, tiny_llama_bf16, tiny_llamas[0]], "decoder", DECODER_SETS
+    folders = [tiny_llama_sharded, tiny_llama_bf16, tiny_llamas[0]]
+    assert_hub_equals_local(hub_server, folders, "decoder", DECODER_SETS)
+    # the GPU fast path (resident: every weight read once by range and kept), run here on the CPU
+    models = [resolve_source(f"cocktail/decoder-{index}", stream=True).streamed for index in range(3)]
+    assert results(models, "decoder", DECODER_SETS, load="resident") == results(
+        folders, "decoder", DECODER_SETS
     )
+    assert not cached_weight_files()
 
 
 def test_sentence_transformers_encoders_with_a_dense_module_on_the_hub(

@@ -18,7 +18,19 @@ from collections.abc import Sequence
 from cocktail_bot import __version__
 from cocktail_bot.errors import ONCE, CocktailError
 
-COMMANDS = ("mix", "weights", "validate", "schema", "plan", "run", "update", "verify", "publish", "action")
+COMMANDS = (
+    "mix",
+    "weights",
+    "validate",
+    "schema",
+    "import-mergekit",
+    "plan",
+    "run",
+    "update",
+    "verify",
+    "publish",
+    "action",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help=quiet)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        module = importlib.import_module(f"cocktail_bot.commands.{name}")
+        module = importlib.import_module(f"cocktail_bot.commands.{name.replace('-', '_')}")
         module.register(subparsers)
     for subparser in subparsers.choices.values():
         # `cocktail run x.yml -q` too; SUPPRESS keeps a -q given before the command when this one is absent.

@@ -61,7 +61,7 @@ from cocktail_bot.model_files import (
 )
 from cocktail_bot.model_types import ModelType
 from cocktail_bot.overlap import BufferPool, Task, run_tasks
-from cocktail_bot.parameter_values import layer_positions
+from cocktail_bot.parameter_values import SettingError, check_weight, layer_positions, weight_at
 from cocktail_bot.remote import HubModel
 from cocktail_bot.shards import Shard, ShardWriter, parse_shard_size, plan_shards, write_index
 from cocktail_bot.sizes import format_size
@@ -112,7 +112,7 @@ class _Merge:
         self,
         sources: list[Model],
         merged: list[int],
-        weights: list[float],
+        weights: list[Any],
         base: Model,
         method: MergeMethod,
         dtype: torch.dtype | None,
@@ -124,7 +124,7 @@ class _Merge:
         self.base, self.method = model_folder(base), method
         # the models whose tensors the method combines (methods with a base leave it out) and their weights
         self.merged = merged
-        self.weights = [weights[index] for index in merged]
+        self.weights = [weights[index] for index in merged]  # numbers, or per-layer / filtered settings
         self.dtype, self.device = dtype, device
         self.base_index = next(
             (i for i, path in enumerate(self.sources) if path.resolve() == self.base.resolve()), None
@@ -285,8 +285,10 @@ class _Merge:
                 )
                 continue
             wide = self._wide_dtype(inputs, name)
-            # the parameters' values for this tensor (per model, per layer, per filter)
-            method = self.method.at(name, self.positions[relative][name], self.merged)
+            # the parameters' and the weights' values for this tensor (per model, per layer, per filter)
+            position = self.positions[relative][name]
+            method = self.method.at(name, position, self.merged)
+            weights = [weight_at(weight, name, position) for weight in self.weights]
             if self.method.elementwise:
                 step = self.chunk_elements()
                 for start in range(0, out.numel, step):
@@ -294,14 +296,14 @@ class _Merge:
                     yield Task(
                         count * out.dtype.itemsize,
                         partial(self._read_chunk, inputs, name, start, count),
-                        partial(self._merge_chunk, method, name, dtype=out.dtype, wide=wide),
+                        partial(self._merge_chunk, method, weights, name, dtype=out.dtype, wide=wide),
                         write,
                     )
             else:
                 yield Task(
                     out.nbytes,
                     partial(self._read_rows, inputs, name, wide),
-                    partial(self._merge_rows, method, name, dtype=out.dtype),
+                    partial(self._merge_rows, method, weights, name, dtype=out.dtype),
                     write,
                 )
 
@@ -314,16 +316,19 @@ class _Merge:
             )
         return chunks
 
-    def _apply(self, method: MergeMethod, name: str, rows: list[torch.Tensor]) -> torch.Tensor:
-        """The method (with its values for this tensor) on the engine's own widened copies (``merge_`` may
-        overwrite them)."""
+    def _apply(
+        self, method: MergeMethod, weights: list[float], name: str, rows: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """The method (with its values and weights for this tensor) on the engine's own widened copies
+        (``merge_`` may overwrite them)."""
         if method.needs_base:
-            return method.merge_(rows[:-1], self.weights, rows[-1], key=name)
-        return method.merge_(rows, self.weights, None, key=name)
+            return method.merge_(rows[:-1], weights, rows[-1], key=name)
+        return method.merge_(rows, weights, None, key=name)
 
     def _merge_chunk(
         self,
         method: MergeMethod,
+        weights: list[float],
         name: str,
         chunks: list[torch.Tensor],
         dtype: torch.dtype,
@@ -336,9 +341,9 @@ class _Merge:
             fuse = self.method.name == "linear" and {dtype, *(c.dtype for c in chunks)} <= fused.DTYPES
             groups = _split(range(0, count, BLOCK_ELEMENTS), len(self._scratch))
             shares = [
-                (self._merge_fused, (chunks, result, group))
+                (self._merge_fused, (weights, chunks, result, group))
                 if fuse
-                else (self._merge_blocks, (method, name, chunks, result, group, scratch, wide))
+                else (self._merge_blocks, (method, weights, name, chunks, result, group, scratch, wide))
                 for group, scratch in zip(groups, self._scratch, strict=False)
             ]
             if len(shares) == 1:
@@ -347,19 +352,24 @@ class _Merge:
                 for future in [self._workers.submit(merge, *args) for merge, args in shares]:
                     future.result()
         else:  # move the inputs as stored (fewer bytes), widen them on the device
-            result.copy_(self._apply(method, name, [chunk.to(self.device).to(wide) for chunk in chunks]))
+            result.copy_(
+                self._apply(method, weights, name, [chunk.to(self.device).to(wide) for chunk in chunks])
+            )
         for chunk in chunks:
             self.inputs.give(chunk)
         return result, lambda: self.outputs.give(result)
 
-    def _merge_fused(self, chunks: list[torch.Tensor], result: torch.Tensor, starts: range) -> None:
+    def _merge_fused(
+        self, weights: list[float], chunks: list[torch.Tensor], result: torch.Tensor, starts: range
+    ) -> None:
         """A linear sum in one pass over one worker's share of a chunk (see ``fused``)."""
         span = slice(starts.start, min(starts.stop, result.numel()))
-        fused.linear_into(result[span], [chunk[span] for chunk in chunks], self.weights)
+        fused.linear_into(result[span], [chunk[span] for chunk in chunks], weights)
 
     def _merge_blocks(
         self,
         method: MergeMethod,
+        weights: list[float],
         name: str,
         chunks: list[torch.Tensor],
         result: torch.Tensor,
@@ -375,7 +385,7 @@ class _Merge:
                 row.view(wide)[: end - start].copy_(chunk[start:end])
                 for row, chunk in zip(scratch, chunks, strict=True)
             ]
-            result[start:end].copy_(self._apply(method, name, rows))
+            result[start:end].copy_(self._apply(method, weights, name, rows))
 
     def _read_rows(self, inputs: list[Checkpoint], name: str, wide: torch.dtype) -> torch.Tensor:
         """One tensor of every input, widened model by model into the rows of the reused buffer."""
@@ -397,11 +407,11 @@ class _Merge:
         return rows
 
     def _merge_rows(
-        self, method: MergeMethod, name: str, rows: torch.Tensor, dtype: torch.dtype
+        self, method: MergeMethod, weights: list[float], name: str, rows: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, Callable[[], None]]:
         """A method that needs whole tensors (a tensor-wide statistic); the rows are reused once written, as
         the result may be one of them."""
-        values = self._apply(method, name, list(rows.to(self.device))).to(dtype).cpu()
+        values = self._apply(method, weights, name, list(rows.to(self.device))).to(dtype).cpu()
         return values, lambda: self.rows.give(rows)
 
     def _non_float_task(
@@ -425,6 +435,16 @@ class _Merge:
                 ", ".join(differing),
             )
         return base
+
+
+def _weight(weight: Any) -> Any:
+    """A weight as the engine takes it: a number, or a per-layer list / filtered values (checked)."""
+    if isinstance(weight, (list, dict)):
+        try:
+            return check_weight(weight)
+        except SettingError as error:
+            raise CocktailError(f"weight {weight!r}: {error}") from None
+    return float(weight)
 
 
 def _read_all(checkpoints: list[Checkpoint], name: str) -> list[torch.Tensor]:
@@ -554,7 +574,7 @@ def _update_config_dtype(folder: Path, dtype: torch.dtype) -> None:
 
 def check_arguments(
     models: Sequence[Hashable],
-    weights: Sequence[float],
+    weights: Sequence[Any],
     *,
     base: Hashable | None = None,
     method: str = "linear",
@@ -573,13 +593,13 @@ def check_arguments(
     if len(weights) != len(models):
         raise CocktailError(f"got {len(weights)} weights for {len(models)} models: give one weight per model")
     merge_method = get_method(method, method_params, model_params)
-    merge_method.check_recipe(list(models), [float(weight) for weight in weights], base)
+    merge_method.check_recipe(list(models), [_weight(weight) for weight in weights], base)
     return merge_method, parse_dtype(dtype), parse_shard_size(shard_size)
 
 
 def merge(
     sources: Sequence[str | Model],
-    weights: Sequence[float],
+    weights: Sequence[Any],
     output: str | Path,
     *,
     model_type: ModelType | str,
@@ -601,7 +621,8 @@ def merge(
     An existing ``output`` is refused, replaced as a whole (``force``), or, with ``into_existing``, written into
     file by file: its other files are kept (LM_Cocktail's behaviour, for the drop-in API).
     ``method_params`` and ``model_params`` (one mapping per model, of its per-model parameters) take values,
-    per-layer lists and filtered values (:mod:`cocktail_bot.parameter_values`), resolved tensor by tensor.
+    per-layer lists and filtered values (:mod:`cocktail_bot.parameter_values`), resolved tensor by tensor; so
+    do ``weights`` (one number per model, or, for methods with a base, such a setting).
     ``on_shard(name, path, sha256)`` runs as each weights file is complete, on the writer thread (it may block
     to hold the merge back, and may take the file away: ``output`` then lacks it).
     """
@@ -609,7 +630,7 @@ def merge(
     ModelType.parse(model_type)
     models: list[Model] = [s if isinstance(s, HubModel) else Path(s) for s in sources]
     paths = [model_folder(model) for model in models]
-    weights = [float(weight) for weight in weights]
+    weights = [_weight(weight) for weight in weights]
     resolved = [path.resolve() for path in paths]
     base_model: Model | None = base if isinstance(base, HubModel) or base is None else Path(base)
     merge_method, out_dtype, max_shard_bytes = check_arguments(

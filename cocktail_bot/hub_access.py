@@ -46,6 +46,23 @@ OIDC_REJECTED = (
 )
 
 
+class RepoNotFound(CocktailError):
+    """The Hub has no repo of that name, or hides it: ``hidden`` says how (no token, or this token)."""
+
+    def __init__(self, message: str, *, hidden: str) -> None:
+        super().__init__(message)
+        self.hidden = hidden
+
+
+class HubUnreachable(RemoteError):
+    """The Hub did not answer: a refused connection or an unknown host at once, an outage after the retries;
+    ``reason`` names which."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def _status(error: BaseException) -> int | None:
     response = getattr(error, "response", None)
     return getattr(response, "status_code", None)
@@ -54,12 +71,13 @@ def _status(error: BaseException) -> int | None:
 def is_transient(error: BaseException) -> bool:
     """Worth retrying: rate limits, server errors, a moved parent commit, dropped connections and timeouts.
 
-    ``resolve_revision`` reports a Hub outage as a ``RevisionResolutionError`` caused by it: the cause
-    decides.
+    A connection that could not be opened at all (refused, a host name that does not resolve, no route) is
+    not: waiting half a minute would not change it, and the user should hear at once. ``resolve_revision``
+    reports a Hub outage as a ``RevisionResolutionError`` caused by it: the cause decides.
     """
     import httpx2
 
-    if isinstance(error, httpx2.ProxyError):
+    if isinstance(error, httpx2.ProxyError | httpx2.ConnectError):
         return False
     if isinstance(error, httpx2.TransportError) or _status(error) in TRANSIENT_STATUS:
         return not _is_token_exchange(error)
@@ -154,14 +172,16 @@ def hub_errors(
         ) from None
     except errors.RepositoryNotFoundError:
         if token is None and not _has_token():
-            raise CocktailError(
+            raise RepoNotFound(
                 f"Hub repo {repo_id} was not found, or it is private and no token was given: "
-                "check the name, or set HF_TOKEN to a token that can read it"
+                "check the name, or set HF_TOKEN to a token that can read it",
+                hidden="or it is private and no token was given",
             ) from None
         access = "read" if reading else "write to"
-        raise CocktailError(
+        raise RepoNotFound(
             f"Hub repo {repo_id} was not found, or the token cannot {access} it (404): check "
-            "the name and that the token's account or organisation has access"
+            "the name and that the token's account or organisation has access",
+            hidden=f"or the token cannot {access} it",
         ) from None
     except errors.RevisionNotFoundError:
         raise CocktailError(
@@ -242,11 +262,14 @@ def _xet_error(error: BaseException, repo_id: str, where: str, reading: bool) ->
     return RemoteError(f"the Hub's Xet storage failed on {where} ({name}: {error}); try again later")
 
 
-def _unreachable(where: str, error: BaseException) -> RemoteError:
+def _unreachable(where: str, error: BaseException) -> HubUnreachable:
     status = _status(error)
     reason = f"HTTP {status}" if status else type(error).__name__
-    return RemoteError(
-        f"could not reach the Hub for {where} ({reason}): check the network or HF_ENDPOINT and try again"
+    if reason == "ConnectError":  # which: "Connection refused", "Name or service not known", ...
+        reason += ": " + re.sub(r"^\[Errno -?\d+\] ", "", str(error))
+    return HubUnreachable(
+        f"could not reach the Hub for {where} ({reason}): check the network or HF_ENDPOINT and try again",
+        reason=reason,
     )
 
 

@@ -14,18 +14,21 @@ The work is split along its four jobs, each pure over the previous one's output:
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
 
-from cocktail_bot.errors import CocktailError
+from cocktail_bot.errors import ONCE, CocktailError
 from cocktail_bot.manifest_checks import Checker, schema_message
 from cocktail_bot.manifest_schema import ManifestDocument
 from cocktail_bot.recipe import Manifest
 from cocktail_bot.yaml_lines import NodeIndex, Problem, compose
 
 MAX_MANIFEST_BYTES = 1024 * 1024
+
+logger = logging.getLogger(__name__)
 
 
 def find_repository_root(folder: Path) -> Path:
@@ -37,8 +40,12 @@ def find_repository_root(folder: Path) -> Path:
     return folder
 
 
-def load_manifest(path: str | Path) -> Manifest:
-    """Load and check a manifest; raise CocktailError listing ``FILE:LINE: field: message`` lines."""
+def load_manifest(path: str | Path, *, outside_folders: bool = False) -> Manifest:
+    """Load and check a manifest; raise CocktailError listing ``FILE:LINE: field: message`` lines.
+
+    ``outside_folders``: local model folders may be outside the manifest's repository (``../checkpoints/x``,
+    ``/data/x``), for runs on this machine; the Action and HF Jobs, which see only the repository, keep them in.
+    """
     display = str(path)
     path = Path(path)
     try:
@@ -60,16 +67,29 @@ def load_manifest(path: str | Path) -> Manifest:
         raise CocktailError(
             f"{display}: not UTF-8 text (byte {error.start}); save the manifest as UTF-8"
         ) from None
-    manifest, problems = check_manifest_text(text, path.resolve())
+    manifest, problems = check_manifest_text(text, path.resolve(), outside_folders=outside_folders)
     if problems:
         lines = [f"{display}:{p.line}: {p.loc}: {p.message}" for p in problems]
         count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
         raise CocktailError(f"{display} has {count}:\n" + "\n".join(lines))
     assert manifest is not None
+    outside = [source.label for source in manifest.outside_sources()]
+    if outside:
+        logger.info(
+            "note: %s %s outside the repository %s: the lock records %s by path and file hashes, so it is not "
+            "portable (a --locked rebuild needs the same files at the same path, and the Action cannot use it)",
+            ", ".join(outside),
+            "is" if len(outside) == 1 else "are",
+            manifest.root,
+            "it" if len(outside) == 1 else "them",
+            extra={ONCE: True},
+        )
     return manifest
 
 
-def check_manifest_text(text: str, path: Path) -> tuple[Manifest | None, list[Problem]]:
+def check_manifest_text(
+    text: str, path: Path, *, outside_folders: bool = False
+) -> tuple[Manifest | None, list[Problem]]:
     """Every problem of a manifest's text, sorted by line; the Manifest when there are none."""
     root_node, yaml_problems = compose(text)
     if root_node is None:
@@ -91,7 +111,7 @@ def check_manifest_text(text: str, path: Path) -> tuple[Manifest | None, list[Pr
             for e in error.errors(include_url=False)
         ]
     root = find_repository_root(path.parent)
-    checker = Checker(nodes, path.parent, root, str(data.get("type", "")))
+    checker = Checker(nodes, path.parent, root, str(data.get("type", "")), outside_folders=outside_folders)
     steps = checker.check_steps(data)
     eval_sets = checker.check_eval(data)
     card = checker.check_card(data)

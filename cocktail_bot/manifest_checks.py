@@ -29,7 +29,7 @@ from cocktail_bot.manifest_schema import (
 )
 from cocktail_bot.methods import METHODS, MergeMethod, get_method
 from cocktail_bot.model_files import has_weights
-from cocktail_bot.parameter_values import SettingError
+from cocktail_bot.parameter_values import SettingError, check_weight
 from cocktail_bot.recipe import SINGLE_STEP_NAME, SourceSpec, StepSpec
 from cocktail_bot.references import STEP_PREFIX, is_local, split_revision
 from cocktail_bot.suggest import did_you_mean
@@ -84,8 +84,11 @@ def schema_message(error: ErrorDetails) -> str:
 class Checker:
     """Consistency checks that the schema cannot express; runs on every part that passed the schema."""
 
-    def __init__(self, nodes: NodeIndex, folder: Path, root: Path, model_type: str) -> None:
+    def __init__(
+        self, nodes: NodeIndex, folder: Path, root: Path, model_type: str, *, outside_folders: bool = False
+    ) -> None:
         self.nodes, self.folder, self.root, self.model_type = nodes, folder, root, model_type
+        self.outside_folders = outside_folders  # model folders may be outside the repository (local runs)
         self.problems: list[Problem] = []
 
     def fail(self, loc: Loc, message: str, *, key: bool = False) -> None:
@@ -93,9 +96,11 @@ class Checker:
 
     # ---- paths ---------------------------------------------------------------------------------------------
     def path(self, loc: Loc, value: str, *, kind: Literal["file", "folder"]) -> Path | None:
-        """Resolve a manifest path (symlinks too) and require it inside the repository and present."""
+        """Resolve a manifest path (symlinks too) and require it present, and inside the repository unless it
+        is a model folder of a local run (``outside_folders``): the Action reads nothing outside its checkout."""
         resolved = (self.folder / value).resolve()
-        if not resolved.is_relative_to(self.root):
+        confined = kind == "file" or not self.outside_folders
+        if confined and not resolved.is_relative_to(self.root):
             self.fail(
                 loc,
                 f"{value!r} resolves to {resolved}, outside the repository {self.root}; "
@@ -213,7 +218,7 @@ class Checker:
             except CocktailError as error:
                 self.fail((*prefix, "merge", "method"), str(error))
             else:
-                weights_given = [float(s.weight) for s in sources] if mode == "explicit" else None  # type: ignore
+                weights_given = [s.weight for s in sources] if mode == "explicit" else None  # type: ignore
                 try:
                     method.check_recipe(labels, weights_given, base_label)
                 except CocktailError as error:
@@ -231,6 +236,13 @@ class Checker:
         )
 
     def source(self, loc: Loc, entry: Any, earlier: list[Any], all_names: list[Any]) -> SourceSpec | None:
+        weight = getattr(entry, "weight", None)
+        if isinstance(weight, (list, dict)):  # a per-layer list or filtered values (mergekit's forms)
+            try:
+                entry = entry.model_copy(update={"weight": check_weight(weight)})
+            except SettingError as error:
+                self.fail((*loc, "weight", *error.where), f"weight: {error}")
+                return None
         if isinstance(entry, StepOutput):
             if entry.step not in earlier:
                 known = [n for n in earlier if isinstance(n, str)]
@@ -252,6 +264,13 @@ class Checker:
         else:
             reference, weight, revision, parameters = entry.id, entry.weight, entry.revision, entry.parameters
         label = f"{reference}@{revision}" if revision else reference
+        if not is_local(reference) and not revision and (self.folder / reference).is_dir():
+            self.fail(
+                loc if isinstance(entry, str) else (*loc, "id"),
+                f"{reference!r} is read as a Hub repo id, but {self.folder / reference} is a folder: write "
+                f"'./{reference}' for the folder, or '{reference}@main' for the Hub repo",
+            )
+            return None
         if is_local(reference):
             folder = self.path(loc if isinstance(entry, str) else (*loc, "id"), reference, kind="folder")
             if folder is None:

@@ -14,7 +14,6 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    StrictFloat,
     Tag,
     TypeAdapter,
     WithJsonSchema,
@@ -89,6 +88,33 @@ ParameterSetting = Annotated[
 Parameters = dict[str, ParameterSetting]
 
 
+def _weight(value: Any) -> Any:
+    # Strict: YAML's `true` or a quoted "0.5" is a mistake, not a weight of 1.0 or 0.5.
+    if value is None or isinstance(value, (list, dict)):
+        return value  # a per-layer list or filtered values: the checks say, with the line, what is wrong
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, a per-layer list [0.2, 0.8] or filtered values, got {value!r}")
+    return float(value)
+
+
+Weight = Annotated[
+    Any,
+    AfterValidator(_weight),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number"},
+                {"type": "array", "items": {"type": "number"}, "minItems": 1},
+                _FILTERED_SCHEMA,
+                {"type": "array", "items": _FILTERED_SCHEMA, "minItems": 1},
+            ],
+            "description": "this model's weight: a number, a per-layer list (interpolated over the layers) or "
+            "filtered values (methods with a base)",
+        }
+    ),
+]
+
+
 class HubOrLocalModel(_Strict):
     """A source written as a mapping: ``{id: org/name, revision: v1, weight: 0.3}``."""
 
@@ -98,10 +124,7 @@ class HubOrLocalModel(_Strict):
     revision: str | None = Field(
         None, description="branch, tag or commit sha (Hub sources only); default main"
     )
-    # Strict: YAML's `true` or a quoted "0.5" is a mistake, not a weight of 1.0 or 0.5.
-    weight: StrictFloat | None = Field(
-        None, description="this model's weight; give every model one, or use 'weights:'"
-    )
+    weight: Weight = Field(None, description="this model's weight; give every model one, or use 'weights:'")
     parameters: Parameters | None = Field(
         None, description="this model's own values of the method's per-model parameters, e.g. {density: 0.5}"
     )
@@ -118,7 +141,7 @@ class StepOutput(_Strict):
     """The output of an earlier step, as a source of a later one: ``{step: helpers, weight: 0.5}``."""
 
     step: str = Field(description="name of an earlier step")
-    weight: StrictFloat | None = None
+    weight: Weight = None
     parameters: Parameters | None = Field(
         None, description="this model's own values of the method's per-model parameters, e.g. {density: 0.5}"
     )

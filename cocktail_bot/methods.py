@@ -320,11 +320,12 @@ class MergeMethod:
         return [index for index, model in enumerate(models) if model != base]
 
     def check_recipe(
-        self, models: Sequence[Hashable], weights: Sequence[float] | None, base: Hashable | None
+        self, models: Sequence[Hashable], weights: Sequence[Any] | None, base: Hashable | None
     ) -> None:
         """Every check that can run before a tensor is read, on the recipe's models as listed (base included).
 
-        ``weights`` are one per listed model, or None where they are not known yet (computed from examples).
+        ``weights`` are one per listed model (a number, or a per-layer list / filtered values), or None where
+        they are not known yet (computed from examples).
         """
         self.check_base(base)
         if self.model_params and len(self.model_params) != len(models):
@@ -387,9 +388,19 @@ class MergeMethod:
         return merge_(self, tensors, weights, base, key=key)
 
 
-def _check_finite(weights: Sequence[float]) -> None:
-    if not all(math.isfinite(float(w)) for w in weights):
+def _check_finite(weights: Sequence[Any]) -> None:
+    """Every weight (a number, or a per-layer / filtered setting of numbers) is finite."""
+    if not all(
+        isinstance(value, (int, float)) and math.isfinite(value)
+        for weight in weights
+        for value in scalars(weight)
+    ):
         raise CocktailError(f"weights must be finite numbers, got {list(weights)}")
+
+
+def varies_per_tensor(weights: Sequence[Any]) -> bool:
+    """True if a weight is a per-layer list or filtered values (mergekit's forms), not one number."""
+    return any(isinstance(weight, list) for weight in weights)
 
 
 def _unknown(what: str, name: str, choices: Sequence[str], owner: str = "") -> str:
@@ -419,6 +430,11 @@ class Linear(MergeMethod):
 
     def check(self, weights: Sequence[float]) -> None:
         super().check(weights)
+        if varies_per_tensor(weights):
+            raise CocktailError(
+                "linear merge weights are one number per model (they sum to 1): per-layer or filtered weights are "
+                "for the methods with a base (task_arithmetic, ties, ...)"
+            )
         total = sum(weights)
         if abs(total - 1.0) > SUM_TOLERANCE:
             raise CocktailError(

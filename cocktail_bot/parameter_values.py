@@ -18,6 +18,7 @@ the card record them as written. Free of torch.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -146,6 +147,32 @@ def evaluate(setting: Any, tensor: str, position: float, scalar: Callable[[Any],
     high = min(len(values) - 1, low + 1)
     fraction = scaled - low
     return scalar((1 - fraction) * values[low] + fraction * values[high])
+
+
+def _finite_weight(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise CocktailError(f"a weight is a finite number, got {value!r}")
+    return float(value)
+
+
+def check_weight(value: Any) -> Any:
+    """A model's weight: a number, or (mergekit's forms) a per-layer list or filtered values that give every
+    tensor a value; SettingError says what is wrong and where inside it."""
+    setting = check_setting(value, _finite_weight)
+    if not covers_every_tensor(setting):
+        raise SettingError(
+            "a filtered weight needs an entry without a filter, for the tensors no filter matches: add e.g. "
+            "{value: 0.5}"
+        )
+    return setting
+
+
+def weight_at(setting: Any, tensor: str, position: float) -> float:
+    """A model's weight for one tensor."""
+    value = evaluate(setting, tensor, position, _finite_weight)
+    if value is None:  # check_weight refused settings that leave a tensor without a value
+        raise CocktailError(f"no weight for tensor {tensor!r}")
+    return float(value)
 
 
 def layer_positions(names: Iterable[str]) -> dict[str, float]:

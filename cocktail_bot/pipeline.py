@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cocktail_bot import __version__
 from cocktail_bot.atomic import replace_folder, staging_folder
@@ -38,6 +38,7 @@ from cocktail_bot.lock import (
 )
 from cocktail_bot.manifest import load_manifest
 from cocktail_bot.model_types import is_sentence_transformer
+from cocktail_bot.parameter_values import format_setting
 from cocktail_bot.plan import build_plan, manifest_report, plan_manifest, with_preflight
 from cocktail_bot.preflight import require
 from cocktail_bot.recipe import Manifest, SourceSpec, StepSpec
@@ -96,12 +97,14 @@ def run_manifest(
     create_pr: bool = False,
     pr_title: str | None = None,
     before_publish: Callable[[], None] | None = None,
+    outside_folders: bool = False,
 ) -> Report:
     """Build the manifest's model into ``out`` (and publish it when ``publish`` and ``output.repo`` say so;
     ``create_pr`` proposes it as a new Hub pull request; ``pr_title`` updates the open one of that title, the
     Action's one preview per GitHub pull request; see ``hub.publish_folder``). ``before_publish`` runs just
     before anything is sent to the Hub and may raise to stop the run (the Action: "is this still the PR's
-    head?"); nothing is published or written to ``out`` then.
+    head?"); nothing is published or written to ``out`` then. ``outside_folders``: local model folders may be
+    outside the manifest's repository (``cocktail run`` on this machine; see ``manifest.load_manifest``).
 
     Writes ``out``: the model files, ``README.md`` (the card), ``cocktail.lock``, ``report.json`` and
     ``report.md``; and the lock beside the manifest (``lock_path``; default ``<manifest>.lock``), unless
@@ -109,7 +112,7 @@ def run_manifest(
     (only with ``publish``): the model goes to the Hub and nowhere else.
     """
     started = time.perf_counter()
-    manifest = load_manifest(path)
+    manifest = load_manifest(path, outside_folders=outside_folders)
     if out is None and not publish:
         raise CocktailError("give --out DIR for the model, or --publish to publish it without a local copy")
     out = Path(out).resolve() if out is not None else None
@@ -299,7 +302,10 @@ def run_step(
         logger.info("step %s: %s (%s uses no per-model weights)", step.name, ", ".join(labels), method.name)
     else:
         logger.info(
-            "step %s: %s with weights %s", step.name, ", ".join(labels), [round(w, 4) for w in weights]
+            "step %s: %s with weights %s",
+            step.name,
+            ", ".join(labels),
+            format_setting([round(w, 4) if isinstance(w, float) else w for w in weights]),
         )
     result = engine.merge(
         models,
@@ -343,7 +349,7 @@ def run_step(
 
 def step_weights(
     context: RunContext, step: StepSpec, models: list[Path | HubModel]
-) -> tuple[list[float], list[float] | None, str | None]:
+) -> tuple[list[Any], list[float] | None, str | None]:
     """The step's weights: the manifest's, uniform, the lock's (`--locked`), or computed from the examples;
     with the example losses and the dtype they were computed in."""
     if context.locked is not None:

@@ -30,6 +30,7 @@ from cocktail_bot.memory import (
 from cocktail_bot.methods import get_method
 from cocktail_bot.model_files import largest_float_tensor
 from cocktail_bot.model_types import PIPELINE_TAG, ModelType
+from cocktail_bot.parameter_values import format_setting
 from cocktail_bot.preflight import Machine, Needs, Preflight, check, measure
 from cocktail_bot.recipe import Manifest, StepSpec
 from cocktail_bot.records import PinnedSource, StepRecord
@@ -282,7 +283,7 @@ def _relative(path: Path | None, manifest: Manifest) -> str | None:
 
 def describe_weights(step: StepSpec, manifest: Manifest) -> str:
     if step.weights_mode == "explicit":
-        return "given: " + ", ".join(f"{w:g}" for w in step.explicit_weights or [])
+        return "given: " + ", ".join(format_setting(w) for w in step.explicit_weights or [])
     if step.weights_mode == "uniform":
         return f"uniform: 1/{len(step.models)} each"
     if step.weights_mode == "unused":

@@ -28,7 +28,7 @@ class SourceSpec:
     kind: Literal["hub", "local", "step"]
     ref: str  # repo id, absolute local path, or step name
     revision: str | None = None
-    weight: float | None = None
+    weight: float | list[Any] | None = None  # a number, or a per-layer list / filtered values
     parameters: dict[str, Any] | None = field(default=None, compare=False)  # its per-model parameters
 
 
@@ -48,11 +48,11 @@ class StepSpec:
         return [source.parameters for source in self.models]
 
     @property
-    def explicit_weights(self) -> list[float] | None:
+    def explicit_weights(self) -> list[Any] | None:
         if self.weights_mode in ("uniform", "unused"):  # unused: what the engine is handed, and ignores
             return [1.0 / len(self.models)] * len(self.models)
         if self.weights_mode == "explicit":
-            return [float(m.weight) for m in self.models]  # type: ignore[arg-type]
+            return [m.weight if isinstance(m.weight, list) else float(m.weight) for m in self.models]  # type: ignore[arg-type]
         return None
 
 
@@ -88,6 +88,15 @@ class Manifest:
     @property
     def relative_path(self) -> str:
         return self.path.relative_to(self.root).as_posix()
+
+    def outside_sources(self) -> list[SourceSpec]:
+        """Local model folders outside the repository (allowed for local runs): a lock naming them is not
+        portable."""
+        return [
+            source
+            for source in self.external_sources()
+            if source.kind == "local" and not Path(source.ref).is_relative_to(self.root)
+        ]
 
     def external_sources(self) -> list[SourceSpec]:
         """Hub and local sources of every step (and bases), each once, in order of appearance."""

@@ -49,7 +49,9 @@ class MergedStep(StepRecord):
     """A step with the weights it merged with (and the losses they came from)."""
 
     weights_mode: str
-    weights: list[float]
+    weights: list[float | list[Any]] = Field(
+        description="one per model: a number, or a per-layer list / filtered values as the manifest gives them"
+    )
     losses: list[float] | None = Field(
         None, description="example losses per model, when weights came from examples"
     )

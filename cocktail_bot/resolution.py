@@ -29,7 +29,13 @@ def resolve_sources(
         if pinned is not None and pinned.resolved_revision:
             revision = pinned.resolved_revision
         source = resolve_source(
-            spec.ref, revision, token=token, endpoint=endpoint, download=download, stream=stream
+            spec.ref,
+            revision,
+            token=token,
+            endpoint=endpoint,
+            download=download,
+            stream=stream,
+            folder=manifest.path.parent,
         )
         if pinned is not None and download:
             differences = compare_files(pinned.files, source.files)

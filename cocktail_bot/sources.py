@@ -24,7 +24,8 @@ from pathlib import Path
 
 from pydantic import ConfigDict, Field
 
-from cocktail_bot.errors import CocktailError
+from cocktail_bot.errors import CocktailError, RemoteError
+from cocktail_bot.hub_access import HubUnreachable, RepoNotFound
 from cocktail_bot.model_files import ROOT_DIRS, ROOT_FILE_PATTERNS, file_sha256
 from cocktail_bot.records import PinnedSource
 from cocktail_bot.references import looks_like_path, parse_hub_reference
@@ -88,9 +89,14 @@ def resolve_source(
     endpoint: str | None = None,
     download: bool = True,
     stream: bool = False,
+    folder: Path | None = None,
 ) -> ResolvedSource:
     """Pin ``ref`` (``org/name``, ``org/name@rev`` or a local folder); fetch it unless ``download=False``;
-    with ``stream`` a Hub source's safetensors weights are left on the Hub, to be read in place."""
+    with ``stream`` a Hub source's safetensors weights are left on the Hub, to be read in place.
+
+    ``folder`` is where a relative path would start (a manifest's folder; the current one by default): a
+    reference the Hub does not know, or could not be asked about, may be a mistyped path (``models/x``), and
+    the message says that no folder of that name exists either."""
     local = _local_folder(ref)
     if local is not None:
         if revision is not None:
@@ -107,14 +113,36 @@ def resolve_source(
         raise CocktailError(
             f"{ref} names revision {ref_revision} but the revision {revision} was also given: keep one"
         )
-    return _resolve_hub(
-        ref,
-        repo_id,
-        revision or ref_revision,
-        token=token,
-        endpoint=endpoint,
-        download=download,
-        stream=stream,
+    try:
+        return _resolve_hub(
+            ref,
+            repo_id,
+            revision or ref_revision,
+            token=token,
+            endpoint=endpoint,
+            download=download,
+            stream=stream,
+        )
+    except (RepoNotFound, HubUnreachable) as error:
+        if ref_revision is not None:  # org/name@rev is a Hub reference, not a path
+            raise
+        raise _neither_folder_nor_repo(ref, repo_id, (folder or Path.cwd()) / ref, error) from None
+
+
+def _neither_folder_nor_repo(
+    ref: str, repo_id: str, path: Path, error: RepoNotFound | HubUnreachable
+) -> CocktailError:
+    """``models/nothere``: no such folder, and no such Hub repo (or no Hub to ask); one message, both fixes."""
+    fixes = f"a local folder is written './{ref}' (check its path)"
+    if isinstance(error, HubUnreachable):
+        return RemoteError(
+            f"model {ref!r} not found: there is no folder {path}, and the Hub could not be reached to look "
+            f"for a repo {repo_id} ({error.reason}): {fixes}; for a Hub repo, check the network or HF_ENDPOINT"
+        )
+    return CocktailError(
+        f"model {ref!r} not found: there is no folder {path}, and the Hub has no repo {repo_id} "
+        f"({error.hidden}): {fixes}; a Hub repo as org/name (check the name, or set HF_TOKEN to a token "
+        "that can read it)"
     )
 
 

@@ -13,12 +13,14 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.lock import Lock, default_lock_path, read_lock
 from cocktail_bot.manifest import load_manifest
+from cocktail_bot.parameter_values import format_setting
 from cocktail_bot.recipe import Manifest, SourceSpec
 from cocktail_bot.report import EvalResult, Provenance, Report
 from cocktail_bot.templating import fmt_number
@@ -44,8 +46,8 @@ class StepWeights(BaseModel):
 
     step: str
     models: list[str]
-    before: list[float] | None
-    after: list[float] | None
+    before: list[float | list[Any]] | None  # a weight: a number, or a per-layer list / filtered values
+    after: list[float | list[Any]] | None
 
 
 class UpdateResult(BaseModel):
@@ -251,8 +253,8 @@ def render_text(result: UpdateResult, *, plan: bool = False) -> str:
     lines.append("weights (before -> after):")
     for step in result.weights:
         for index, model in enumerate(step.models):
-            before = fmt_number(step.before[index]) if step.before else "—"
-            after = fmt_number(step.after[index]) if step.after else "(computed when rebuilt)"
+            before = _weight_text(step.before[index]) if step.before else "—"
+            after = _weight_text(step.after[index]) if step.after else "(computed when rebuilt)"
             lines.append(f"  {step.step}: {model}: {before} -> {after}")
     lines += _eval_lines(result)
     if plan or not result.rebuilt:
@@ -277,3 +279,7 @@ def _eval_lines(result: UpdateResult) -> list[str]:
             f"{fmt_number(new.loss) if new else '—'}"
         )
     return lines
+
+
+def _weight_text(weight: float | list[Any]) -> str:
+    return format_setting(weight) if isinstance(weight, list) else fmt_number(weight)

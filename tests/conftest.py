@@ -22,6 +22,17 @@ def llama_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def deep_llamas(model_cache: Path, llama_tokenizer) -> list[Path]:
+    """Four tiny Llamas with five layers, so that per-layer values differ between layers."""
+    return [
+        tiny_models.save_llama(
+            model_cache / f"llama-deep-{seed}", 10 + seed, tokenizer=llama_tokenizer, num_hidden_layers=5
+        )
+        for seed in range(4)
+    ]
+
+
+@pytest.fixture(scope="session")
 def tiny_llamas(model_cache: Path, llama_tokenizer) -> list[Path]:
     """Three tiny Llama causal LMs of one architecture, differently initialised, float32, single-file."""
     return [

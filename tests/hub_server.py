@@ -503,6 +503,8 @@ def _route(method: str, parts: list[str]) -> tuple[str, str | None, dict[str, st
         return "oauth_token", None, {}
     if n >= 3 and parts[:2] == ["api", "jobs"]:
         return hub_jobs.route(method, parts)
+    if n == 3 and parts[:2] == ["api", "models"]:  # a legacy id without a namespace ("gpt2")
+        return "model_info", parts[2], {"revision": "main"}
     if n >= 4 and parts[:2] == ["api", "models"]:
         repo_id = f"{parts[2]}/{parts[3]}"
         rest = parts[4:]

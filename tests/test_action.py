@@ -333,6 +333,21 @@ def test_failure_comments_the_error_and_fails_the_step(run, github_server, check
     assert "error: " not in done.stderr and "Traceback" not in done.stderr
 
 
+def test_model_folders_outside_the_checkout_stay_refused_in_the_action(run, github_server, checkout):
+    """`cocktail run` accepts model folders outside the repository; the Action reads only its checkout."""
+    shutil.copytree(checkout / "models" / "b", checkout.parent / "checkpoints" / "b")
+    (checkout / "cocktail.yml").write_text(MANIFEST.replace("./models/b", "../checkpoints/b"))
+    done = run("pull_request", pr_event(), hf_token="hf_unused", mode="plan")
+    assert done.returncode == 2, done.stderr
+    problem = (
+        f"models[1].id: '../checkpoints/b' resolves to {checkout.parent / 'checkpoints' / 'b'}, outside the "
+        f"repository {checkout}; keep manifest paths inside the repository"
+    )
+    assert f"::error file=cocktail.yml,line=6::{problem}\n" in done.stdout
+    [comment] = comments(github_server)
+    assert problem in comment.body
+
+
 def test_remote_code_model_is_refused_and_the_comment_says_so(run, github_server, checkout):
     config = checkout / "models" / "b" / "config.json"
     data = json.loads(config.read_text())

@@ -155,6 +155,16 @@ BAD = [
         id="path-escapes",
     ),
     pytest.param(
+        HEADER + "models: [models/a, {id: models/b}]\nweights: uniform\n",
+        [
+            "4: models[0]: 'models/a' is read as a Hub repo id, but {root}/models/a is a folder: write "
+            "'./models/a' for the folder, or 'models/a@main' for the Hub repo",
+            "4: models[1].id: 'models/b' is read as a Hub repo id, but {root}/models/b is a folder: write "
+            "'./models/b' for the folder, or 'models/b@main' for the Hub repo",
+        ],
+        id="hub-id-naming-a-folder",
+    ),
+    pytest.param(
         HEADER + "models: [org/a, org/a]\nweights: uniform\n",
         ["4: models[1]: 'org/a' is listed twice in this step; list it once"],
         id="duplicate-model",
@@ -236,8 +246,8 @@ BAD = [
     pytest.param(
         HEADER + "models:\n  - {id: org/a, weight: true}\n  - {id: org/b, weight: '0.5'}\n",
         [
-            "5: models[0].weight: input should be a valid number (got True)",
-            "6: models[1].weight: input should be a valid number (got '0.5')",
+            "5: models[0].weight: expected a number, a per-layer list [0.2, 0.8] or filtered values, got True",
+            "6: models[1].weight: expected a number, a per-layer list [0.2, 0.8] or filtered values, got '0.5'",
         ],
         id="weights-are-numbers",
     ),
@@ -485,3 +495,34 @@ def test_slerp_needs_no_per_model_weights(repo: Path) -> None:
     assert load_manifest(path).steps[0].weights_mode == "unused"
     path.write_text(recipe.replace("[org/a, org/b]", "[{id: org/a, weight: 0.2}, {id: org/b, weight: 0.8}]"))
     assert load_manifest(path).steps[0].weights_mode == "explicit"  # given, and ignored, as in mergekit
+
+
+def test_model_folders_outside_the_repository_are_allowed_for_local_runs(repo: Path, caplog) -> None:
+    """Where people keep checkpoints (`../checkpoints/x`, an absolute path): allowed when asked for (the CLI
+    asks), with a note that the lock is not portable; files (examples, cards) and the default stay confined."""
+    caplog.set_level("INFO")
+    outside = repo.parent / "checkpoints"
+    for name in ("x", "y"):
+        (outside / name).mkdir(parents=True)
+        (outside / name / "model.safetensors").write_bytes(b"")
+    path = repo / "cocktail.yml"
+    path.write_text(HEADER + f"models: [./models/a, ../checkpoints/x, {outside / 'y'}]\nweights: uniform\n")
+    with pytest.raises(CocktailError, match="outside the repository"):
+        load_manifest(path)
+    manifest = load_manifest(path, outside_folders=True)
+    [step] = manifest.steps
+    assert [(s.label, s.kind, s.ref) for s in step.models] == [
+        ("./models/a", "local", str(repo.resolve() / "models" / "a")),
+        ("../checkpoints/x", "local", str(outside.resolve() / "x")),
+        (str(outside / "y"), "local", str(outside.resolve() / "y")),
+    ]
+    assert [s.label for s in manifest.outside_sources()] == ["../checkpoints/x", str(outside / "y")]
+    assert caplog.messages == [
+        f"note: ../checkpoints/x, {outside / 'y'} are outside the repository {repo.resolve()}: the lock records "
+        "them by path and file hashes, so it is not portable (a --locked rebuild needs the same files at the "
+        "same path, and the Action cannot use it)"
+    ]
+    (repo.parent / "train.jsonl").write_text('{"input": "a", "output": "b"}\n')
+    path.write_text(HEADER + "models: [./models/a, ../checkpoints/x]\nweights: {examples: ../train.jsonl}\n")
+    with pytest.raises(CocktailError, match="'../train.jsonl' resolves to .*, outside the repository"):
+        load_manifest(path, outside_folders=True)

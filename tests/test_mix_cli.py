@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -134,3 +135,113 @@ def test_mix_accepts_hub_references(hub_server, tiny_llamas, tmp_path):
     name = "lm_head.weight"
     expected = 0.5 * first[name].double() + 0.5 * second[name].double()
     torch.testing.assert_close(merged[name].double(), expected, rtol=2**-23, atol=0)
+
+
+def test_method_and_params_merge_as_the_engine_does(tiny_llamas, tmp_path):
+    """--method / --param give the engine's merge with those parameters: per-layer lists and filters too."""
+    from cocktail_bot.engine import merge
+
+    base, *others = tiny_llamas
+    params = ("--param", "density=[0.3, 0.8]", "--param", "lambda=0.9", "--param", "normalize=true")
+    command = mix(*others, weights=("0.6", "0.7"), extra=("--method", "ties", "--base", str(base), *params))
+    assert main([*command, "--out", str(tmp_path / "cli")]) == 0
+    merge(
+        others,
+        [0.6, 0.7],
+        tmp_path / "api",
+        model_type="decoder",
+        base=base,
+        method="ties",
+        method_params={"density": [0.3, 0.8], "lambda": 0.9, "normalize": True},
+        progress=False,
+    )
+    assert (tmp_path / "cli" / "model.safetensors").read_bytes() == (
+        tmp_path / "api" / "model.safetensors"
+    ).read_bytes()
+    tuned = load_file(tmp_path / "api" / "model.safetensors")
+    default = tmp_path / "default"
+    assert (
+        main(
+            [
+                *mix(*others, weights=("0.6", "0.7"), extra=("--method", "ties", "--base", str(base))),
+                "--out",
+                str(default),
+            ]
+        )
+        == 0
+    )
+    assert any(not torch.equal(tuned[n], t) for n, t in load_file(default / "model.safetensors").items())
+
+
+def test_slerp_needs_no_weights(tiny_llamas, tmp_path):
+    from cocktail_bot.engine import merge
+
+    base, other, _ = tiny_llamas
+    t = "t=[{filter: mlp, value: 0.2}, {value: [0, 1]}]"
+    command = ["mix", str(base), str(other), "--type", "decoder", "--method", "slerp", "--param", t]
+    assert main([*command, "--out", str(tmp_path / "cli")]) == 0
+    setting = [{"filter": "mlp", "value": 0.2}, {"value": [0, 1]}]
+    merge(
+        [base, other],
+        [0.5, 0.5],
+        tmp_path / "api",
+        model_type="decoder",
+        base=base,
+        method="slerp",
+        method_params={"t": setting},
+        progress=False,
+    )
+    assert (tmp_path / "cli" / "model.safetensors").read_bytes() == (
+        tmp_path / "api" / "model.safetensors"
+    ).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ("--method", "ties", "--param", "densty=0.5"),
+            "unknown parameter 'densty' for merge method 'ties'; did you mean 'density'?",
+        ),
+        (
+            ("--method", "ties", "--param", "density"),
+            "--param expects KEY=VALUE (e.g. density=0.5), got 'density'",
+        ),
+        (
+            ("--method", "ties", "--param", "density=2"),
+            "merge method 'ties': parameter 'density' must be a number in (0, 1], got 2",
+        ),
+        (
+            (
+                "--method",
+                "tie",
+            ),
+            "unknown merge method 'tie'; did you mean 'ties'?",
+        ),
+        (
+            ("--method", "ties", "--param", "density=0.5", "--param", "density=0.6"),
+            "--param density is given twice; give it once",
+        ),
+    ],
+)
+def test_bad_method_or_param_is_one_message(tiny_llamas, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    assert main(mix(*tiny_llamas[:2], extra=("--out", str(out), "--base", str(tiny_llamas[0]), *extra))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_weighted_method_without_weights_is_refused(tiny_llamas, tmp_path, capsys):
+    command = [
+        "mix",
+        *map(str, tiny_llamas[:2]),
+        "--type",
+        "decoder",
+        "--method",
+        "ties",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(command) == 2
+    assert capsys.readouterr().err == "error: merge method 'ties' needs --weights: one weight per model\n"

@@ -17,7 +17,6 @@ from cocktail_bot.errors import CocktailError
 from cocktail_bot.manifest import load_manifest
 from cocktail_bot.methods import get_method
 from cocktail_bot.parameter_values import SettingError, layer_positions
-from tools import tiny_models
 
 LAYERS = 5
 
@@ -195,18 +194,34 @@ def test_manifest_problems_point_at_the_value(repo):
     ]
 
 
-# ---- the merge, against mergekit's ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def deep_llamas(model_cache: Path, llama_tokenizer) -> list[Path]:
-    """Three tiny Llamas with enough layers for per-layer values to differ between them."""
-    return [
-        tiny_models.save_llama(
-            model_cache / f"llama-deep-{seed}", 10 + seed, tokenizer=llama_tokenizer, num_hidden_layers=LAYERS
-        )
-        for seed in range(3)
+def test_weights_per_layer_and_filtered_are_checked_with_their_line(repo):
+    found = problems(
+        repo,
+        """\
+        base: org/base
+        models:
+          - {id: org/a, weight: [0.2, "x"]}
+          - id: org/b
+            weight:
+              - {filter: mlp, value: 0.5}
+          - {id: org/c, weight: true}
+        merge: {method: ties}
+        """,
+    )
+    assert found == [
+        "6: models[0].weight[1]: weight: a weight is a finite number, got 'x'",
+        "9: models[1].weight: weight: a filtered weight needs an entry without a filter, for the tensors no "
+        "filter matches: add e.g. {value: 0.5}",
+        "10: models[2].weight: expected a number, a per-layer list [0.2, 0.8] or filtered values, got True",
     ]
+    found = problems(repo, "models:\n  - {id: org/a, weight: [0.2, 0.8]}\n  - {id: org/b, weight: 0.5}\n")
+    assert found == [
+        "4: models: linear merge weights are one number per model (they sum to 1): per-layer or filtered weights "
+        "are for the methods with a base (task_arithmetic, ties, ...)"
+    ]
+
+
+# ---- the merge, against mergekit's ----------------------------------------------------------------------------
 
 
 def run_mergekit(config: dict, output: Path) -> dict[str, torch.Tensor]:
@@ -236,7 +251,7 @@ SLERP_T = [
 
 def test_slerp_with_filtered_gradients_matches_mergekit(deep_llamas, tmp_path):
     """mergekit's examples/gradient-slerp.yml: t per layer, one gradient for attention, another for the MLP."""
-    base, other, _ = deep_llamas
+    base, other, *_ = deep_llamas
     merge(
         [base, other],
         [0.5, 0.5],
@@ -260,7 +275,7 @@ def test_slerp_with_filtered_gradients_matches_mergekit(deep_llamas, tmp_path):
 
 
 def test_ties_with_per_model_and_per_layer_values_matches_mergekit(deep_llamas, tmp_path):
-    base, first, second = deep_llamas
+    base, first, second, _ = deep_llamas
     own = [{"density": [0.9, 0.2]}, {"density": [{"filter": "mlp", "value": 0.4}, {"value": 0.6}]}]
     shared = {"lambda": [1.2, 0.7, 1.0], "normalize": [True, False]}
     merge(
@@ -291,7 +306,7 @@ def test_ties_with_per_model_and_per_layer_values_matches_mergekit(deep_llamas, 
 
 
 def test_a_merge_wide_per_model_value_applies_to_models_without_their_own(deep_llamas, tmp_path):
-    base, first, second = deep_llamas
+    base, first, second, _ = deep_llamas
     merge(
         [first, second],
         [0.5, 0.5],
@@ -323,7 +338,7 @@ def test_a_recipe_with_per_model_and_per_layer_values_runs_and_records_them(deep
 
     repo = tmp_path / "repo"
     (repo / ".git").mkdir(parents=True)
-    for index, folder in enumerate(deep_llamas):
+    for index, folder in enumerate(deep_llamas[:3]):
         shutil.copytree(folder, repo / "models" / f"m{index}")
     manifest = repo / "cocktail.yml"
     manifest.write_text(

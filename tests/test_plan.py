@@ -124,6 +124,21 @@ def test_plan_of_a_missing_repo_names_it(hub_recipe, capsys: pytest.CaptureFixtu
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_a_mistyped_local_path_is_named_with_the_manifests_folder(
+    hub_recipe, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`models/nothere` (no './'): plan asks the Hub, which has no such repo, and says both, once."""
+    manifest, _ = hub_recipe
+    manifest.write_text(MANIFEST.format(revision="main").replace("cocktail/llama-b", "models/nothere"))
+    assert main(["plan", str(manifest)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: model 'models/nothere' not found: there is no folder {manifest.parent / 'models/nothere'}, and "
+        "the Hub has no repo models/nothere (or it is private and no token was given): a local folder is "
+        "written './models/nothere' (check its path); a Hub repo as org/name (check the name, or set HF_TOKEN "
+        "to a token that can read it)\n"
+    )
+
+
 def test_hub_build_locks_commits_and_rebuilds_them_after_the_branch_moves(
     hub_recipe, hub_server, tiny_llamas: list[Path]
 ) -> None:

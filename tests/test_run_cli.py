@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,32 @@ def test_slerp_without_weights_builds_what_it_builds_with_them(
     assert main(["-q", "run", str(recipe), "--out", str(tmp_path / "given")]) == 0
     given = (tmp_path / "given" / "model.safetensors").read_bytes()
     assert given == (tmp_path / "none" / "model.safetensors").read_bytes()
+
+
+def test_a_model_folder_outside_the_repository_is_built_and_locked_by_path_and_hashes(
+    recipe: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    checkpoint = tmp_path / "checkpoints" / "llama-1"
+    shutil.move(recipe.parent / "models" / "llama-1", checkpoint)
+    recipe.write_text(recipe.read_text().replace("./models/llama-1", "../checkpoints/llama-1"))
+    for command in (["validate", str(recipe)], ["plan", str(recipe)]):
+        assert main(command) == 0
+    assert main(["-q", "run", str(recipe), "--out", str(tmp_path / "out")]) == 0
+    assert any(
+        message.startswith("note: ../checkpoints/llama-1 is outside the repository")
+        for message in caplog.messages
+    )
+    lock = json.loads((recipe.parent / "cocktail.lock").read_text())
+    [source] = [source for source in lock["sources"] if source["label"] == "../checkpoints/llama-1"]
+    assert (
+        source["files"]["model.safetensors"]
+        == hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
+    )
+    assert main(["-q", "run", str(recipe), "--out", str(tmp_path / "again"), "--locked"]) == 0
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (
+        tmp_path / "out" / "model.safetensors"
+    ).read_bytes()
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-5}))
+    assert main(["-q", "run", str(recipe), "--out", str(tmp_path / "changed"), "--locked"]) == 1

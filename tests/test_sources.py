@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -135,11 +137,70 @@ def test_plan_mode_pins_without_downloading_and_reports_sizes(hub_server, llama_
 
 def test_missing_repo(hub_server):
     with pytest.raises(CocktailError) as error:
-        resolve_source("cocktail/nope", token=hub_server.write_token)
+        resolve_source("cocktail/nope@main", token=hub_server.write_token)
     assert str(error.value) == (
         "Hub repo cocktail/nope was not found, or the token cannot read it (404): check the "
         "name and that the token's account or organisation has access"
     )
+
+
+def refused_endpoint() -> str:
+    """An address on this machine that refuses connections: a free port, bound to find it, then closed."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("reference", ["models/nothere", "my-modle"])
+def test_a_mistyped_local_path_is_neither_a_folder_nor_a_hub_repo(
+    hub_server, tmp_path, monkeypatch, reference
+):
+    """Without './', a path is read as a Hub id: the message says that neither exists, and both fixes."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(CocktailError) as error:
+        resolve_source(reference)
+    assert error.value.exit_code == 2
+    assert str(error.value) == (
+        f"model {reference!r} not found: there is no folder {tmp_path / reference}, and the Hub has no repo "
+        f"{reference} (or it is private and no token was given): a local folder is written './{reference}' "
+        "(check its path); a Hub repo as org/name (check the name, or set HF_TOKEN to a token that can read it)"
+    )
+    assert [request.repo_id for request in hub_server.seen("model_info")] == [reference]  # the Hub was asked
+    with pytest.raises(CocktailError) as error:
+        resolve_source(reference, endpoint=refused_endpoint())
+    assert error.value.exit_code == 1
+    assert str(error.value) == (
+        f"model {reference!r} not found: there is no folder {tmp_path / reference}, and the Hub could not be "
+        f"reached to look for a repo {reference} (ConnectError: Connection refused): a local folder is written "
+        f"'./{reference}' (check its path); for a Hub repo, check the network or HF_ENDPOINT"
+    )
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "reason"),
+    [
+        (refused_endpoint, "ConnectError: Connection refused"),
+        (lambda: "http://cocktail-bot.invalid", "ConnectError: "),
+    ],
+    ids=["refused", "unknown-host"],
+)
+def test_a_refused_connection_or_unknown_host_fails_at_once_as_unreachable_not_offline(
+    monkeypatch, caplog, endpoint, reason
+):
+    """Nothing listens, or the name does not resolve (.invalid never does): waiting would not help, so no
+    retry; the first retry would sleep 30 s."""
+    monkeypatch.setattr(hub_access, "RETRY_DELAYS", (30.0, 30.0))
+    started = time.monotonic()
+    with pytest.raises(CocktailError) as error:
+        resolve_source("cocktail/never-cached@main", endpoint=endpoint())
+    assert time.monotonic() - started < 30
+    assert error.value.exit_code == 1
+    message = str(error.value)
+    assert message.startswith(f"could not reach the Hub for cocktail/never-cached@main ({reason}")
+    assert message.endswith("): check the network or HF_ENDPOINT and try again")
+    assert not [record for record in caplog.records if "retrying" in record.getMessage()]
 
 
 def test_missing_revision(hub_server, llama_repo):
@@ -179,7 +240,7 @@ def test_private_repo_needs_a_token(hub_server, tiny_llamas, monkeypatch):
     hub_server.create_repo("cocktail/secret", private=True)
     sha = hub_server.commit_folder("cocktail/secret", tiny_llamas[0])
     with pytest.raises(CocktailError) as error:
-        resolve_source("cocktail/secret")
+        resolve_source("cocktail/secret@main")
     assert str(error.value) == (
         "Hub repo cocktail/secret was not found, or it is private and no token was given: "
         "check the name, or set HF_TOKEN to a token that can read it"
@@ -254,17 +315,6 @@ def test_offline_mode_uses_the_cache_and_says_what_is_missing(hub_server, llama_
         "cocktail/tiny-llama@dev is not in the Hugging Face cache and the Hub cannot be used (HF_HUB_OFFLINE "
         "is set or the Hub is unreachable): run once online to cache it, or unset HF_HUB_OFFLINE"
     )
-
-
-def test_an_unreachable_hub_is_named_as_such_not_as_offline_mode(caplog):
-    with pytest.raises(CocktailError) as error:
-        resolve_source("cocktail/never-cached", endpoint="http://127.0.0.1:9")
-    assert error.value.exit_code == 1
-    assert str(error.value) == (
-        "could not reach the Hub for cocktail/never-cached (ConnectError): check the network or HF_ENDPOINT "
-        "and try again"
-    )
-    assert "resolving cocktail/never-cached failed (ConnectError); retrying in 0s [1/3]" in caplog.messages
 
 
 def test_transient_hub_errors_are_retried(hub_server, llama_repo):

@@ -27,7 +27,7 @@ def handle(args) -> int:
     from cocktail_bot.plan import build_plan, render_plan, with_preflight
     from cocktail_bot.preflight import require
 
-    manifest = load_manifest(args.manifest)
+    manifest = load_manifest(args.manifest, outside_folders=True)
     plan = with_preflight(build_plan(manifest), manifest, Path(args.out), device=args.device)
     print(plan.model_dump_json(indent=2) if args.json else render_plan(plan), end="\n" if args.json else "")
     assert plan.preflight is not None

@@ -74,7 +74,7 @@ def handle(args) -> int:
     else:
         from cocktail_bot.pipeline import run_manifest
 
-        report = run_manifest(args.manifest, args.out, progress=args.progress, **common)
+        report = run_manifest(args.manifest, args.out, progress=args.progress, outside_folders=True, **common)
     assert report.output is not None
     where = f"in {report.output.path}" if args.out else "without a local copy"
     print(f"built {report.name} {where} ({report.output.total_bytes} bytes, {report.seconds:.1f} s)")

@@ -17,7 +17,7 @@ def handle(args) -> int:
     failed: list[str] = []
     for file in args.files:
         try:
-            manifest = load_manifest(file)
+            manifest = load_manifest(file, outside_folders=True)
         except CocktailError as error:
             failed.append(str(error))
             continue

@@ -6,7 +6,8 @@ to ``output_path`` when one is given. Unlike LM_Cocktail, a merge never holds ev
 output is written atomically, and an encoder keeps its base's sentence-transformers modules (its pooling)
 instead of being rewritten to CLS pooling. An existing ``output_path`` is written into as LM_Cocktail does, each
 file replaced atomically; nothing the merge did not write is deleted. Model names that are not local folders are Hugging Face Hub
-references, downloaded and pinned first.
+references, pinned first; a merge reads their safetensors weights from the Hub by range (nothing whole on disk),
+computing weights from examples downloads them.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from cocktail_bot.checkpoint import model_folder
 from cocktail_bot.engine import check_arguments, merge
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.methods import SUM_TOLERANCE, get_method
 from cocktail_bot.model_types import ModelType, load_transformers_model
+from cocktail_bot.remote import HubModel
 from cocktail_bot.weights import compute_weights
 from cocktail_bot.writable import writing
 
@@ -29,15 +32,23 @@ logger = logging.getLogger(__name__)
 
 def resolve_model_folders(model_names_or_paths: Sequence[str | Path]) -> list[Path]:
     """Local folders as they are; anything else is a Hub reference resolved to a pinned local snapshot."""
-    folders = []
+    return [model_folder(model) for model in resolve_models(model_names_or_paths, stream=False)]
+
+
+def resolve_models(
+    model_names_or_paths: Sequence[str | Path], *, stream: bool = True
+) -> list[Path | HubModel]:
+    """Local folders as they are; anything else is a Hub reference pinned to its commit, whose safetensors
+    weights stay on the Hub to be read by range (``stream``) or are downloaded into the cache."""
+    models: list[Path | HubModel] = []
     for reference in model_names_or_paths:
         if Path(reference).is_dir():
-            folders.append(Path(reference))
+            models.append(Path(reference))
         else:
             from cocktail_bot.sources import resolve_source
 
-            folders.append(resolve_source(str(reference)).folder)
-    return folders
+            models.append(resolve_source(str(reference), stream=stream).model)
+    return models
 
 
 def lm_cocktail_weights(weights: Sequence[float]) -> list[float]:
@@ -58,7 +69,7 @@ def _mix_and_load(
     kind = ModelType.parse(model_type)
     weights = lm_cocktail_weights(weights)
     check_arguments(list(model_names_or_paths), weights)
-    folders = resolve_model_folders(model_names_or_paths)
+    models = resolve_models(model_names_or_paths)
     for name, weight in zip(model_names_or_paths, weights, strict=False):
         logger.info("weight for %s: %s", name, weight)
     if output_path is not None:
@@ -68,12 +79,12 @@ def _mix_and_load(
                 "writing the merged model into the existing %s; its other files stay (as LM_Cocktail)", output
             )
         with writing(output, "the merged model"):
-            merge(folders, weights, output, model_type=kind, into_existing=True)
+            merge(models, weights, output, model_type=kind, into_existing=True)
         return load_transformers_model(output, kind)
     with tempfile.TemporaryDirectory(prefix="cocktail-") as scratch:
         output = Path(scratch, "merged")
         with writing(scratch, "the merged model"):
-            merge(folders, weights, output, model_type=kind)
+            merge(models, weights, output, model_type=kind)
         return load_transformers_model(output, kind)
 
 

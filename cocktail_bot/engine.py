@@ -303,7 +303,7 @@ class _Merge:
                 yield Task(
                     out.nbytes,
                     partial(self._read_rows, inputs, name, wide),
-                    partial(self._merge_rows, method, weights, name, dtype=out.dtype),
+                    partial(self._merge_rows, method, weights, name, dtype=out.dtype, shape=out.shape),
                     write,
                 )
 
@@ -407,11 +407,18 @@ class _Merge:
         return rows
 
     def _merge_rows(
-        self, method: MergeMethod, weights: list[float], name: str, rows: torch.Tensor, dtype: torch.dtype
+        self,
+        method: MergeMethod,
+        weights: list[float],
+        name: str,
+        rows: torch.Tensor,
+        dtype: torch.dtype,
+        shape: Sequence[int],
     ) -> tuple[torch.Tensor, Callable[[], None]]:
-        """A method that needs whole tensors (a tensor-wide statistic); the rows are reused once written, as
-        the result may be one of them."""
-        values = self._apply(method, weights, name, list(rows.to(self.device))).to(dtype).cpu()
+        """A method that needs whole tensors (a tensor-wide statistic, or one per row), each row seen in the
+        tensor's shape; the rows are reused once written, as the result may be one of them."""
+        widened = [row.view(shape) for row in rows.to(self.device)]
+        values = self._apply(method, weights, name, widened).to(dtype).cpu()
         return values, lambda: self.rows.give(rows)
 
     def _non_float_task(
@@ -592,7 +599,7 @@ def check_arguments(
         raise CocktailError("no models to merge: give at least one model folder")
     if len(weights) != len(models):
         raise CocktailError(f"got {len(weights)} weights for {len(models)} models: give one weight per model")
-    merge_method = get_method(method, method_params, model_params)
+    merge_method = get_method(method, method_params, model_params).for_base(base)
     merge_method.check_recipe(list(models), [_weight(weight) for weight in weights], base)
     return merge_method, parse_dtype(dtype), parse_shard_size(shard_size)
 

@@ -19,6 +19,8 @@
   id-token: write``. Without ``token=``, every call resolves its token anew, so a short-lived OIDC token is
   exchanged again before it expires, however long the upload. A token is never printed, logged or put in a
   report or an error message.
+* **No empty repo left behind**: a repo is created only when missing, right before the first upload; when
+  the publish then fails, a repo this run created is deleted again (if nothing was committed to it since).
 * **Read once**: each file is hashed once (:func:`local_files`); the upload is handed that sha256, so the
   client does not read the file again to hash it.
 """
@@ -143,22 +145,58 @@ def publish_folder(
     with hub_errors(repo_id, branch, reading=False, token=token):
         if token is None:
             check_token(repo_id)
-        return with_retries(
-            lambda: _publish_once(
-                api,
-                local,
-                stored,
-                repo_id,
-                branch,
-                private=private,
-                create_pr=create_pr or pr_title is not None,
-                pr_title=pr_title,
-                message=commit_message,
-                description=commit_description,
-                token=token,
-            ),
-            f"publishing to {repo_id}",
-        )
+        created = create_repo_if_missing(api, repo_id, private=private, token=token)
+        try:
+            return with_retries(
+                lambda: _publish_once(
+                    api,
+                    local,
+                    stored,
+                    repo_id,
+                    branch,
+                    private=private,
+                    create_pr=create_pr or pr_title is not None,
+                    pr_title=pr_title,
+                    message=commit_message,
+                    description=commit_description,
+                    token=token,
+                ),
+                f"publishing to {repo_id}",
+            )
+        except BaseException:
+            if created is not None:
+                delete_created_repo(api, repo_id, created, token=token)
+            raise
+
+
+def create_repo_if_missing(api, repo_id: str, *, private: bool, token: str | None) -> str | None:
+    """Create ``repo_id`` if it does not exist. Returns its head commit (the Hub's initial one) when this call
+    created it, None when it was there: only a repo the run created, still at that commit, is deleted again
+    when the run fails (:func:`delete_created_repo`), so a failure leaves no empty repo behind."""
+    if with_retries(lambda: api.repo_exists(repo_id, token=token), f"looking up {repo_id}"):
+        return None
+    with_retries(
+        lambda: api.create_repo(repo_id, private=private, exist_ok=True, token=token), f"creating {repo_id}"
+    )
+    head: str = with_retries(lambda: api.model_info(repo_id, token=token).sha, f"reading {repo_id}")
+    logger.info("created %s", repo_id)
+    return head
+
+
+def delete_created_repo(api, repo_id: str, head: str, *, token: str | None) -> None:
+    """Delete the repo a failed run created, unless something was committed to it since (``head`` moved).
+    Best effort: a failure here is a warning; the run's own error is the one reported."""
+    try:
+        with hub_errors(repo_id, None, reading=False, token=token):
+            now = with_retries(lambda: api.model_info(repo_id, token=token).sha, f"reading {repo_id}")
+            if now != head:
+                logger.warning("kept %s: created by this run, but it has new commits since", repo_id)
+                return
+            with_retries(lambda: api.delete_repo(repo_id, token=token), f"deleting {repo_id}")
+    except CocktailError as error:
+        logger.warning("could not delete %s, created empty by this failed run: %s", repo_id, error)
+        return
+    logger.info("deleted %s again: created by this run, which published nothing", repo_id)
 
 
 def check_token(repo_id: str) -> None:
@@ -191,7 +229,7 @@ def _publish_once(
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
     from huggingface_hub.errors import RevisionNotFoundError
 
-    repo_url = str(api.create_repo(repo_id, private=private, exist_ok=True, token=token))
+    repo_url = f"{api.endpoint}/{repo_id}"  # the repo exists: see create_repo_if_missing
     pr = own_open_pull_request(api, repo_id, branch, pr_title, token) if pr_title is not None else None
     target = pr.git_reference if pr is not None and pr.git_reference else branch
     try:

@@ -23,6 +23,7 @@ from pydantic import (
 from cocktail_bot.devices import DEVICE_CHOICES, DEVICE_PATTERN, is_device
 from cocktail_bot.dtypes import OutputDtype
 from cocktail_bot.jobs.settings import CPU_FLAVOR, DEFAULT_IMAGE, GPU_FLAVOR, TIMEOUT, check_flavor
+from cocktail_bot.methods import METHODS
 from cocktail_bot.references import REFERENCE_PATTERN, check_reference, is_local
 from cocktail_bot.sizes import SIZE_PATTERN, parse_size
 
@@ -217,7 +218,7 @@ Size = Annotated[str | int, AfterValidator(_size), Field(json_schema_extra={"pat
 
 
 class MergeOptions(_Strict):
-    method: str = Field("linear", description="linear, task_arithmetic, ties, dare_linear, dare_ties, slerp")
+    method: str = Field("linear", description=", ".join(METHODS))
     parameters: Parameters = Field(
         default_factory=dict,
         description="method parameters, e.g. {density: 0.5} for ties (per-model ones apply to every model "

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
+from cocktail_bot import geometric
+from cocktail_bot.memory import DELLA_BLOCK
+
 if TYPE_CHECKING:
-    from cocktail_bot.methods import MergeMethod, Slerp, TaskArithmetic
+    from cocktail_bot.methods import Della, MergeMethod, Sce, Slerp, TaskArithmetic
 
 RESCALE_EPS = 1e-7  # mergekit's sparsify.rescaled_masked_tensor: below this L1 norm a mask is not rescaled
 SLERP_DOT_THRESHOLD = 0.9995  # mergekit's slerp: nearly collinear tensors are interpolated linearly
@@ -92,34 +95,66 @@ def keep_largest(
 
     ``delta`` is masked in place (it is the caller's own task vector); ``generator`` is unused.
 
-    Exactly ``max(1, int(density * numel))`` entries are kept, as in mergekit. mergekit ranks them with a full
-    argsort (unstable at ties); a selection of the threshold is several times faster on large tensors, and
-    entries tied at the threshold are taken by position, as a stable sort would, so results are deterministic.
-    The selection is numpy's in-place introselect on one float32 copy of the magnitudes (``torch.kthvalue``
-    would add a copy of its own and an int64 index per entry, three times the copy again); the mask is then
-    built ``MASK_CHUNK`` entries at a time, so that copy is the only tensor-sized temporary besides the mask.
+    Exactly ``max(1, int(density * numel))`` entries are kept, as in mergekit; see :func:`_ranked_mask` for how
+    they are found without mergekit's full argsort.
     """
     if density >= 1:
         return delta
     if delta.numel() == 0:
         return delta.zero_()
-    keep = max(1, int(density * delta.numel()))
-    magnitude = _magnitude(delta)  # mergekit ranks float32 magnitudes
-    threshold = _kth_largest_(magnitude, keep)
-    del magnitude
+    mask = _ranked_mask(delta.reshape(-1), max(1, int(density * delta.numel())), largest=True)
+    return _rescaled(delta, mask.reshape(delta.shape), rescale)
+
+
+def drop_outliers(delta: torch.Tensor, density: float, gamma: float, rescale: bool) -> torch.Tensor:
+    """Model Breadcrumbs' sparsification (mergekit's 'magnitude_outliers'): drop the ``gamma`` fraction of largest
+    magnitude, then the smallest, so that ``int(density * numel)`` entries stay (fewer outliers go if needed).
+
+    ``delta`` is masked in place. mergekit keeps the entries of ascending ranks ``[bottom, bottom + keep)``: the
+    ``bottom + keep`` smallest without the ``bottom`` smallest, each found as :func:`_ranked_mask` finds them.
+    """
+    if density >= 1:
+        return delta
+    numel = delta.numel()
+    keep = int(density * numel)
+    bottom = max(0, numel - keep - int(gamma * numel))
     flat = delta.reshape(-1)
+    mask = _ranked_mask(flat, bottom + keep, largest=False)
+    mask &= _ranked_mask(flat, bottom, largest=False).logical_not_()
+    return _rescaled(delta, mask.reshape(delta.shape), rescale)
+
+
+def _ranked_mask(flat: torch.Tensor, count: int, largest: bool) -> torch.Tensor:
+    """The ``count`` entries of largest (or smallest) magnitude, entries tied at the threshold taken by position,
+    as a stable sort would take them, so results are deterministic.
+
+    mergekit ranks them with a full sort (unstable at ties); a selection of the threshold is several times faster
+    on large tensors. The selection is numpy's in-place introselect on one float32 copy of the magnitudes
+    (``torch.kthvalue`` would add a copy of its own and an int64 index per entry, three times the copy again);
+    the mask is then built ``MASK_CHUNK`` entries at a time, so that copy is the only tensor-sized temporary
+    besides the mask.
+    """
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    if count <= 0:
+        return mask
+    if count >= flat.numel():
+        return mask.fill_(True)
+    magnitude = _magnitude(flat)  # mergekit ranks float32 magnitudes
+    rank = count if largest else flat.numel() - count + 1  # the threshold's rank from the top
+    threshold = _kth_largest_(magnitude, rank)
+    del magnitude
+    beyond = torch.gt if largest else torch.lt
     parts = [slice(start, start + MASK_CHUNK) for start in range(0, flat.numel(), MASK_CHUNK)]
-    mask = torch.empty(flat.numel(), dtype=torch.bool, device=delta.device)
     for part in parts:
-        torch.gt(_magnitude(flat[part]), threshold, out=mask[part])
-    short = keep - int(torch.count_nonzero(mask))  # a bool sum would widen to int64
+        beyond(_magnitude(flat[part]), threshold, out=mask[part])
+    short = count - int(torch.count_nonzero(mask))  # a bool sum would widen to int64
     for part in parts:
         if short <= 0:
             break
         tied = torch.nonzero(_magnitude(flat[part]) == threshold).squeeze(1)[:short]
         mask[tied + part.start] = True
         short -= tied.numel()
-    return _rescaled(delta, mask.reshape(delta.shape), rescale)
+    return mask
 
 
 def _kth_largest_(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -160,8 +195,64 @@ def drop_randomly(
     return _rescaled(delta, mask.reshape(delta.shape), rescale)
 
 
-Sparsifier = Callable[[torch.Tensor, float, bool, "torch.Generator | None"], torch.Tensor]
-SPARSIFIERS: dict[str, Sparsifier] = {"magnitude": keep_largest, "random": drop_randomly}  # mergekit's names
+def magprune(
+    delta: torch.Tensor, density: float, epsilon: float, rescale: bool, generator: torch.Generator | None
+) -> torch.Tensor:
+    """DELLA's MagPrune (mergekit's 'della_magprune'): keep each entry with a probability from ``density -
+    epsilon`` (the smallest magnitude of its row) to ``density + epsilon`` (the largest), by rank in its row.
+
+    ``delta`` is masked in place. mergekit ranks each row (a 1-D tensor is one row) and draws one Bernoulli per
+    entry; uniform float32 draws below the probabilities are the same draws (a test checks it). Rows are ranked
+    and drawn ``DELLA_BLOCK`` entries at a time (at least one row), in order, so the temporaries stay small and
+    the generator gives the same sequence as over the whole tensor.
+    """
+    if density >= 1:
+        return delta
+    matrix = delta.unsqueeze(0) if delta.dim() < 2 else delta
+    mask = torch.empty(matrix.shape, dtype=torch.bool, device=delta.device)
+    if matrix.dim() > 2:  # ranked along dim 1 as mergekit ranks them; not in the models cocktail-bot merges
+        probabilities = _keep_probabilities(matrix, density, epsilon)
+        torch.lt(torch.rand(matrix.shape, generator=generator, device=delta.device), probabilities, out=mask)
+    else:
+        step = max(1, DELLA_BLOCK // max(1, matrix.shape[1]))
+        for start in range(0, matrix.shape[0], step):
+            block = matrix[start : start + step]
+            probabilities = _keep_probabilities(block, density, epsilon)
+            draws = torch.rand(block.shape, generator=generator, device=delta.device)
+            torch.lt(draws, probabilities, out=mask[start : start + step])
+    return _rescaled(delta, mask.reshape(delta.shape), rescale)
+
+
+def _keep_probabilities(block: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """mergekit's della_magprune probabilities, step for step (the same float32 values)."""
+    ranks = torch.argsort(torch.argsort(block.abs(), dim=1), dim=1).to(torch.float32) + 1
+    min_ranks = ranks.min(dim=1, keepdim=True).values
+    max_ranks = ranks.max(dim=1, keepdim=True).values
+    rank_norm = ((ranks - min_ranks) / (max_ranks - min_ranks)).clamp(0, 1)
+    return (density - epsilon) + rank_norm * 2 * epsilon
+
+
+def _sparsify(
+    method: TaskArithmetic, index: int, delta: torch.Tensor, generator: torch.Generator | None, key: str
+) -> torch.Tensor:
+    """The method's sparsification (mergekit's names) of model ``index``'s task vector, in place, with that
+    model's values of the per-model parameters (density, gamma, epsilon)."""
+    params = method.params
+    density, rescale = params["density"][index], params["rescale"]
+    if method.sparsification == "magnitude":
+        return keep_largest(delta, density, rescale)
+    if method.sparsification == "random":
+        return drop_randomly(delta, density, rescale, generator)
+    if method.sparsification == "magnitude_outliers":
+        return drop_outliers(delta, density, params["gamma"][index], rescale)
+    if method.sparsification == "della_magprune":
+        epsilon = params["epsilon"][index]
+        cast("Della", method).check_spread(density, epsilon, f" (tensor {key!r}, model {index + 1})")
+        return magprune(delta, density, epsilon, rescale, generator)
+    raise ValueError(f"unknown sparsification {method.sparsification!r}")
+
+
+RANDOM_SPARSIFICATIONS = ("random", "della_magprune")
 
 
 def tensor_seed(seed: int, key: str) -> int:
@@ -180,14 +271,12 @@ def _task_vectors(
     tensor), computed in place of the model's tensor."""
     params = method.params
     generator = None
-    if method.sparsification == "random" and min(params["density"]) < 1:
+    if method.sparsification in RANDOM_SPARSIFICATIONS and min(params["density"]) < 1:
         generator = torch.Generator(device=base.device).manual_seed(tensor_seed(params["seed"], key))
-    densities = params.get("density", [1.0] * len(tensors))  # one per model (task_arithmetic: none)
-    for tensor, density in zip(tensors, densities, strict=True):
+    for index, tensor in enumerate(tensors):
         delta = tensor.sub_(base)
         if method.sparsification is not None:
-            sparsify = SPARSIFIERS[method.sparsification]
-            delta = sparsify(delta, density, params["rescale"], generator)
+            delta = _sparsify(method, index, delta, generator, key)
         yield delta
 
 
@@ -268,5 +357,61 @@ def slerp(method: Slerp, tensors, weights, base, key: str) -> torch.Tensor:
     return result.add_(other.mul_(torch.sin(t * theta) / sin_theta))
 
 
+def sce(method: Sce, tensors, weights, base, key: str) -> torch.Tensor:
+    """SCE over task vectors computed in place of the models' tensors: the entries that vary most across them
+    kept (``select_topk``), one weight per model from its task vector's mean square, entries against the
+    elected sign erased; per-entry sums slice by slice, so the temporaries stay small. Per-model ``weights`` are
+    not used (as in mergekit)."""
+    deltas = [tensor.sub_(base).view(-1) for tensor in tensors]
+    result = base.view(-1)
+    if method.params["select_topk"] < 1:
+        selected = _most_varying(deltas, method.params["select_topk"])
+        for delta in deltas:
+            delta.mul_(selected)
+    squares = torch.stack([delta.square().mean() for delta in deltas])
+    total = torch.sum(squares).item()
+    model_weights = torch.ones_like(squares) / len(deltas) if abs(total) < 1e-6 else squares / total
+    for start in range(0, result.numel(), COMBINE_ELEMENTS):
+        end = min(start + COMBINE_ELEMENTS, result.numel())
+        _erase_and_merge_([delta[start:end] for delta in deltas], model_weights, result[start:end])
+    return base
+
+
+def _most_varying(deltas: list[torch.Tensor], fraction: float) -> torch.Tensor:
+    """SCE's selection: the ``int(fraction * nonzero)`` entries whose values vary most across task vectors
+    (population variance), as mergekit's ``sce_mask`` (ties taken by position, see :func:`_ranked_mask`)."""
+    variance = torch.empty_like(deltas[0])
+    for start in range(0, variance.numel(), COMBINE_ELEMENTS):
+        part = slice(start, start + COMBINE_ELEMENTS)
+        torch.var(torch.stack([delta[part] for delta in deltas]), dim=0, unbiased=False, out=variance[part])
+    keep = int(int(torch.count_nonzero(variance)) * fraction)
+    return _ranked_mask(variance, keep, largest=True)
+
+
+def _erase_and_merge_(deltas: list[torch.Tensor], model_weights: torch.Tensor, base: torch.Tensor) -> None:
+    """base += the weighted average of the task vectors' entries that agree with their elected sign (mergekit's
+    sce_merge on one slice of the entries)."""
+    positive = deltas[0].clone()
+    for delta in deltas[1:]:
+        positive.add_(delta)
+    positive = positive >= 0
+    merged = torch.zeros_like(base)
+    total = torch.zeros_like(base)
+    for delta, weight in zip(deltas, model_weights, strict=True):
+        erased = torch.where(positive, delta > 0, delta < 0) * weight
+        merged.add_(delta.mul_(erased))
+        total.add_(erased)
+    base.add_(merged.div_(total.clamp_(min=1e-6)))
+
+
 Kernel = Callable[..., torch.Tensor]
-KERNELS: dict[str, Kernel] = {"linear": linear, "task_arithmetic": task_arithmetic, "slerp": slerp}
+KERNELS: dict[str, Kernel] = {
+    "linear": linear,
+    "task_arithmetic": task_arithmetic,
+    "slerp": slerp,
+    "sce": sce,
+    "model_stock": geometric.model_stock,
+    "nuslerp": geometric.nuslerp,
+    "multislerp": geometric.multislerp,
+    "karcher": geometric.karcher,
+}

@@ -27,6 +27,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cocktail_bot.errors import CocktailError
+from cocktail_bot.memory import DELLA_BLOCK
 from cocktail_bot.parameter_values import (
     SettingError,
     check_setting,
@@ -154,7 +155,9 @@ class MergeMethod:
     uses_weights: ClassVar[bool] = True  # False: per-model weights are not needed (and ignored when given)
     title: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # what it does, in one sentence, for the card
     kernel: ClassVar[str] = ""  # the key of merge_kernels.KERNELS that computes it
+    optional_base: ClassVar[bool] = False  # a base, when named, is used (mergekit's BasePolicy.OPTIONAL)
 
     def __post_init__(self) -> None:
         if self.resolved:
@@ -165,6 +168,17 @@ class MergeMethod:
             "model_params",
             tuple(self._model_settings(index, dict(given)) for index, given in enumerate(self.model_params)),
         )
+        self.check_params()
+
+    def check_params(self) -> None:
+        """Raise CocktailError if the parameters, each valid on its own, do not go together."""
+
+    def for_base(self, base: Hashable | None) -> MergeMethod:
+        """This method for a recipe whose base is ``base`` (None: no base named): a method whose base is
+        optional uses one when it is named, as in mergekit."""
+        if self.optional_base and base is not None and not self.needs_base:
+            return dataclasses.replace(self, needs_base=True)
+        return self
 
     @property
     def declared(self) -> dict[str, Parameter]:
@@ -295,11 +309,8 @@ class MergeMethod:
 
     @property
     def paper_url(self) -> str | None:
-        """A link to the paper for the card (arXiv or DOI)."""
-        scheme, _, identifier = self.paper.partition(":")
-        return {"arXiv": f"https://arxiv.org/abs/{identifier}", "doi": f"https://doi.org/{identifier}"}.get(
-            scheme
-        )
+        """A link to the paper for the card (arXiv, DOI, or the web page that introduced the method)."""
+        return paper_link(self.paper)
 
     def check_base(self, base: Hashable | None) -> None:
         """Raise CocktailError if this method needs a base model and none is named."""
@@ -333,11 +344,12 @@ class MergeMethod:
                 f"got parameters for {len(self.model_params)} models but {len(models)} models: "
                 "give one set of parameters per model (or none)"
             )
-        merged = self.split_base(models, base)
+        method = self.for_base(base)
+        merged = method.split_base(models, base)
         if weights is None:
-            self.check_models(len(merged))
+            method.check_models(len(merged))
         else:
-            self.check([weights[index] for index in merged])
+            method.check([weights[index] for index in merged])
 
     def check_models(self, count: int) -> None:
         """Raise CocktailError if the method cannot merge this many models (besides the base, if any)."""
@@ -388,6 +400,33 @@ class MergeMethod:
         return merge_(self, tensors, weights, base, key=key)
 
 
+def paper_link(paper: str) -> str | None:
+    """The URL of a method's ``paper`` (``arXiv:ID``, ``doi:ID`` or an https URL)."""
+    if paper.startswith("https://"):
+        return paper
+    scheme, _, identifier = paper.partition(":")
+    return {"arXiv": f"https://arxiv.org/abs/{identifier}", "doi": f"https://doi.org/{identifier}"}.get(
+        scheme
+    )
+
+
+def method_notes(names: Sequence[str]) -> list[dict[str, str | None]]:
+    """What the card says of each of these methods (in order, once each): its summary and its paper's link."""
+    notes = []
+    for name in dict.fromkeys(names):
+        method = METHODS.get(name)
+        if method is not None:
+            notes.append(
+                {
+                    "name": name,
+                    "summary": method.summary,
+                    "title": method.title,
+                    "paper_url": paper_link(method.paper),
+                }
+            )
+    return notes
+
+
 def _check_finite(weights: Sequence[Any]) -> None:
     """Every weight (a number, or a per-layer / filtered setting of numbers) is finite."""
     if not all(
@@ -423,6 +462,9 @@ class Linear(MergeMethod):
     title: ClassVar[str] = "LM-Cocktail weighted average, Xiao et al. 2023"
     paper: ClassVar[str] = "arXiv:2311.13534"
     kernel: ClassVar[str] = "linear"
+    summary: ClassVar[str] = (
+        "LM-Cocktail's weighted average of parameters, `sum(w_i * theta_i)`, the weights summing to 1."
+    )
 
     @property
     def elementwise(self) -> bool:
@@ -470,6 +512,9 @@ class TaskArithmetic(MergeMethod):
     parameters: ClassVar[tuple[Parameter, ...]] = (LAMBDA, _normalize(False))
     title: ClassVar[str] = "task arithmetic, Ilharco et al. 2023"
     paper: ClassVar[str] = "arXiv:2212.04089"
+    summary: ClassVar[str] = (
+        "the base plus the weighted sum of task vectors, `base + sum(w_i * (theta_i - base))`."
+    )
     kernel: ClassVar[str] = "task_arithmetic"
     sparsification: ClassVar[str | None] = None  # a key of merge_kernels.SPARSIFIERS
     sign_consensus: ClassVar[bool] = False
@@ -506,6 +551,9 @@ class Ties(TaskArithmetic):
     )
     title: ClassVar[str] = "TIES-Merging, Yadav et al. 2023"
     paper: ClassVar[str] = "arXiv:2306.01708"
+    summary: ClassVar[str] = (
+        "TIES-Merging: task vectors trimmed to their largest entries, a sign elected per parameter, then merged."
+    )
     sparsification: ClassVar[str | None] = "magnitude"
     sign_consensus: ClassVar[bool] = True
 
@@ -524,6 +572,9 @@ class DareLinear(TaskArithmetic):
     )
     title: ClassVar[str] = "DARE, Yu et al. 2024"
     paper: ClassVar[str] = "arXiv:2311.03099"
+    summary: ClassVar[str] = (
+        "DARE: task-vector entries randomly dropped and the rest rescaled, then added to the base."
+    )
     sparsification: ClassVar[str | None] = "random"
 
 
@@ -533,6 +584,7 @@ class DareTies(DareLinear):
 
     name: str = "dare_ties"
     title: ClassVar[str] = "DARE with TIES sign election, Yu et al. 2024"
+    summary: ClassVar[str] = "DARE's drop and rescale followed by TIES sign election."
     sign_consensus: ClassVar[bool] = True
 
 
@@ -550,6 +602,7 @@ class Slerp(MergeMethod):
     title: ClassVar[str] = "spherical linear interpolation, Shoemake 1985"
     paper: ClassVar[str] = "doi:10.1145/325165.325242"
     kernel: ClassVar[str] = "slerp"
+    summary: ClassVar[str] = "spherical linear interpolation between two models."
 
     def temporary_bytes(self, numel: int, itemsize: int) -> int:
         return 2 * numel * itemsize  # both tensors normalised, for their angle
@@ -562,8 +615,304 @@ class Slerp(MergeMethod):
             )
 
 
+GAMMA = Parameter(
+    "gamma",
+    float,
+    0.01,
+    "fraction of each task vector's largest entries dropped as outliers",
+    0.0,
+    1.0,
+    per_model=True,
+)
+EPSILON = Parameter(
+    "epsilon",
+    float,
+    0.15,
+    "spread of the keep probabilities: from density - epsilon (smallest entries) to density + epsilon",
+    per_model=True,
+)
+
+
+@dataclass(frozen=True)
+class Breadcrumbs(TaskArithmetic):
+    """Model Breadcrumbs: drop each task vector's largest entries (outliers, ``gamma``) and its smallest, keeping
+    ``density`` of them, then add up."""
+
+    name: str = "breadcrumbs"
+    parameters: ClassVar[tuple[Parameter, ...]] = (
+        DENSITY,
+        GAMMA,
+        LAMBDA,
+        _normalize(False),
+        dataclasses.replace(RESCALE, default=False),
+    )
+    title: ClassVar[str] = "Model Breadcrumbs, Davari and Belilovsky 2024"
+    paper: ClassVar[str] = "arXiv:2312.06795"
+    summary: ClassVar[str] = (
+        "Model Breadcrumbs: each task vector loses its largest entries (outliers) and its smallest, then the rest "
+        "are added to the base."
+    )
+    sparsification: ClassVar[str | None] = "magnitude_outliers"
+
+    def temporary_bytes(self, numel: int, itemsize: int) -> int:
+        if self.elementwise:
+            return 0
+        # two keep/drop masks (bool) and the float32 magnitudes ranked for both thresholds (or |delta|)
+        return 2 * numel + numel * max(4, itemsize)
+
+
+@dataclass(frozen=True)
+class BreadcrumbsTies(Breadcrumbs):
+    """Model Breadcrumbs' sparsification followed by TIES' sign election."""
+
+    name: str = "breadcrumbs_ties"
+    title: ClassVar[str] = "Model Breadcrumbs with TIES sign election, Davari and Belilovsky 2024"
+    summary: ClassVar[str] = "Model Breadcrumbs' outlier and small-entry drop followed by TIES sign election."
+    sign_consensus: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class Della(TaskArithmetic):
+    """DELLA: drop task-vector entries at random, the smaller ones more often (MagPrune: keep probabilities from
+    ``density - epsilon`` to ``density + epsilon`` by magnitude rank within each row), rescale, elect signs."""
+
+    name: str = "della"
+    parameters: ClassVar[tuple[Parameter, ...]] = (
+        DENSITY,
+        EPSILON,
+        LAMBDA,
+        _normalize(True),
+        dataclasses.replace(RESCALE, default=True),
+        SEED,
+    )
+    title: ClassVar[str] = "DELLA-Merging, Deep et al. 2024"
+    paper: ClassVar[str] = "arXiv:2406.11617"
+    summary: ClassVar[str] = (
+        "DELLA: task-vector entries randomly dropped, small ones more often (MagPrune), the rest rescaled, a sign "
+        "elected per parameter, then merged."
+    )
+    sparsification: ClassVar[str | None] = "della_magprune"
+    sign_consensus: ClassVar[bool] = True
+
+    def check_params(self) -> None:
+        """density +- epsilon within (0, 1) wherever both are one value (shared, or a model's own); per-layer and
+        filtered values are checked per tensor, before its task vectors are sparsified."""
+        for settings in [self.params, *({**self.params, **own} for own in self.model_params)]:
+            density, epsilon = settings["density"], settings["epsilon"]
+            if isinstance(density, int | float) and isinstance(epsilon, int | float):
+                self.check_spread(density, epsilon)
+
+    def check_spread(self, density: float, epsilon: float, where: str = "") -> None:
+        """mergekit's della_magprune condition: below density 1, keep probabilities from density - epsilon to
+        density + epsilon must be probabilities strictly between 0 and 1."""
+        if density < 1 and not (0 < density - epsilon and density + epsilon < 1):
+            raise CocktailError(
+                f"merge method {self.name!r}{where}: density - epsilon and density + epsilon must lie in (0, 1), "
+                f"but density={density:g} and epsilon={epsilon:g} give {density - epsilon:g} and "
+                f"{density + epsilon:g}: lower epsilon"
+            )
+
+    def temporary_bytes(self, numel: int, itemsize: int) -> int:
+        if self.elementwise:
+            return 0
+        # the mask (bool), |delta| for the rescale, and per block of rows: two int64 orders, float32 ranks
+        # (reused for the probabilities) and uniform draws
+        return numel + numel * max(4, itemsize) + 24 * min(numel, DELLA_BLOCK)
+
+
+@dataclass(frozen=True)
+class DellaLinear(Della):
+    """DELLA's MagPrune drop and rescale, then the task vectors added up (no sign election)."""
+
+    name: str = "della_linear"
+    parameters: ClassVar[tuple[Parameter, ...]] = (
+        DENSITY,
+        EPSILON,
+        LAMBDA,
+        _normalize(False),
+        dataclasses.replace(RESCALE, default=True),
+        SEED,
+    )
+    title: ClassVar[str] = "DELLA-Merging without sign election, Deep et al. 2024"
+    summary: ClassVar[str] = "DELLA's MagPrune drop and rescale, the task vectors then added to the base."
+    sign_consensus: ClassVar[bool] = False
+
+
+@dataclass(frozen=True)
+class ModelStock(MergeMethod):
+    """Model Stock: the models' average pulled toward the base by a ratio from the angle between their task
+    vectors (per tensor, or per row with ``filter_wise``). Per-model weights are not used, as in mergekit."""
+
+    name: str = "model_stock"
+    needs_base: bool = True
+    parameters: ClassVar[tuple[Parameter, ...]] = (
+        Parameter("filter_wise", bool, False, "one ratio per row (output filter) instead of one per tensor"),
+    )
+    title: ClassVar[str] = "Model Stock, Jang et al. 2024"
+    paper: ClassVar[str] = "arXiv:2403.19522"
+    summary: ClassVar[str] = (
+        "Model Stock: the fine-tuned models' average interpolated toward the base by a ratio set by the angle "
+        "between their task vectors."
+    )
+    kernel: ClassVar[str] = "model_stock"
+    uses_weights: ClassVar[bool] = False
+
+    def temporary_bytes(self, numel: int, itemsize: int) -> int:
+        return 2 * numel * itemsize  # the models' average, and one product of two task vectors
+
+    def check_models(self, count: int) -> None:
+        if count < 2:
+            raise CocktailError(
+                f"merge method 'model_stock' needs at least two models besides the base (their task vectors' "
+                f"angle sets the ratio), but got {count}"
+            )
+
+
+@dataclass(frozen=True)
+class NuSlerp(MergeMethod):
+    """mergekit's NuSLERP: spherical interpolation between exactly two models at ``t = w_2 / (w_1 + w_2)``, of
+    their task vectors when a base is named; over the flattened tensor, or row by row (or column by column)."""
+
+    name: str = "nuslerp"
+    parameters: ClassVar[tuple[Parameter, ...]] = (
+        Parameter("nuslerp_flatten", bool, True, "interpolate the tensors flattened (false: row by row)"),
+        Parameter("nuslerp_row_wise", bool, False, "without flattening, interpolate columns instead of rows"),
+    )
+    title: ClassVar[str] = "NuSLERP, spherical linear interpolation (Shoemake 1985) by weights"
+    paper: ClassVar[str] = "doi:10.1145/325165.325242"
+    summary: ClassVar[str] = (
+        "spherical interpolation between two models (or their task vectors from the base), at the ratio of "
+        "their weights."
+    )
+    kernel: ClassVar[str] = "nuslerp"
+    optional_base: ClassVar[bool] = True
+
+    def temporary_bytes(self, numel: int, itemsize: int) -> int:
+        return 3 * numel * itemsize  # both tensors normalised and their product, or the two terms
+
+    def check_models(self, count: int) -> None:
+        if count != 2:
+            raise CocktailError(
+                f"merge method 'nuslerp' merges exactly two models besides the base, but got {count}"
+            )
+
+
+@dataclass(frozen=True)
+class MultiSlerp(MergeMethod):
+    """Multi-SLERP: the weighted barycentre of any number of models (or task vectors, with a base) on the
+    hypersphere, through the tangent space at their weighted mean direction; norms averaged by weight."""
+
+    name: str = "multislerp"
+    parameters: ClassVar[tuple[Parameter, ...]] = (
+        Parameter("normalize_weights", bool, True, "divide the weights by their sum"),
+        Parameter("eps", float, 1e-8, "added to norms to avoid dividing by zero", minimum=0.0),
+    )
+    title: ClassVar[str] = "Multi-SLERP, Goddard 2024"
+    paper: ClassVar[str] = "https://goddard.blog/posts/multislerp-wow-what-a-cool-idea"
+    summary: ClassVar[str] = (
+        "spherical interpolation of any number of models (or task vectors from the base) by their weights."
+    )
+    kernel: ClassVar[str] = "multislerp"
+    optional_base: ClassVar[bool] = True
+
+    def temporary_bytes(self, numel: int, itemsize: int) -> int:
+        return 3 * numel * itemsize  # the mean direction, the tangent sum and one scaled term
+
+    def check(self, weights: Sequence[float]) -> None:
+        super().check(weights)
+        plain = all(isinstance(weight, int | float) for weight in weights)
+        if (
+            self.params["normalize_weights"] is True
+            and plain
+            and len(weights) > 1
+            and math.fsum(weights) == 0
+        ):
+            raise CocktailError(
+                f"merge method 'multislerp' divides the weights by their sum, but {list(weights)} sums to 0: "
+                "change the weights or set normalize_weights: false"
+            )
+
+
+@dataclass(frozen=True)
+class Karcher(MergeMethod):
+    """The Karcher (Riemannian) mean of the models' directions on the hypersphere, found by iteration, scaled
+    by their mean norm. Every listed model counts equally: per-model weights are not used, as in mergekit."""
+
+    name: str = "karcher"
+    parameters: ClassVar[tuple[Parameter, ...]] = (
+        Parameter("max_iter", int, 10, "iterations at most", minimum=0, varies=False),
+        Parameter("tol", float, 1e-5, "stops once a step is shorter than this", minimum=0.0),
+    )
+    title: ClassVar[str] = "Karcher mean merging"
+    paper: ClassVar[str] = "arXiv:2603.04972"
+    summary: ClassVar[str] = (
+        "the Karcher (Riemannian) mean of the models' directions on the hypersphere, at their mean norm."
+    )
+    kernel: ClassVar[str] = "karcher"
+    uses_weights: ClassVar[bool] = False
+
+    def temporary_bytes(self, numel: int, itemsize: int) -> int:
+        return 3 * numel * itemsize  # the mean, the tangent step and one term of it
+
+
+@dataclass(frozen=True)
+class Sce(MergeMethod):
+    """SCE: Select the entries where the task vectors vary most (``select_topk``), Calculate each model's weight
+    from its task vector's mean square, Erase the entries against the elected sign, then merge."""
+
+    name: str = "sce"
+    needs_base: bool = True
+    parameters: ClassVar[tuple[Parameter, ...]] = (
+        Parameter(
+            "select_topk",
+            float,
+            1.0,
+            "fraction of entries kept, those that vary most across models",
+            0.0,
+            1.0,
+        ),
+        Parameter("int8_mask", bool, False, "mergekit's int8 masks (same result; accepted for its configs)"),
+    )
+    title: ClassVar[str] = "SCE (select, calculate, erase), Wan et al. 2024"
+    paper: ClassVar[str] = "arXiv:2408.07990"
+    summary: ClassVar[str] = (
+        "SCE: the entries that vary most across task vectors selected, each model weighted by its task vector's "
+        "mean square, entries against the elected sign erased, then merged."
+    )
+    kernel: ClassVar[str] = "sce"
+    uses_weights: ClassVar[bool] = False
+
+    def temporary_bytes(self, numel: int, itemsize: int) -> int:
+        # the variance (float32, ranked in place) and its mask, or the weight and erase sums
+        return numel + 2 * numel * max(4, itemsize)
+
+    def check_models(self, count: int) -> None:
+        if count < 1:
+            raise CocktailError(
+                "merge method 'sce' needs at least one model besides the base: add the models whose task "
+                "vectors to merge"
+            )
+
+
 METHODS: dict[str, type[MergeMethod]] = {
-    method.name: method for method in (Linear, TaskArithmetic, Ties, DareLinear, DareTies, Slerp)
+    method.name: method
+    for method in (
+        Linear,
+        TaskArithmetic,
+        Ties,
+        DareLinear,
+        DareTies,
+        Slerp,
+        Breadcrumbs,
+        BreadcrumbsTies,
+        Della,
+        DellaLinear,
+        ModelStock,
+        NuSlerp,
+        MultiSlerp,
+        Karcher,
+        Sce,
+    )
 }
 # dataclass defaults are class attributes too, so `method.name` above is each class's default name.
 

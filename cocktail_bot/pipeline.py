@@ -145,6 +145,7 @@ def run_manifest(
         out.parent if out else None, f".{out.name if out else manifest.name}.", ".cocktail-work", private=True
     )
     uploader: ShardUploader | None = None
+    committed = False
     try:
         context = RunContext(manifest, work, lock, device, progress)
         context.sources = resolve_sources(manifest, lock, token=token, endpoint=endpoint, stream=True)
@@ -198,6 +199,7 @@ def run_manifest(
                 pr_title=pr_title,
                 uploaded=uploader.uploaded,
             )
+            committed = publish_error is None
             if publish_error is not None:
                 report.status, report.error = "failure", str(publish_error)
         write_report(final, report)
@@ -215,6 +217,8 @@ def run_manifest(
     except OSError as error:
         raise write_error(error, out if out is not None else work, "the model") from None
     finally:
+        if uploader is not None and not committed:  # no empty repo left behind
+            uploader.delete_created_repo()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -4,12 +4,14 @@ Sources are pinned with the Hub's metadata only (``resolve_source(download=False
 takes seconds. Disk sizes are estimates from file sizes; memory comes from :mod:`cocktail_bot.memory`, the model
 the engine sizes its buffers with, over the tensor shapes in local sources' safetensors headers (Hub sources,
 whose weights plan does not read, are assumed to have their largest tensor hold ``LARGEST_TENSOR_SHARE`` of the
-model).
+model, as a vocabulary of ``UNKNOWN_ROW_WIDTH``-wide rows), and for scoring over the example files' texts (each
+text at most one token per UTF-8 byte).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,15 +22,17 @@ from cocktail_bot import __version__
 from cocktail_bot.dtypes import DTYPE_BYTES
 from cocktail_bot.manifest import load_manifest
 from cocktail_bot.memory import (
+    CHARS_PER_TOKEN,
     FLOAT32,
     FLOAT64,
     merge_memory,
     peak_memory,
     runtime_baseline,
     scoring_memory,
+    wave_tokens,
 )
 from cocktail_bot.methods import get_method
-from cocktail_bot.model_files import largest_float_tensor
+from cocktail_bot.model_files import largest_float_shape
 from cocktail_bot.model_types import PIPELINE_TAG, ModelType
 from cocktail_bot.parameter_values import format_setting
 from cocktail_bot.preflight import Machine, Needs, Preflight, check, measure
@@ -44,6 +48,14 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # The largest tensor of a model whose shapes plan cannot read, as a share of its weights: an embedding or
 # LM head is a few percent of an LLM's parameters, so this errs on the safe side.
 LARGEST_TENSOR_SHARE = 1 / 8
+# ... and its rows this wide, so that its first dimension stands for the vocabulary (real LLMs' rows are wider:
+# fewer, so the logits are overestimated).
+UNKNOWN_ROW_WIDTH = 1024
+# What evaluation scores with (evaluate.evaluate's defaults, which the pipeline keeps).
+EVAL_BATCH_SIZE = 2
+EVAL_MAX_INPUT_LENGTH = 2048
+EVAL_NEG_NUMBER = 7
+SPECIAL_TOKENS = 3  # per text (or query-passage pair): BOS/EOS, CLS/SEP
 
 
 class PlannedSource(PinnedSource):
@@ -64,7 +76,10 @@ class MemoryEstimate(BaseModel):
 
     baseline_bytes: int = Field(description="the interpreter, torch and transformers, imported")
     merge_bytes: int = Field(description="the largest merge step's buffers")
-    scoring_bytes: int = Field(description="the model that example weights and evaluation hold")
+    scoring_bytes: int = Field(
+        description="example weights and evaluation: one tensor's weights at a time (block-streamed), and the"
+        " activations of the examples scored together"
+    )
 
 
 class Plan(BaseModel):
@@ -104,9 +119,18 @@ def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | 
     weight_bytes = {source.label: source.weight_bytes for source in sources}
     steps: list[PlannedStep] = []
     merge_peak = scoring_peak = 0
-    largest_numel: dict[str, int | None] = {
-        label: _largest_tensor(source) for label, source in resolved.items()
+    shapes: dict[str, tuple[int, ...] | None] = {
+        label: _largest_shape(source) for label, source in resolved.items()
     }
+    eval_tokens = max(
+        (
+            _example_tokens(
+                path, manifest.model_type, EVAL_BATCH_SIZE, EVAL_MAX_INPUT_LENGTH, EVAL_NEG_NUMBER
+            )
+            for path in manifest.eval_sets.values()
+        ),
+        default=0,
+    )
     for step in manifest.steps:
         inputs = [weight_bytes.get(source.label, 0) for source in step.models]
         largest = max(inputs, default=0)
@@ -127,14 +151,16 @@ def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | 
         itemsize = (
             DTYPE_BYTES[source_dtype] if source_dtype else FLOAT32
         )  # unknown: as float32, the widest usual
-        known = [largest_numel.get(source.label) for source in step.models]
-        numel = max((n for n in known if n is not None), default=None)
-        if numel is None:
+        known = [shape for source in step.models if (shape := shapes.get(source.label)) is not None]
+        shape = max(known, key=math.prod, default=None)
+        if shape is None:
             numel = int(largest * LARGEST_TENSOR_SHARE) // itemsize
-        largest_numel[f"{STEP_PREFIX}{step.name}"] = numel
-        merge_peak = max(merge_peak, _merge_bytes(step, itemsize, numel))
-        if step.weights_mode == "examples" or manifest.eval_sets:
-            scoring_peak = max(scoring_peak, scoring_memory(largest, itemsize))
+            shape = (max(1, numel // UNKNOWN_ROW_WIDTH), UNKNOWN_ROW_WIDTH)
+        shapes[f"{STEP_PREFIX}{step.name}"] = shape
+        merge_peak = max(merge_peak, _merge_bytes(step, itemsize, math.prod(shape)))
+        scoring_peak = max(
+            scoring_peak, _scoring_bytes(step, manifest, largest // itemsize, shape, itemsize, eval_tokens)
+        )
     download = sum(source.download_bytes for source in sources)
     max_memory = manifest.steps[-1].merge.max_memory
     return Plan(
@@ -234,16 +260,85 @@ def can_run_here(
     return True, "fits this machine: " + "; ".join(item.describe() for item in plan.preflight.checks)
 
 
-def _largest_tensor(source: ResolvedSource) -> int | None:
-    """Values in a local source's largest floating-point tensor, from its safetensors headers."""
-    return largest_float_tensor(source.path) if source.path is not None else None
+def _largest_shape(source: ResolvedSource) -> tuple[int, ...] | None:
+    """The shape of a local source's largest floating-point tensor, from its safetensors headers."""
+    return largest_float_shape(source.path) if source.path is not None else None
+
+
+def _scoring_bytes(
+    step: StepSpec,
+    manifest: Manifest,
+    weight_numel: int,
+    shape: tuple[int, ...],
+    itemsize: int,
+    eval_tokens: int,
+) -> int:
+    """Scoring this step's models block-streamed (what scoring does on CPU, and on a GPU a model does not fit
+    whole): for example weights with the step's options, and on the eval sets (0 when neither runs)."""
+    runs: list[tuple[int, int]] = []  # (tokens of the largest wave, compute itemsize)
+    options = step.example_weights
+    if step.weights_mode == "examples" and options is not None and step.examples_path is not None:
+        tokens = _example_tokens(
+            step.examples_path,
+            manifest.model_type,
+            options.batch_size,
+            options.max_input_length,
+            options.neg_number,
+        )
+        runs.append((tokens, DTYPE_BYTES[options.dtype] if options.dtype != "auto" else FLOAT32))
+    if manifest.eval_sets:
+        runs.append((eval_tokens, FLOAT32))
+    return max(
+        (
+            scoring_memory(
+                streamed=True,
+                weight_numel=weight_numel,
+                largest_numel=math.prod(shape),
+                width=shape[0],
+                tokens=tokens,
+                stored_itemsize=itemsize,
+                compute_itemsize=compute,
+            )
+            for tokens, compute in runs
+        ),
+        default=0,
+    )
+
+
+def _example_tokens(
+    path: Path, model_type: str, batch_size: int, max_input_length: int, neg_number: int
+) -> int:
+    """Tokens of the largest wave of an example file, each text counted as at most one token per UTF-8 byte
+    (byte-level and WordPiece tokenizers give no more) plus ``SPECIAL_TOKENS``, capped at ``max_input_length``,
+    and each batch padded to its longest text; retrieval examples run the query, the first positive and up to
+    ``neg_number`` negatives."""
+    from cocktail_bot.examples import load_examples
+
+    def tokens(*texts: str) -> int:
+        return min(sum(len(text.encode()) for text in texts) + SPECIAL_TOKENS, max_input_length)
+
+    sequences: list[list[int]] = []  # per example, the token counts of the texts it runs
+    for example in load_examples(path, model_type):
+        if model_type == ModelType.DECODER.value:
+            sequences.append([tokens(example["input"], example["output"])])
+            continue
+        passages = [example["pos"][0], *example["neg"][:neg_number]]
+        if model_type == ModelType.RERANKER.value:
+            sequences.append([tokens(example["query"], text) for text in passages])
+        else:
+            sequences.append([tokens(text) for text in (example["query"], *passages)])
+    batches = [sequences[start : start + batch_size] for start in range(0, len(sequences), batch_size)]
+    padded = [sum(map(len, batch)) * max(max(counts) for counts in batch) for batch in batches]
+    counted = 1 if model_type == ModelType.DECODER.value else CHARS_PER_TOKEN
+    return wave_tokens(padded, streamed=True, counted=counted)
 
 
 def _merge_bytes(step: StepSpec, itemsize: int, largest_numel: int) -> int:
     """The engine's buffers for this step (:func:`cocktail_bot.memory.merge_memory`)."""
-    method = get_method(step.merge.method, step.merge.parameters, step.model_params)
     labels = [source.label for source in step.models]
-    base = step.base.label if step.base is not None else labels[0]
+    named_base = step.base.label if step.base is not None else None
+    method = get_method(step.merge.method, step.merge.parameters, step.model_params).for_base(named_base)
+    base = named_base if named_base is not None else labels[0]
     inputs = len(method.split_base(labels, base)) + (1 if method.needs_base else 0)
     wide = FLOAT64 if method.name == "linear" or itemsize == FLOAT64 else FLOAT32
     output = DTYPE_BYTES[step.merge.dtype] if step.merge.dtype else itemsize

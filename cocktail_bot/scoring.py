@@ -44,8 +44,10 @@ from cocktail_bot.losses import (
     reranker_score,
     sample_negatives,
 )
+from cocktail_bot.memory import CHARS_PER_TOKEN, waves
 from cocktail_bot.model_files import SAFETENSORS_FILE, SAFETENSORS_INDEX
 from cocktail_bot.model_types import AUTO_CLASS, ModelType, is_sentence_transformer
+from cocktail_bot.preflight import available_memory
 from cocktail_bot.remote import HubModel
 from cocktail_bot.streamed import MISMATCH, Model, NotStreamable, StreamedWeights, build_skeleton
 
@@ -105,7 +107,6 @@ Mode = Literal["streamed", "resident", "pretrained"]  # how a Runner holds the w
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GPU_HEADROOM = 0.8  # share of free GPU memory a whole model may take; the rest is for activations
 RAM_HEADROOM = 0.8  # the same for a model loaded whole on CPU as a fallback
-WAVE_TOKENS = 4096  # tokens of the batches that run together, each weight read once for them all
 
 
 @dataclass(frozen=True)
@@ -227,17 +228,12 @@ def whole_bytes(folder: Model, dtype: torch.dtype) -> int:
     return sum(info.numel * dtype.itemsize if info.dtype.is_floating_point else info.nbytes for info in infos)
 
 
-def free_bytes(device: torch.device) -> int | None:
-    """Free memory where a whole model would live: the GPU's, or the machine's (None when unknown)."""
+def free_bytes(device: torch.device) -> int:
+    """Free memory where a whole model would live: the GPU's, or the memory available to this machine's
+    processes."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return available_memory()
 
 
 def stays_resident(device_type: str, need: int, free: int | None) -> bool:
@@ -367,22 +363,16 @@ class Runner:
                 raise
 
     def _score_all(self) -> dict[str, Score]:
-        """Every batch of every set, block-streamed batches in waves of up to ``WAVE_TOKENS`` tokens (each
-        weight read once per wave), then each set's batches combined as one call over the set would give."""
+        """Every batch of every set, block-streamed batches in waves of up to ``memory.WAVE_TOKENS`` tokens (each
+        weight read once per wave, :func:`cocktail_bot.memory.waves`), then each set's batches combined as one
+        call over the set would give."""
         self.network.eval()
         streamed = self.weights is not None and not self.weights.resident
         batches = [(name, index) for name, count in self._batch_counts().items() for index in range(count)]
-        waves: list[list[tuple[str, int]]] = [[]]
-        tokens = 0
-        for batch in batches:
-            cost = self._tokens(*batch)
-            if waves[-1] and (not streamed or tokens + cost > WAVE_TOKENS):
-                waves.append([])
-                tokens = 0
-            waves[-1].append(batch)
-            tokens += cost
+        costs = [self._tokens(*batch) for batch in batches]
         scores: dict[tuple[str, int], Score] = {}
-        for wave in waves:
+        for group in waves(costs, streamed=streamed):
+            wave = [batches[index] for index in group]
             tasks = [functools.partial(self._score_batch, *batch) for batch in wave]
             results = (
                 self.weights.together(tasks) if streamed and self.weights else [task() for task in tasks]
@@ -399,14 +389,15 @@ class Runner:
         return {name: -(-len(examples) // self.batch_size) for name, examples in self.example_sets.items()}
 
     def _tokens(self, name: str, index: int) -> int:
-        """A batch's size in tokens (retrieval: estimated at 4 characters a token, capped by the limit)."""
+        """A batch's size in tokens (retrieval: estimated at ``CHARS_PER_TOKEN`` characters a token, capped by
+        the limit)."""
         if self.model_type is ModelType.DECODER:
             return self.batches[name][index].input_ids.numel()
         start = index * self.batch_size
         examples = self.example_sets[name][start : start + self.batch_size]
         negatives = self.negatives[name][start : start + self.batch_size]
         texts = [t for (query, group) in query_groups(examples, negatives) for t in (query, *group)]
-        return sum(min(self.limit, len(text) // 4 + 2) for text in texts)
+        return sum(min(self.limit, len(text) // CHARS_PER_TOKEN + 2) for text in texts)
 
     def _score_batch(self, name: str, index: int) -> Score:
         if self.model_type is ModelType.DECODER:

@@ -7,7 +7,8 @@ merged, then deleted locally unless a local copy is kept. One upload runs at a t
 shard waits for it, so the local disk holds at most two shards. At the end ``hub.publish_folder`` makes the one
 ``create_commit`` with the small files and the uploaded shards, so the whole model appears at once. A failure,
 Ctrl-C or SIGTERM before that commit leaves the target as it was (storage objects no commit references are the
-Hub's to collect).
+Hub's to collect); a target repo created for the run (right before the first upload) is deleted again
+(``ShardUploader.delete_created_repo``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cocktail_bot.errors import CocktailError
-from cocktail_bot.hub import UploadedFile, check_token
+from cocktail_bot.hub import UploadedFile, check_token, create_repo_if_missing, delete_created_repo
 from cocktail_bot.hub_access import hub_errors, with_retries
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class ShardUploader:
         self._thread: threading.Thread | None = None
         self._crash: BaseException | None = None
         self._ready = False
+        self._created: str | None = None  # the head of the repo this run created
 
     def __call__(self, name: str, path: Path, sha256: str) -> None:
         """Called on the engine's writer thread: waits for the previous upload, which holds the merge back
@@ -123,18 +125,22 @@ class ShardUploader:
 
     def _prepare(self) -> None:
         """Before the first upload: the token, and the repo (preupload needs one; creating it empty changes
-        no revision anybody reads)."""
+        no revision anybody reads, and it is deleted again if the run fails)."""
         if self._ready:
             return
         if self._token is None:  # no token fixed for the run: each call resolves it (OIDC is refreshed)
             check_token(self.repo_id)
-        with_retries(
-            lambda: self._api.create_repo(
-                self.repo_id, private=self._private, exist_ok=True, token=self._token
-            ),
-            f"creating {self.repo_id}",
+        self._created = create_repo_if_missing(
+            self._api, self.repo_id, private=self._private, token=self._token
         )
         self._ready = True
+
+    def delete_created_repo(self) -> None:
+        """The run published nothing: delete the target repo if this run created it (and nobody committed to
+        it since), so that a failure leaves no empty repo behind."""
+        if self._created is not None:
+            delete_created_repo(self._api, self.repo_id, self._created, token=self._token)
+            self._created = None
 
 
 def _is_stored(operation: CommitOperationAdd) -> bool:

@@ -24,6 +24,7 @@ from jinja2.loaders import split_template_path
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from cocktail_bot.errors import CocktailError
+from cocktail_bot.methods import method_notes
 from cocktail_bot.parameter_values import format_setting
 from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import EvalResult, Report
@@ -162,6 +163,7 @@ def report_context(report: Report) -> dict[str, Any]:
         "inputs": [source for source in report.sources if not source.label.startswith(STEP_PREFIX)],
         "eval_table": eval_table(report.evals),
         "reproduce": reproduce_commands(report),
+        "methods": method_notes([step.method for step in report.steps]),
     }
 
 

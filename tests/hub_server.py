@@ -7,6 +7,7 @@ revision returns that revision's files. Uploads take the legacy LFS path (``HF_H
 decides regular or LFS, LFS batch hands out upload/verify URLs on this server, and the NDJSON commit
 references the uploaded objects. Pull requests are opened by a commit with ``create_pr`` or through the
 discussions API (listed page by page, with details, closed and reopened), and take commits at ``refs/pr/N``.
+Repos are created and deleted by the API (``POST /api/repos/create``, ``DELETE /api/repos/delete``).
 
 Errors carry the ``X-Error-Code`` / ``X-Error-Message`` headers the client maps to its exceptions
 (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``). Tokens: a write token, a read-only token (writes
@@ -169,7 +170,7 @@ class Token:
 
 @dataclass(frozen=True)
 class Request:
-    """What the server saw: route name, method, repo, and for file routes the file path."""
+    """What the server saw: route name, method, repo, for file routes the file path, and the Range asked."""
 
     method: str
     route: str
@@ -177,6 +178,7 @@ class Request:
     path: str | None
     revision: str | None
     token: str | None
+    range: str | None = None
 
 
 class Throttle:
@@ -497,6 +499,8 @@ def _route(method: str, parts: list[str]) -> tuple[str, str | None, dict[str, st
         return "whoami", None, {}
     if parts[:3] == ["api", "repos", "create"]:
         return "create_repo", None, {}
+    if parts[:3] == ["api", "repos", "delete"] and method == "DELETE":
+        return "delete_repo", None, {}
     if parts[:2] == ["api", "validate-yaml"]:
         return "validate_yaml", None, {}
     if parts[:2] == ["oauth", "token"]:
@@ -559,6 +563,9 @@ class _Handler(hub_jobs.JobRoutes, BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
 
     # -- plumbing --------------------------------------------------------------------------------------------
 
@@ -648,12 +655,20 @@ class _Handler(hub_jobs.JobRoutes, BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         parts = [unquote(p) for p in split.path.strip("/").split("/")]
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
-        body = self._read_body() if method in ("POST", "PUT") else b""
+        body = self._read_body() if method in ("POST", "PUT", "DELETE") else b""
         route, repo_id, params = _route(method, parts)
         token = self._token()
         with self.hub._lock:
             self.hub.requests.append(
-                Request(method, route, repo_id, params.get("path"), params.get("revision"), token)
+                Request(
+                    method,
+                    route,
+                    repo_id,
+                    params.get("path"),
+                    params.get("revision"),
+                    token,
+                    self.headers.get("Range"),
+                )
             )
         injected = self.hub._take_failure(route, method)
         if injected is not None and injected[0] == 0:
@@ -757,6 +772,17 @@ class _Handler(hub_jobs.JobRoutes, BaseHTTPRequestHandler):
         private = payload.get("visibility") == "private" or bool(payload.get("private"))
         self.hub.create_repo(repo_id, private=private)
         self._json({"url": url, "name": repo_id, "id": repo_id})
+
+    def _delete_repo(self, *, body: bytes, token: str | None, **_: Any) -> None:
+        payload = json.loads(body or b"{}")
+        if payload.get("type", "model") not in (None, "model"):
+            raise HubError(400, "this test Hub only hosts models")
+        caller = self._caller(token)
+        namespace = payload.get("organization") or (caller.user if caller else None)
+        repo_id = f"{namespace}/{payload['name']}"
+        self._writable(repo_id, token)
+        del self.hub.repos[repo_id]
+        self._send(200, b"")
 
     def _validate_yaml(self, *, body: bytes, **_: Any) -> None:
         content = json.loads(body or b"{}").get("content", "")

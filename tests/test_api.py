@@ -179,7 +179,18 @@ def test_bad_weights_fail_before_loading(tiny_llamas):
         mix_models(tiny_llamas[:2], "llm", [0.5, 0.5])
 
 
-def test_hub_references_are_downloaded_then_merged(hub_server, tiny_llamas, tmp_path):
+def test_hub_references_are_read_by_range_and_merged_as_local_folders(hub_server, tiny_llamas, tmp_path):
+    from huggingface_hub import constants
+
     hub_server.commit_folder("cocktail/tiny-llama", tiny_llamas[1])
-    model = mix_models([str(tiny_llamas[0]), "cocktail/tiny-llama"], "decoder", [0.5, 0.5])
+    model = mix_models(
+        [str(tiny_llamas[0]), "cocktail/tiny-llama"], "decoder", [0.5, 0.5], output_path=str(tmp_path / "hub")
+    )
     assert_state_close(model, weighted_sum(tiny_llamas[:2], [0.5, 0.5]))
+    mix_models([str(p) for p in tiny_llamas[:2]], "decoder", [0.5, 0.5], output_path=str(tmp_path / "local"))
+    written = {p.name: p.read_bytes() for p in (tmp_path / "hub").iterdir()}
+    assert "model.safetensors" in written
+    assert written == {p.name: p.read_bytes() for p in (tmp_path / "local").iterdir()}
+    assert not list(Path(constants.HF_HOME).rglob("*.safetensors"))  # the weights were never downloaded
+    reads = hub_server.seen("cdn")
+    assert reads and all(r.range for r in reads)

@@ -15,6 +15,7 @@ from huggingface_hub import ModelCard
 
 from cocktail_bot.card import build_card_data, render_card, render_report_markdown, resolve_license
 from cocktail_bot.errors import CocktailError
+from cocktail_bot.methods import METHODS, paper_link
 from cocktail_bot.report import (
     EvalResult,
     OutputReport,
@@ -540,3 +541,15 @@ def test_report_markdown_for_an_unchanged_republish():
 def test_card_names_the_type_with_its_article(model_type, words):
     card = render_card(two_step_report().model_copy(update={"model_type": model_type}))
     assert f"**llama2-agnews-cocktail** {words} merged from" in card
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_card_names_each_methods_paper(method):
+    """Every method's card line says what it does and links its paper (#19)."""
+    report = two_step_report()
+    steps = [report.steps[0].model_copy(update={"method": method}), report.steps[1]]
+    body = ModelCard(render_card(report.model_copy(update={"steps": steps}))).text
+    cls = METHODS[method]
+    assert f"- `{method}`: {cls.summary} Paper: [" in body
+    assert f"]({paper_link(cls.paper)})." in body
+    assert str(paper_link(cls.paper)).startswith("https://")

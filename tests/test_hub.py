@@ -12,7 +12,7 @@ from huggingface_hub.utils import _auth
 
 from cocktail_bot import hub_access
 from cocktail_bot.errors import CocktailError, RemoteError
-from cocktail_bot.hub import local_files, publish_folder
+from cocktail_bot.hub import create_repo_if_missing, delete_created_repo, local_files, publish_folder
 
 REPO = "cocktail/merged"
 
@@ -279,6 +279,28 @@ def test_an_upload_failing_halfway_leaves_the_target_revision_unchanged(
     assert hub_server.head(REPO) == before.commit_sha
     assert {n: d for n, d in hub_server.files(REPO).items() if n != ".gitattributes"} == folder_bytes(model)
     assert publish(sharded, hub_server).changed  # and a later run completes it in one commit
+
+
+def test_a_failed_first_publish_leaves_no_empty_repo_behind(hub_server, model):
+    hub_server.fail("commit", 500, times=1 + len(hub_access.RETRY_DELAYS))
+    with pytest.raises(RemoteError, match=r"^the Hub failed on cocktail/merged@main \(HTTP 500\)"):
+        publish(model, hub_server)
+    assert hub_server.seen("create_repo") and hub_server.seen("lfs_upload")  # created, weights uploaded
+    assert REPO not in hub_server.repos
+    assert publish(model, hub_server).changed  # the next run creates it again
+
+
+def test_only_a_repo_the_run_created_and_nobody_committed_to_is_deleted(hub_server, caplog):
+    api, token = HfApi(endpoint=hub_server.endpoint), hub_server.write_token
+    head = create_repo_if_missing(api, REPO, private=False, token=token)
+    assert head is not None and head == hub_server.head(REPO)
+    assert create_repo_if_missing(api, REPO, private=False, token=token) is None  # it exists now
+    hub_server.commit(REPO, {"README.md": "# someone else's\n"})
+    with caplog.at_level(logging.WARNING, logger="cocktail_bot.hub"):
+        delete_created_repo(api, REPO, head, token=token)
+    assert REPO in hub_server.repos and "kept cocktail/merged" in caplog.text
+    delete_created_repo(api, REPO, hub_server.head(REPO), token=token)
+    assert REPO not in hub_server.repos
 
 
 def test_trusted_publishing_exchanges_an_oidc_token_and_never_shows_it(

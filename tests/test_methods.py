@@ -179,6 +179,35 @@ def test_parameters_get_mergekit_defaults_and_are_described():
         "dare_linear": {"density": 1.0, "lambda": 1.0, "normalize": False, "rescale": True, "seed": 0},
         "dare_ties": {"density": 1.0, "lambda": 1.0, "normalize": False, "rescale": True, "seed": 0},
         "slerp": {"t": 0.5},
+        "breadcrumbs": {"density": 1.0, "gamma": 0.01, "lambda": 1.0, "normalize": False, "rescale": False},
+        "breadcrumbs_ties": {
+            "density": 1.0,
+            "gamma": 0.01,
+            "lambda": 1.0,
+            "normalize": False,
+            "rescale": False,
+        },
+        "della": {
+            "density": 1.0,
+            "epsilon": 0.15,
+            "lambda": 1.0,
+            "normalize": True,
+            "rescale": True,
+            "seed": 0,
+        },
+        "della_linear": {
+            "density": 1.0,
+            "epsilon": 0.15,
+            "lambda": 1.0,
+            "normalize": False,
+            "rescale": True,
+            "seed": 0,
+        },
+        "model_stock": {"filter_wise": False},
+        "nuslerp": {"nuslerp_flatten": True, "nuslerp_row_wise": False},
+        "multislerp": {"normalize_weights": True, "eps": 1e-8},
+        "karcher": {"max_iter": 10, "tol": 1e-5},
+        "sce": {"select_topk": 1.0, "int8_mask": False},
     }
     method = get_method("ties", {"density": 0.5, "lambda": 2})
     assert method.params["lambda"] == 2.0 and isinstance(method.params["lambda"], float)
@@ -192,7 +221,7 @@ def test_parameters_get_mergekit_defaults_and_are_described():
     assert [
         get_method(name, {"t": 0}).needs_base if name == "slerp" else get_method(name).needs_base
         for name in METHODS
-    ] == [False, True, True, True, True, True]
+    ] == [False, True, True, True, True, True, True, True, True, True, True, False, False, False, True]
 
 
 def test_base_is_not_a_task_vector():
@@ -205,7 +234,10 @@ def test_base_is_not_a_task_vector():
     ties.check_recipe(["base", "a"], None, "base")  # weights from examples: not known yet
 
 
-VALID = "linear, task_arithmetic, ties, dare_linear, dare_ties, slerp"
+VALID = (
+    "linear, task_arithmetic, ties, dare_linear, dare_ties, slerp, breadcrumbs, breadcrumbs_ties, della, "
+    "della_linear, model_stock, nuslerp, multislerp, karcher, sce"
+)
 TIES = "merge method 'ties': parameter"
 
 

@@ -126,15 +126,32 @@ def test_subprocess_error_has_no_traceback(tiny_llamas, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_mix_accepts_hub_references(hub_server, tiny_llamas, tmp_path):
-    hub_server.commit_folder("cocktail/tiny-llama", tiny_llamas[1])
-    out = tmp_path / "out"
-    assert main(mix(tiny_llamas[0], "cocktail/tiny-llama@main", extra=("--out", str(out)))) == 0
-    merged = load_file(out / "model.safetensors")
-    first, second = (load_file(path / "model.safetensors") for path in tiny_llamas[:2])
-    name = "lm_head.weight"
-    expected = 0.5 * first[name].double() + 0.5 * second[name].double()
-    torch.testing.assert_close(merged[name].double(), expected, rtol=2**-23, atol=0)
+def test_mix_reads_hub_references_by_range_and_equals_the_local_mix(hub_server, tiny_llamas, tmp_path):
+    from huggingface_hub import constants
+
+    for index, folder in enumerate(tiny_llamas):
+        hub_server.commit_folder(f"cocktail/llama-{index}", folder)
+    hub_ids = ["cocktail/llama-0@main", "cocktail/llama-1", "cocktail/llama-2"]
+    options = ("--shard-size", "40KB", "--dtype", "bfloat16")
+    weights = ("0.2", "0.3", "0.5")
+    assert (
+        main(
+            mix(
+                *hub_ids,
+                weights=weights,
+                extra=("--out", str(tmp_path / "hub"), "--base", hub_ids[1], *options),
+            )
+        )
+        == 0
+    )
+    local = ("--out", str(tmp_path / "local"), "--base", str(tiny_llamas[1]), *options)
+    assert main(mix(*tiny_llamas, weights=weights, extra=local)) == 0
+    written = {p.name: p.read_bytes() for p in (tmp_path / "hub").iterdir()}
+    assert sum(name.endswith(".safetensors") for name in written) > 1
+    assert written == {p.name: p.read_bytes() for p in (tmp_path / "local").iterdir()}
+    assert not list(Path(constants.HF_HOME).rglob("*.safetensors"))  # no weight file on disk
+    reads = hub_server.seen("cdn")
+    assert len(reads) >= 3 and all(r.range for r in reads)  # every weight byte came by a ranged read
 
 
 def test_method_and_params_merge_as_the_engine_does(tiny_llamas, tmp_path):

@@ -26,6 +26,7 @@ from tools import tiny_models, tiny_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "cocktail/merged"
+NEW_TARGET = "cocktail/new-merged"
 WEIGHTS = (0.5, 0.3, 0.2)
 SHARD = "1MB"
 RECIPE = f"""\
@@ -130,6 +131,33 @@ def test_publish_with_out_keeps_a_local_copy(hub_server, recipe: Path, local_mer
     for name, data in local_merge.items():
         assert (out / name).read_bytes() == data
         assert hub_server.files(TARGET)[name] == data
+
+
+@pytest.fixture
+def new_target(recipe: Path) -> Path:
+    """The recipe, publishing to a repo that does not exist yet."""
+    recipe.write_text(RECIPE.replace(f"repo: {TARGET}", f"repo: {NEW_TARGET}"))
+    return recipe
+
+
+def test_a_failure_mid_merge_leaves_no_new_repo_behind(hub_server, new_target: Path):
+    hub_server.cut("cdn", at=4_000_000, times=100)  # after the first shards are uploaded
+    with pytest.raises(RemoteError, match=r"failed at byte 4000000 .* after 3 retries"):
+        run_manifest(new_target, None, publish=True, token=hub_server.write_token, progress=False)
+    assert hub_server.seen("create_repo") and hub_server.seen("lfs_upload")
+    assert NEW_TARGET not in hub_server.repos
+
+
+def test_a_failed_commit_to_a_new_repo_deletes_it_and_keeps_the_local_build(
+    hub_server, new_target: Path, local_merge, tmp_path: Path
+):
+    hub_server.fail("commit", 500, times=1 + len(hub_access.RETRY_DELAYS))
+    with pytest.raises(RemoteError, match=r"HTTP 500"):
+        run_manifest(new_target, tmp_path / "out", publish=True, token=hub_server.write_token, progress=False)
+    assert NEW_TARGET not in hub_server.repos
+    assert all((tmp_path / "out" / name).read_bytes() == data for name, data in local_merge.items())
+    run_manifest(new_target, None, publish=True, token=hub_server.write_token, progress=False)
+    assert hub_server.files(NEW_TARGET).items() >= local_merge.items()  # a later run creates it
 
 
 def test_a_500_on_the_commit_leaves_the_target_unchanged(hub_server, recipe: Path):

@@ -15,7 +15,8 @@ def register(subparsers) -> None:
         help="merge models with given weights into a new model folder",
         description="Merge models of one architecture, streaming tensor by tensor: sum(w_i * theta_i) by default, "
         "or any merge method (--method, --param; docs/methods.md). MODEL is a local folder or a Hugging Face Hub "
-        "reference (org/name or org/name@revision).",
+        "reference (org/name or org/name@revision), whose safetensors weights are read from the Hub by range, "
+        "not downloaded.",
     )
     parser.add_argument("models", nargs="+", metavar="MODEL", help="models to merge (the first is the base)")
     parser.add_argument(
@@ -62,7 +63,7 @@ def register(subparsers) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from cocktail_bot.api import resolve_model_folders
+    from cocktail_bot.api import resolve_models
     from cocktail_bot.engine import check_arguments, merge
     from cocktail_bot.methods import get_method
     from cocktail_bot.sizes import format_size
@@ -85,11 +86,11 @@ def handle(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         shard_size=args.shard_size,
     )
-    folders = resolve_model_folders(args.models)
-    base = resolve_model_folders([base_model])[0] if base_model else None
+    models = resolve_models(args.models)  # Hub weights are read in place, not downloaded
+    base = resolve_models([base_model])[0] if base_model else None
     with writing(args.out, "the merged model"):
         result = merge(
-            folders,
+            models,
             weights,
             args.out,
             model_type=args.model_type,

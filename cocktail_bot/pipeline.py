@@ -28,6 +28,7 @@ from cocktail_bot.atomic import replace_folder, staging_folder
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.lock import (
     LOCK_NAME,
+    RUN_FILES,
     Lock,
     LockedSource,
     LockedStep,
@@ -97,14 +98,17 @@ def run_manifest(
     create_pr: bool = False,
     pr_title: str | None = None,
     before_publish: Callable[[], None] | None = None,
+    run_files: Path | None = None,
     outside_folders: bool = False,
 ) -> Report:
     """Build the manifest's model into ``out`` (and publish it when ``publish`` and ``output.repo`` say so;
     ``create_pr`` proposes it as a new Hub pull request; ``pr_title`` updates the open one of that title, the
     Action's one preview per GitHub pull request; see ``hub.publish_folder``). ``before_publish`` runs just
     before anything is sent to the Hub and may raise to stop the run (the Action: "is this still the PR's
-    head?"); nothing is published or written to ``out`` then. ``outside_folders``: local model folders may be
-    outside the manifest's repository (``cocktail run`` on this machine; see ``manifest.load_manifest``).
+    head?"); nothing is published or written to ``out`` then. ``run_files``: a folder that also gets the card,
+    lock and report (with ``out=None``, a Hugging Face job hands them back from there without keeping the
+    model), also when publishing fails. ``outside_folders``: local model folders may be outside the
+    manifest's repository (``cocktail run`` on this machine; see ``manifest.load_manifest``).
 
     Writes ``out``: the model files, ``README.md`` (the card), ``cocktail.lock``, ``report.json`` and
     ``report.md``; and the lock beside the manifest (``lock_path``; default ``<manifest>.lock``), unless
@@ -209,6 +213,9 @@ def run_manifest(
             except OSError as error:
                 raise write_error(error, lock_file, "the lock") from None
             logger.info("wrote %s", lock_file)
+        if run_files is not None:
+            for name in RUN_FILES:
+                shutil.copyfile(final / name, run_files / name)
         if out is not None:  # --force: the old folder is deleted with the work folder
             replace_folder(final, out, trash=work)
         if publish_error is not None:
@@ -504,20 +511,15 @@ def publish_output(
     """Publish the model folder (model, card, lock) and the shards already ``uploaded``; a failure is kept in
     the report and returned, not raised, so that the complete build still lands in --out. For
     ``create_pr``/``pr_title`` see ``publish_folder``."""
-    from cocktail_bot.hub import publish_folder
+    from cocktail_bot.hub import commit_title, publish_folder
 
     assert manifest.output.repo is not None
-    where = (
-        f" from {provenance.repository}@{provenance.commit[:12]}"
-        if provenance.repository and provenance.commit
-        else ""
-    )
     try:
         report.publish = publish_folder(
             folder,
             manifest.output.repo,
             private=manifest.output.private,
-            commit_message=f"cocktail-bot: {manifest.name}{where}",
+            commit_message=commit_title(manifest.name, provenance.repository, provenance.commit),
             token=token,
             endpoint=endpoint,
             create_pr=create_pr,

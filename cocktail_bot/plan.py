@@ -243,16 +243,20 @@ def with_preflight(
 
 def can_run_here(
     manifest_path: str | Path,
-    out: str | Path = ".",
+    out: str | Path | None = ".",
     *,
     device: str | None = None,
     token: str | None = None,
     endpoint: str | None = None,
 ) -> tuple[bool, str]:
-    """Whether this machine can run the manifest into ``out``, and why (for ``runner: auto``)."""
+    """Whether this machine can run the manifest into ``out`` (None: publishing with no local copy), and why
+    (for ``runner: auto``)."""
     manifest = load_manifest(manifest_path)
     plan = with_preflight(
-        build_plan(manifest, token=token, endpoint=endpoint), manifest, Path(out), device=device
+        build_plan(manifest, token=token, endpoint=endpoint),
+        manifest,
+        Path(out) if out is not None else None,
+        device=device,
     )
     assert plan.preflight is not None
     if plan.preflight.message is not None:

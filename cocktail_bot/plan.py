@@ -408,6 +408,8 @@ def render_plan(plan: Plan) -> str:
     for number, step in enumerate(plan.steps, 1):
         lines.append(f"  {number}. {step.name}: {step.method} of {', '.join(step.models)}")
         lines.append(f"     weights {step.weights}; output ~{format_size(step.output_bytes)}")
+        if step.method_params or step.model_params:
+            lines.append(f"     parameters {_parameters_text(step)}")
     lines.append(
         f"estimates: download {format_size(plan.download_bytes)}, peak memory "
         f"~{format_size(plan.peak_memory_bytes)}, disk ~{format_size(plan.disk_bytes)}, "
@@ -468,3 +470,14 @@ def manifest_report(manifest: Manifest, **fields: Any) -> Report:
         manifest_text=manifest.text,
         **fields,
     )
+
+
+def _parameters_text(step: PlannedStep) -> str:
+    """The step's parameters as written: the merge's, then each model's own."""
+    shared = [f"{name}={format_setting(value)}" for name, value in step.method_params.items()]
+    own = [
+        f"{model}: " + ", ".join(f"{name}={format_setting(value)}" for name, value in settings.items())
+        for model, settings in zip(step.models, step.model_params or [], strict=False)
+        if settings
+    ]
+    return "; ".join(([", ".join(shared)] if shared else []) + own)

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from cocktail_bot import fused, tied
+from cocktail_bot import tied
 from cocktail_bot.atomic import move_files_into, replace_folder, staging_folder
 from cocktail_bot.checkpoint import Checkpoint, TensorInfo, model_folder, open_checkpoint
 from cocktail_bot.dtypes import DTYPE_BYTES, canonical_dtype
@@ -339,6 +339,10 @@ class _Merge:
         count = chunks[0].numel()
         result = self.outputs.take(count * dtype.itemsize, dtype)
         if self.device.type == "cpu":
+            # imported here, not with the engine: numba costs ~1.5 s of CPU and ~110 MB to import, which the
+            # commands that import the engine without merging (`cocktail weights`) need not pay
+            from cocktail_bot import fused
+
             fuse = self.method.name == "linear" and {dtype, *(c.dtype for c in chunks)} <= fused.DTYPES
             groups = _split(range(0, count, BLOCK_ELEMENTS), len(self._scratch))
             shares = [
@@ -364,6 +368,8 @@ class _Merge:
         self, weights: list[float], chunks: list[torch.Tensor], result: torch.Tensor, starts: range
     ) -> None:
         """A linear sum in one pass over one worker's share of a chunk (see ``fused``)."""
+        from cocktail_bot import fused
+
         span = slice(starts.start, min(starts.stop, result.numel()))
         fused.linear_into(result[span], [chunk[span] for chunk in chunks], weights)
 

@@ -1,8 +1,9 @@
 """`cocktail run`: validate, resolve, weights, merge (step by step), evaluate, card, publish, report, lock.
 
 Everything is built in a work folder beside ``--out`` and moved into place only when the model, its card,
-the lock and the report are complete, so a failure leaves ``--out`` as it was. Hub sources are read in place
-when nothing needs them whole on disk (see ``needs_whole_sources``). With ``publish`` the final step's shards
+the lock and the report are complete, so a failure leaves ``--out`` as it was. Hub sources' safetensors
+weights are read in place, by the merge, example-based weights and evaluation alike: only their small files are
+downloaded. With ``publish`` the final step's shards
 are uploaded as they are written and the model appears on the Hub in one commit at the end (see
 ``stream_publish``); without ``--out`` no local copy is kept and the work folder is in the temp dir. Intermediate steps' outputs
 live in the work folder and feed later steps; only the final step's output is the model.
@@ -45,7 +46,7 @@ from cocktail_bot.recipe import Manifest, SourceSpec, StepSpec
 from cocktail_bot.records import MergedStep
 from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import EvalResult, OutputReport, Provenance, Report, StepReport
-from cocktail_bot.resolution import needs_whole_sources, resolve_sources
+from cocktail_bot.resolution import resolve_sources
 from cocktail_bot.sources import ResolvedSource
 from cocktail_bot.templating import MERGED
 from cocktail_bot.writable import check_writable, write_error
@@ -73,13 +74,9 @@ class RunContext:
     step_outputs: dict[str, Path] = field(default_factory=dict)
     output_bytes: dict[str, int] = field(default_factory=dict)  # step -> bytes of its output files
 
-    def path_of(self, source: SourceSpec) -> Path:
-        if source.kind == "step":
-            return self.step_outputs[source.ref]
-        return self.sources[source.label].folder
-
     def model_of(self, source: SourceSpec) -> Path | HubModel:
-        """What the engine reads: a folder, or a Hub source's ``remote.HubModel`` (weights read in place)."""
+        """What the engine and scoring read: a folder, or a Hub source's ``remote.HubModel`` (weights read in
+        place)."""
         if source.kind == "step":
             return self.step_outputs[source.ref]
         return self.sources[source.label].model
@@ -155,9 +152,7 @@ def run_manifest(
     committed = False
     try:
         context = RunContext(manifest, work, lock, device, progress)
-        context.sources = resolve_sources(
-            manifest, lock, token=token, endpoint=endpoint, stream=not needs_whole_sources(manifest, lock)
-        )
+        context.sources = resolve_sources(manifest, lock, token=token, endpoint=endpoint, stream=True)
         license_ = output_license(manifest, context.sources, publishing=bool(publish))
         if publish:
             uploader = shard_uploader(
@@ -308,9 +303,9 @@ def run_step(
 
     started = time.perf_counter()
     manifest = context.manifest
-    paths = [context.path_of(source) for source in step.models]
+    models = [context.model_of(source) for source in step.models]
     labels = [source.label for source in step.models]
-    weights, losses, loss_dtype = step_weights(context, step, paths)
+    weights, losses, loss_dtype = step_weights(context, step, models)
     method = get_method(step.merge.method, step.merge.parameters, step.model_params)
     weights = method.normalised(weights)
     base = step.base or (step.models[0] if step.models else None)
@@ -324,7 +319,7 @@ def run_step(
             format_setting([round(w, 4) if isinstance(w, float) else w for w in weights]),
         )
     result = engine.merge(
-        [context.model_of(source) for source in step.models],
+        models,
         weights,
         context.work / "steps" / step.name,
         model_type=manifest.model_type,
@@ -364,7 +359,7 @@ def run_step(
 
 
 def step_weights(
-    context: RunContext, step: StepSpec, paths: list[Path]
+    context: RunContext, step: StepSpec, models: list[Path | HubModel]
 ) -> tuple[list[Any], list[float] | None, str | None]:
     """The step's weights: the manifest's, uniform, the lock's (`--locked`), or computed from the examples;
     with the example losses and the dtype they were computed in."""
@@ -382,7 +377,7 @@ def step_weights(
     assert options is not None and step.examples_path is not None
     logger.info("step %s: computing weights from %s", step.name, step.examples_path.name)
     result = compute_weights(
-        paths,
+        models,
         context.manifest.model_type,
         step.examples_path,
         temperature=options.temperature,
@@ -412,7 +407,7 @@ def run_evals(context: RunContext, final: Path) -> list:
         return []
     from cocktail_bot.evaluate import evaluate
 
-    models: dict[str, Path] = {label: source.folder for label, source in context.sources.items()}
+    models: dict[str, Path | HubModel] = {label: source.model for label, source in context.sources.items()}
     for name, folder in context.step_outputs.items():
         if folder != final:
             models[f"{STEP_PREFIX}{name}"] = folder

@@ -48,6 +48,9 @@ class HubModel:
     def total_bytes(self) -> int:
         return sum(size for size, _ in self.weights.values())
 
+    def __str__(self) -> str:  # how messages name it (the repr would list every weight file)
+        return f"{self.repo_id}@{self.revision[:12]}"
+
 
 class _Stopped(Exception):
     """The file was closed while its stream was running."""

@@ -18,7 +18,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from cocktail_bot.checkpoint import model_folder
 from cocktail_bot.engine import check_arguments, merge
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.methods import SUM_TOLERANCE, get_method
@@ -30,16 +29,9 @@ from cocktail_bot.writable import writing
 logger = logging.getLogger(__name__)
 
 
-def resolve_model_folders(model_names_or_paths: Sequence[str | Path]) -> list[Path]:
-    """Local folders as they are; anything else is a Hub reference resolved to a pinned local snapshot."""
-    return [model_folder(model) for model in resolve_models(model_names_or_paths, stream=False)]
-
-
-def resolve_models(
-    model_names_or_paths: Sequence[str | Path], *, stream: bool = True
-) -> list[Path | HubModel]:
+def resolve_models(model_names_or_paths: Sequence[str | Path]) -> list[Path | HubModel]:
     """Local folders as they are; anything else is a Hub reference pinned to its commit, whose safetensors
-    weights stay on the Hub to be read by range (``stream``) or are downloaded into the cache."""
+    weights stay on the Hub, read by range (pickle-only repos are downloaded: see ``sources.resolve_source``)."""
     models: list[Path | HubModel] = []
     for reference in model_names_or_paths:
         if Path(reference).is_dir():
@@ -47,7 +39,7 @@ def resolve_models(
         else:
             from cocktail_bot.sources import resolve_source
 
-            models.append(resolve_source(str(reference), stream=stream).model)
+            models.append(resolve_source(str(reference), stream=True).model)
     return models
 
 

@@ -33,7 +33,9 @@ COMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``cocktail`` parser with every subcommand, or only ``command``'s when it names one: a command does
+    not import and build the other ten (``plan`` must start fast; ``--help`` and a mistyped command get all)."""
     parser = argparse.ArgumentParser(
         prog="cocktail",
         description="Merge language models LM-Cocktail style, from a cocktail.yml manifest or the command line.",
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     quiet = "only warnings and errors, no progress bars"
     parser.add_argument("-q", "--quiet", action="store_true", help=quiet)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
+    for name in (command,) if command in COMMANDS else COMMANDS:
         module = importlib.import_module(f"cocktail_bot.commands.{name.replace('-', '_')}")
         module.register(subparsers)
     for subparser in subparsers.choices.values():
@@ -52,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # the command is the first word that is not an option (the options before it take no value)
+    parser = build_parser(next((word for word in argv if not word.startswith("-")), None))
     args = parser.parse_args(argv)
     # Bars redraw a line in a terminal; in a CI log or a file each redraw is another line of noise.
     args.progress = not args.quiet and sys.stderr.isatty()

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from cocktail_bot.atomic import write_text_atomic
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.model_files import file_sha256
-from cocktail_bot.records import MergedStep, PinnedSource
+from cocktail_bot.records import MergedStep, PinnedSource, Record
 from cocktail_bot.references import split_revision
 from cocktail_bot.report import EvalResult
 
@@ -26,7 +26,7 @@ LOCK_NAME = "cocktail.lock"  # the copy of the lock that a run writes into the m
 RUN_FILES = frozenset({"README.md", "report.json", "report.md", LOCK_NAME})
 
 
-class _Strict(BaseModel):
+class _Strict(Record):
     model_config = ConfigDict(extra="forbid")
 
 

@@ -29,6 +29,7 @@ from cocktail_bot.manifest_schema import (
 )
 from cocktail_bot.methods import METHODS, MergeMethod, get_method
 from cocktail_bot.model_files import has_weights
+from cocktail_bot.model_types import MODEL_TYPES, config_problems, read_config
 from cocktail_bot.parameter_values import SettingError, check_weight
 from cocktail_bot.recipe import SINGLE_STEP_NAME, SourceSpec, StepSpec
 from cocktail_bot.references import STEP_PREFIX, is_local, split_revision
@@ -90,6 +91,7 @@ class Checker:
         self.nodes, self.folder, self.root, self.model_type = nodes, folder, root, model_type
         self.outside_folders = outside_folders  # model folders may be outside the repository (local runs)
         self.problems: list[Problem] = []
+        self.step_configs: dict[str, dict[str, Any] | None] = {}  # a step's output: its base's config.json
 
     def fail(self, loc: Loc, message: str, *, key: bool = False) -> None:
         self.problems.append(self.nodes.problem(loc, message, key=key))
@@ -199,6 +201,7 @@ class Checker:
             partial = _try(MergeOptions, chosen)
             if partial is not None:
                 self.method(prefix, partial, own)
+        self.configs(prefix, raw.get("name"), sources, base)
         weights = _try(WEIGHTS, raw.get("weights"))
         given = [getattr(entry, "weight", None) is not None for entry in entries if entry is not None]
         chosen_method = (
@@ -277,6 +280,30 @@ class Checker:
                 return None
             return SourceSpec(label, "local", str(folder), None, weight, parameters)
         return SourceSpec(label, "hub", reference, revision, weight, parameters)
+
+    def configs(
+        self, prefix: Loc, name: Any, sources: list[SourceSpec | None], base: SourceSpec | None
+    ) -> None:
+        """Each local model's config.json against the manifest's type and the base's family; Hub sources are
+        checked when `plan` or `run` pins them (:func:`cocktail_bot.resolution.resolve_sources`)."""
+        present = [(index, source) for index, source in enumerate(sources) if source is not None]
+        if self.model_type not in MODEL_TYPES or not present:
+            return
+        base = base or present[0][1]
+        configs = {source.label: self.config_of(source) for source in (*(s for _, s in present), base)}
+        problems = config_problems(self.model_type, list(configs.items()), base.label)
+        for index, source in present:
+            if source.label in problems:
+                self.fail((*prefix, "models", index), problems.pop(source.label))
+        if base.label in problems:
+            self.fail((*prefix, "base"), problems[base.label])
+        if isinstance(name, str):
+            self.step_configs[name] = configs[base.label]
+
+    def config_of(self, source: SourceSpec) -> dict[str, Any] | None:
+        if source.kind == "step":
+            return self.step_configs.get(source.ref)
+        return read_config(Path(source.ref)) if source.kind == "local" else None
 
     def weights(
         self,

@@ -8,12 +8,17 @@ the two phases that hold weights, which never overlap:
   blocks, output chunks queued for the writer) and, for methods that need whole tensors (TIES, DARE, SLERP), one
   row buffer holding the largest tensor of every input, the method's whole-tensor temporaries
   (``MergeMethod.temporary_bytes``) and that tensor's output;
-* **scoring** (:func:`scoring_memory`): the model that example weights and evaluation run, resident.
+* **scoring** (:func:`scoring_memory`): the model that example weights and evaluation run. Block-streamed (what
+  ``scoring.py`` does on CPU, and on a GPU the model does not fit whole) it holds one module's weights at a time,
+  so its peak follows the largest tensor, not the model; loaded whole (``load="whole"``, a model that cannot be
+  streamed, a GPU it fits in) it holds the model. Either way, the activations of the batches running together
+  (one *wave*, :func:`wave_tokens`), the widest of which are a decoder's logits (:func:`activation_bytes`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
@@ -34,14 +39,22 @@ DELLA_BLOCK = 2**18
 SUM_WORKERS = max(1, min(8, (os.cpu_count() or 1) // 2))
 FLOAT64 = 8
 FLOAT32 = 4
-# Resident memory of a run besides the weights it holds: the interpreter, torch, transformers and cocktail-bot
-# imported and a first model run (threads, allocator arenas). Measured with bench/bench_memory_model.py
-# (docs/benchmarks.md): the quickstart peaks at 418 MB with the CPU build of torch; #16 measured 815 MB with
-# the default (CUDA) build, which maps its larger libraries.
-CPU_TORCH_BASELINE_BYTES = 450 * 10**6
-CUDA_TORCH_BASELINE_BYTES = 850 * 10**6
-# Scoring a float32 model: its weights, plus activations and the tokenizer for a batch of short examples.
-INFERENCE_OVERHEAD = 1.2
+# Resident memory of a run besides the weights it holds: the interpreter, torch, transformers, numba and
+# cocktail-bot imported, a first model run (threads, allocator arenas) and numba compiling the linear kernel.
+# Measured with bench/bench_memory_model.py (docs/benchmarks.md): the quickstart peaks at 581 MB with the CPU
+# build of torch (imports alone: 374 MB). The default (CUDA) build maps larger libraries: #16 measured 815 MB
+# with it before numba came in (fused.py), which added ~160 MB to the CPU build's peak.
+CPU_TORCH_BASELINE_BYTES = 650 * 10**6
+CUDA_TORCH_BASELINE_BYTES = 1000 * 10**6
+# Tokens of the batches that block-streamed scoring runs together (a wave), each weight read once for them all.
+WAVE_TOKENS = 4096
+CHARS_PER_TOKEN = 4  # how scoring counts a retrieval batch's tokens without tokenizing it
+# Block-streamed scoring holds the largest tensor about three times in the compute dtype at its peak: as read
+# from the checkpoint (its stored dtype), converted to the compute dtype, and the allocator's slack (blocks freed
+# but not yet returned). Three copies cover the peaks measured on 1.7B and 7B shapes (docs/benchmarks.md).
+STREAMED_TENSOR_COPIES = 3
+# A model loaded whole: the allocator's slack and the tokenizer on top of its weights.
+INFERENCE_OVERHEAD = 1.1
 
 
 @dataclass(frozen=True)
@@ -113,15 +126,65 @@ def merge_memory(
     )
 
 
-def scoring_memory(weight_bytes: int, itemsize: int | None) -> int:
-    """Scoring one model of ``weight_bytes`` stored ``itemsize`` bytes per value: it is held in float32 with
-    activations for a batch.
+def scoring_memory(
+    *,
+    streamed: bool,
+    weight_numel: int,
+    largest_numel: int,
+    width: int,
+    tokens: int,
+    stored_itemsize: int,
+    compute_itemsize: int = FLOAT32,
+) -> int:
+    """Scoring one model (example weights, evaluation) of ``weight_numel`` values stored ``stored_itemsize``
+    bytes each, computing in ``compute_itemsize``, on waves of up to ``tokens`` tokens (:func:`wave_tokens`).
 
-    The scoring module owns this number: when scoring keeps fewer weights resident (one transformer block at a
-    time), this function says so and `plan` follows.
+    ``streamed``: one module's weights resident at a time, so the largest tensor (``largest_numel`` values)
+    ``STREAMED_TENSOR_COPIES`` times in the wider of the two dtypes. Whole: the model as read and in the compute
+    dtype (``from_pretrained`` holds both while loading), times ``INFERENCE_OVERHEAD``. Plus the activations:
+    ``width`` is the widest activation row, a decoder's vocabulary (the largest tensor's first dimension).
     """
-    float32_bytes = weight_bytes * FLOAT32 // (itemsize or FLOAT32)
-    return int(float32_bytes * INFERENCE_OVERHEAD)
+    if streamed:
+        weights = STREAMED_TENSOR_COPIES * largest_numel * max(stored_itemsize, compute_itemsize)
+    else:
+        weights = int(weight_numel * (stored_itemsize + compute_itemsize) * INFERENCE_OVERHEAD)
+    return weights + activation_bytes(tokens, width, compute_itemsize)
+
+
+def activation_bytes(tokens: int, width: int, compute_itemsize: int = FLOAT32) -> int:
+    """The widest activations of ``tokens`` tokens running together: a decoder's logits over a ``width``-word
+    vocabulary in the compute dtype, their float32 copy for the loss (transformers upcasts; none when already
+    float32), the loss's float32 log-softmax, and one float32 row of that width for the layer running (an MLP's
+    intermediate rows are narrower than the vocabulary in the models measured)."""
+    upcast = FLOAT32 if compute_itemsize != FLOAT32 else 0
+    return tokens * width * (compute_itemsize + upcast + 2 * FLOAT32)
+
+
+def waves(batch_tokens: Sequence[int], *, streamed: bool, wave: int = WAVE_TOKENS) -> list[list[int]]:
+    """The batches (indices into ``batch_tokens``, each batch's size in tokens) that scoring runs together:
+    block-streamed, in order while their sum stays within ``wave`` (a larger batch runs alone), so that each
+    weight is read once per wave; loaded whole, one batch at a time."""
+    groups: list[list[int]] = []
+    total = 0
+    for index, tokens in enumerate(batch_tokens):
+        if not groups or not streamed or total + tokens > wave:
+            groups.append([])
+            total = 0
+        groups[-1].append(index)
+        total += tokens
+    return groups
+
+
+def wave_tokens(batch_tokens: Sequence[int], *, streamed: bool, counted: int = 1) -> int:
+    """At most how many tokens scoring runs at once, over batches of at most ``batch_tokens`` tokens each:
+    loaded whole, the largest batch; block-streamed, a wave (:func:`waves`: within ``WAVE_TOKENS``, or one
+    larger batch), never more than all the batches. ``counted``: how many real tokens one token that scoring
+    counts may stand for: it counts retrieval batches at ``CHARS_PER_TOKEN`` characters a token, and a text
+    has about one token per character at most, so up to ``CHARS_PER_TOKEN``."""
+    largest = max(batch_tokens, default=0)
+    if not streamed:
+        return largest
+    return min(sum(batch_tokens), max(counted * WAVE_TOKENS, largest))
 
 
 @cache

@@ -2,11 +2,13 @@
 
 What has an equivalent is translated: the models (Hub ids with their revisions, local folders), ``base_model``,
 ``merge_method``, every parameter (per model, per layer, filter-scoped: the same forms, see
-:mod:`cocktail_bot.parameter_values`), ``dtype`` / ``out_dtype`` and ``tokenizer_source: base``. What
-cocktail-bot does not do is refused by name with its line: ``slices`` / ``modules`` and ``passthrough`` (layer
-stacking), LoRA references, tokenizer merging (``tokenizer_source: union`` or another model, added tokens), chat
-templates, methods it does not have, per-layer weights for ``linear``. Differences that keep the result are said as comments at
-the top of the manifest (mergekit's linear ``normalize``, dropped ``int8_mask``, the compute dtype).
+:mod:`cocktail_bot.parameter_values`), ``dtype`` / ``out_dtype``, ``tokenizer_source: base``, and one slice that
+spans every layer of each model (checked against each model's config.json: the same merge as ``models:``). What
+cocktail-bot does not do is refused by name with its line: other ``slices``, ``modules`` and ``passthrough``
+(layer stacking), LoRA references, tokenizer merging (``tokenizer_source: union`` or another model, added tokens),
+chat templates, methods it does not have, per-layer weights for ``linear``. Differences that keep the result are
+said as comments at the top of the manifest (mergekit's linear ``normalize``, dropped ``int8_mask``, the compute
+dtype, a slice read as whole models).
 
 Pure: text in, text out. Free of torch.
 """
@@ -27,7 +29,7 @@ from cocktail_bot.errors import CocktailError
 from cocktail_bot.methods import EXACT_SUM, METHODS, MergeMethod, get_method
 from cocktail_bot.parameter_values import SettingError, check_weight, is_scalar
 from cocktail_bot.references import check_reference, is_local
-from cocktail_bot.yaml_lines import Loc, NodeIndex, Problem, compose
+from cocktail_bot.yaml_lines import Loc, NodeIndex, Problem, load
 
 KEYS = (
     "models",
@@ -53,6 +55,8 @@ class _Translator:
     folder: Path  # where local model paths are read from (the current folder)
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    models_at: Loc = ("models",)  # where the model entries are written (a slice's sources, when translated)
+    slice_reported: bool = False  # one slice that cannot be read as models: its problems said why
 
     def fail(self, loc: Loc, message: str, *, key: bool = False) -> None:
         self.problems.append(self.nodes.problem(loc, message, key=key))
@@ -95,6 +99,96 @@ class _Translator:
             self.fail(loc, str(error))
             return None
 
+    def one_slice(self, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` with one slice that spans every layer of each model (``layer_range: [0, N]``, N its
+        layers) read as ``models:``, the same merge; another slice layout is refused with the reason."""
+        slices = data.get("slices")
+        if not isinstance(slices, list) or len(slices) != 1 or data.get("models") or data.get("modules"):
+            return data
+        (piece,) = slices
+        sources = piece.get("sources") if isinstance(piece, dict) else None
+        if not isinstance(sources, list) or not sources or not all(isinstance(s, dict) for s in sources):
+            return data
+        loc: Loc = ("slices", 0)
+        problems = len(self.problems)
+        for key in piece:
+            if key not in ("sources", "parameters", "base_model"):
+                self.fail((*loc, key), f"unknown key {key!r} in a slice; remove it", key=True)
+        ranges = [source.get("layer_range") for source in sources]
+        ends = {tuple(r)[1] for r in ranges if isinstance(r, list) and len(r) == 2 and r[0] == 0}
+        if len(ends) != 1 or any(not (isinstance(r, list) and len(r) == 2 and r[0] == 0) for r in ranges):
+            self.fail(
+                (*loc, "sources"),
+                "cocktail-bot merges whole models: one slice is translated when every source's layer_range is "
+                f"[0, N] with the same N (every layer), got {ranges}",
+            )
+            self.slice_reported = True
+            return data
+        (end,) = ends
+        for index, source in enumerate(sources):
+            layers = self.layer_count((*loc, "sources", index, "model"), source.get("model"))
+            if layers is not None and layers != end:
+                self.fail(
+                    (*loc, "sources", index, "layer_range"),
+                    f"layer_range [0, {end}] is not every layer of this model ({layers} layers): cocktail-bot "
+                    "merges whole models, not layer ranges",
+                )
+        shared = dict(data.get("parameters") or {})
+        for key in piece.get("parameters") or {}:
+            if key in shared:
+                self.fail(
+                    (*loc, "parameters", key),
+                    f"{key!r} is set for the slice and for the whole merge: keep one (the manifest has one place)",
+                )
+        base = piece.get("base_model")
+        if base is not None and data.get("base_model") not in (None, base):
+            self.fail((*loc, "base_model"), "the slice's base_model differs from the merge's: keep one")
+        if len(self.problems) > problems:
+            self.slice_reported = True
+            return data
+        self.models_at = (*loc, "sources")
+        self.notes.append(
+            f"one slice of every layer ([0, {end}]) of each model: the merge of the whole models"
+        )
+        models = [{k: v for k, v in source.items() if k != "layer_range"} for source in sources]
+        rest = {key: value for key, value in data.items() if key != "slices"}
+        return {
+            **rest,
+            "models": models,
+            "parameters": {**shared, **(piece.get("parameters") or {})},
+            "base_model": data.get("base_model") or base,
+        }
+
+    def layer_count(self, loc: Loc, reference: Any) -> int | None:
+        """The number of layers in a model's config.json (a local folder, or the Hub's), or None with the
+        problem recorded."""
+        import json
+
+        label = self.reference(loc, reference)
+        if label is None:
+            return None
+        try:
+            if is_local(label) or Path(label).is_absolute():
+                config = json.loads((self.folder / label / "config.json").read_text())
+            else:
+                from huggingface_hub import hf_hub_download
+
+                repo_id, _, revision = label.partition("@")
+                path = hf_hub_download(repo_id, "config.json", revision=revision or None)
+                config = json.loads(Path(path).read_text())
+        except Exception as error:  # any reason the config cannot be read: said, with the model
+            self.fail(
+                loc,
+                f"cannot read {label}'s config.json to check that the slice spans every layer "
+                f"({type(error).__name__}); list the models under 'models:' instead",
+            )
+            return None
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if isinstance(config.get(key), int):
+                return int(config[key])
+        self.fail(loc, f"{label}'s config.json names no layer count; list the models under 'models:' instead")
+        return None
+
     def refuse(self, data: dict[str, Any]) -> None:
         """What cocktail-bot does not do, by name, at its line."""
         for key in data:
@@ -103,11 +197,11 @@ class _Translator:
                     (key,), f"unknown mergekit key {key!r} (mergekit ignores it too); remove it", key=True
                 )
         for key in ("slices", "modules"):
-            if data.get(key) is not None:
+            if data.get(key) is not None and not (key == "slices" and self.slice_reported):
                 self.fail(
                     (key,),
-                    "cocktail-bot merges whole models of one architecture, not layer ranges or modules; "
-                    "list the models under 'models:' (one slice spanning every layer of each model is that merge)",
+                    "cocktail-bot merges whole models of one architecture, not layer ranges or modules: only one "
+                    "slice spanning every layer of each model (that merge) is translated",
                     key=True,
                 )
         if data.get("merge_method") == "passthrough":
@@ -193,14 +287,14 @@ def _number(value: Any) -> Any:
 
 def translate(text: str, *, display: str, name: str, model_type: str, folder: Path | None = None) -> str:
     """The manifest for a mergekit config's text, or CocktailError listing ``FILE:LINE: key: message`` lines."""
-    root, yaml_problems = compose(text)
-    data = yaml.safe_load(text) if root is not None else None
+    root, data, yaml_problems = load(text)
     if root is None or not isinstance(data, dict):
         problems = yaml_problems or [
             Problem(1, "(config)", "a mergekit config is a mapping (models, merge_method...)")
         ]
         raise _problems(display, problems)
     translator = _Translator(NodeIndex(root), (folder or Path.cwd()).resolve())
+    data = translator.one_slice(data)
     translator.refuse(data)
     method_name = data.get("merge_method")
     method_class = METHODS.get(method_name) if isinstance(method_name, str) else None
@@ -225,7 +319,7 @@ def translate(text: str, *, display: str, name: str, model_type: str, folder: Pa
     entries: list[dict[str, Any]] = []
     origin: list[int] = []  # each entry's index in the config's models
     for index, model in enumerate(models):
-        loc: Loc = ("models", index)
+        loc: Loc = (*translator.models_at, index)
         if not isinstance(model, dict) or "model" not in model:
             translator.fail(loc, f"expected {{model: REFERENCE, parameters: {{...}}}}, got {_short(model)}")
             continue
@@ -311,7 +405,8 @@ def _weights(
     for entry, index in zip(entries, origin, strict=True):
         if "weight" not in entry:
             translator.fail(
-                ("models", index), "no weight: mergekit needs one per model (parameters: {weight: ...})"
+                (*translator.models_at, index),
+                "no weight: mergekit needs one per model (parameters: {weight: ...})",
             )
     if translator.problems or method_class.name != "linear":
         return
@@ -354,7 +449,7 @@ def _check_method(
     except SettingError as error:
         where = error.where
         if where[:1] == ("models",):
-            where = ("models", origin[int(where[1])], *where[2:])
+            where = (*translator.models_at, origin[int(where[1])], *where[2:])
         else:
             where = ("parameters", *where)
         translator.fail(where, str(error))

@@ -140,14 +140,23 @@ def file_sha256(path: Path) -> str:
 
 
 def largest_float_tensor(folder: Path) -> int | None:
-    """Values in the largest floating-point tensor of a folder's root safetensors weights, read from the files'
+    """Values in the largest floating-point tensor of a folder's root safetensors weights (see
+    :func:`largest_float_shape`)."""
+    shape = largest_float_shape(folder)
+    return math.prod(shape) if shape is not None else None
+
+
+def largest_float_shape(folder: Path) -> tuple[int, ...] | None:
+    """The shape of the largest floating-point tensor of a folder's root safetensors weights, read from the files'
     headers only; None when the folder has none (pickled weights cannot be read without loading them)."""
-    largest = None
+    largest: tuple[int, ...] | None = None
     for path in sorted(Path(folder).glob("*.safetensors")):
         with open(path, "rb") as stream:
             length = int.from_bytes(stream.read(8), "little")
             header = json.loads(stream.read(length))
         for name, entry in header.items():
             if name != "__metadata__" and str(entry.get("dtype", "")).startswith(("F", "BF")):
-                largest = max(largest or 0, math.prod(entry["shape"]))
+                shape = tuple(entry["shape"])
+                if largest is None or math.prod(shape) > math.prod(largest):
+                    largest = shape
     return largest

@@ -4,12 +4,14 @@ Sources are pinned with the Hub's metadata only (``resolve_source(download=False
 takes seconds. Disk sizes are estimates from file sizes; memory comes from :mod:`cocktail_bot.memory`, the model
 the engine sizes its buffers with, over the tensor shapes in local sources' safetensors headers (Hub sources,
 whose weights plan does not read, are assumed to have their largest tensor hold ``LARGEST_TENSOR_SHARE`` of the
-model).
+model, as a vocabulary of ``UNKNOWN_ROW_WIDTH``-wide rows), and for scoring over the example files' texts (each
+text at most one token per UTF-8 byte).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,15 +22,17 @@ from cocktail_bot import __version__
 from cocktail_bot.dtypes import DTYPE_BYTES
 from cocktail_bot.manifest import load_manifest
 from cocktail_bot.memory import (
+    CHARS_PER_TOKEN,
     FLOAT32,
     FLOAT64,
     merge_memory,
     peak_memory,
     runtime_baseline,
     scoring_memory,
+    wave_tokens,
 )
 from cocktail_bot.methods import get_method
-from cocktail_bot.model_files import largest_float_tensor
+from cocktail_bot.model_files import largest_float_shape
 from cocktail_bot.model_types import PIPELINE_TAG, ModelType
 from cocktail_bot.parameter_values import format_setting
 from cocktail_bot.preflight import Machine, Needs, Preflight, check, measure
@@ -36,7 +40,7 @@ from cocktail_bot.recipe import Manifest, StepSpec
 from cocktail_bot.records import PinnedSource, StepRecord
 from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import Provenance, Report, SourceReport, StepReport
-from cocktail_bot.resolution import needs_whole_sources, resolve_sources
+from cocktail_bot.resolution import resolve_sources
 from cocktail_bot.sizes import format_size, parse_size
 from cocktail_bot.sources import ResolvedSource
 
@@ -44,6 +48,14 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # The largest tensor of a model whose shapes plan cannot read, as a share of its weights: an embedding or
 # LM head is a few percent of an LLM's parameters, so this errs on the safe side.
 LARGEST_TENSOR_SHARE = 1 / 8
+# ... and its rows this wide, so that its first dimension stands for the vocabulary (real LLMs' rows are wider:
+# fewer, so the logits are overestimated).
+UNKNOWN_ROW_WIDTH = 1024
+# What evaluation scores with (evaluate.evaluate's defaults, which the pipeline keeps).
+EVAL_BATCH_SIZE = 2
+EVAL_MAX_INPUT_LENGTH = 2048
+EVAL_NEG_NUMBER = 7
+SPECIAL_TOKENS = 3  # per text (or query-passage pair): BOS/EOS, CLS/SEP
 
 
 class PlannedSource(PinnedSource):
@@ -64,7 +76,10 @@ class MemoryEstimate(BaseModel):
 
     baseline_bytes: int = Field(description="the interpreter, torch and transformers, imported")
     merge_bytes: int = Field(description="the largest merge step's buffers")
-    scoring_bytes: int = Field(description="the model that example weights and evaluation hold")
+    scoring_bytes: int = Field(
+        description="example weights and evaluation: one tensor's weights at a time (block-streamed), and the"
+        " activations of the examples scored together"
+    )
 
 
 class Plan(BaseModel):
@@ -93,11 +108,10 @@ class Plan(BaseModel):
 
 def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | None = None) -> Plan:
     resolved = resolve_sources(manifest, None, token=token, endpoint=endpoint, download=False)
-    streamed = not needs_whole_sources(manifest, None)
     sources = [
         PlannedSource(
             **source.pinned(),
-            download_bytes=_missing_bytes(source, streamed),
+            download_bytes=_missing_bytes(source),
             weight_bytes=sum(size for name, size in source.sizes.items() if name.endswith(WEIGHT_SUFFIXES)),
         )
         for source in resolved.values()
@@ -105,9 +119,18 @@ def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | 
     weight_bytes = {source.label: source.weight_bytes for source in sources}
     steps: list[PlannedStep] = []
     merge_peak = scoring_peak = 0
-    largest_numel: dict[str, int | None] = {
-        label: _largest_tensor(source) for label, source in resolved.items()
+    shapes: dict[str, tuple[int, ...] | None] = {
+        label: _largest_shape(source) for label, source in resolved.items()
     }
+    eval_tokens = max(
+        (
+            _example_tokens(
+                path, manifest.model_type, EVAL_BATCH_SIZE, EVAL_MAX_INPUT_LENGTH, EVAL_NEG_NUMBER
+            )
+            for path in manifest.eval_sets.values()
+        ),
+        default=0,
+    )
     for step in manifest.steps:
         inputs = [weight_bytes.get(source.label, 0) for source in step.models]
         largest = max(inputs, default=0)
@@ -128,14 +151,16 @@ def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | 
         itemsize = (
             DTYPE_BYTES[source_dtype] if source_dtype else FLOAT32
         )  # unknown: as float32, the widest usual
-        known = [largest_numel.get(source.label) for source in step.models]
-        numel = max((n for n in known if n is not None), default=None)
-        if numel is None:
+        known = [shape for source in step.models if (shape := shapes.get(source.label)) is not None]
+        shape = max(known, key=math.prod, default=None)
+        if shape is None:
             numel = int(largest * LARGEST_TENSOR_SHARE) // itemsize
-        largest_numel[f"{STEP_PREFIX}{step.name}"] = numel
-        merge_peak = max(merge_peak, _merge_bytes(step, itemsize, numel))
-        if step.weights_mode == "examples" or manifest.eval_sets:
-            scoring_peak = max(scoring_peak, scoring_memory(largest, itemsize))
+            shape = (max(1, numel // UNKNOWN_ROW_WIDTH), UNKNOWN_ROW_WIDTH)
+        shapes[f"{STEP_PREFIX}{step.name}"] = shape
+        merge_peak = max(merge_peak, _merge_bytes(step, itemsize, math.prod(shape)))
+        scoring_peak = max(
+            scoring_peak, _scoring_bytes(step, manifest, largest // itemsize, shape, itemsize, eval_tokens)
+        )
     download = sum(source.download_bytes for source in sources)
     max_memory = manifest.steps[-1].merge.max_memory
     return Plan(
@@ -158,9 +183,9 @@ def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | 
     )
 
 
-def _missing_bytes(source: Any, streamed: bool) -> int:
+def _missing_bytes(source: Any) -> int:
     """Bytes of a Hub source's files that the run downloads: those the local Hugging Face cache does not hold
-    yet, weights left out when the run reads them in place (0 for a folder)."""
+    yet, weights left out since the run reads them in place (0 for a folder)."""
     if not source.repo_id:
         return 0
     from huggingface_hub import try_to_load_from_cache
@@ -171,17 +196,15 @@ def _missing_bytes(source: Any, streamed: bool) -> int:
         )
 
     return sum(
-        size
-        for name, size in source.sizes.items()
-        if not (streamed and name.endswith(WEIGHT_SUFFIXES)) and not cached(name)
+        size for name, size in source.sizes.items() if not name.endswith(WEIGHT_SUFFIXES) and not cached(name)
     )
 
 
 def run_needs(plan: Plan, manifest: Manifest, out: Path | None, device: str | None = None) -> Needs:
     """What a run of ``plan`` writes where, and the memory (and GPU memory) it holds.
 
-    Downloads land in the Hugging Face cache (only the small files of Hub sources the run reads in place, see
-    ``Plan.streamed``). Every step's output is built in a work folder beside ``out``; with ``out=None`` (publish
+    Downloads land in the Hugging Face cache (only the small files of Hub sources: their safetensors weights
+    are read in place). Every step's output is built in a work folder beside ``out``; with ``out=None`` (publish
     while merging) the final output passes through the temp folder about two shards at a time. The GPU is
     counted when the run is told to use one (``--device`` or ``merge.device``: cuda or cuda:N).
     """
@@ -220,16 +243,20 @@ def with_preflight(
 
 def can_run_here(
     manifest_path: str | Path,
-    out: str | Path = ".",
+    out: str | Path | None = ".",
     *,
     device: str | None = None,
     token: str | None = None,
     endpoint: str | None = None,
 ) -> tuple[bool, str]:
-    """Whether this machine can run the manifest into ``out``, and why (for ``runner: auto``)."""
+    """Whether this machine can run the manifest into ``out`` (None: publishing with no local copy), and why
+    (for ``runner: auto``)."""
     manifest = load_manifest(manifest_path)
     plan = with_preflight(
-        build_plan(manifest, token=token, endpoint=endpoint), manifest, Path(out), device=device
+        build_plan(manifest, token=token, endpoint=endpoint),
+        manifest,
+        Path(out) if out is not None else None,
+        device=device,
     )
     assert plan.preflight is not None
     if plan.preflight.message is not None:
@@ -237,9 +264,77 @@ def can_run_here(
     return True, "fits this machine: " + "; ".join(item.describe() for item in plan.preflight.checks)
 
 
-def _largest_tensor(source: ResolvedSource) -> int | None:
-    """Values in a local source's largest floating-point tensor, from its safetensors headers."""
-    return largest_float_tensor(source.path) if source.path is not None else None
+def _largest_shape(source: ResolvedSource) -> tuple[int, ...] | None:
+    """The shape of a local source's largest floating-point tensor, from its safetensors headers."""
+    return largest_float_shape(source.path) if source.path is not None else None
+
+
+def _scoring_bytes(
+    step: StepSpec,
+    manifest: Manifest,
+    weight_numel: int,
+    shape: tuple[int, ...],
+    itemsize: int,
+    eval_tokens: int,
+) -> int:
+    """Scoring this step's models block-streamed (what scoring does on CPU, and on a GPU a model does not fit
+    whole): for example weights with the step's options, and on the eval sets (0 when neither runs)."""
+    runs: list[tuple[int, int]] = []  # (tokens of the largest wave, compute itemsize)
+    options = step.example_weights
+    if step.weights_mode == "examples" and options is not None and step.examples_path is not None:
+        tokens = _example_tokens(
+            step.examples_path,
+            manifest.model_type,
+            options.batch_size,
+            options.max_input_length,
+            options.neg_number,
+        )
+        runs.append((tokens, DTYPE_BYTES[options.dtype] if options.dtype != "auto" else FLOAT32))
+    if manifest.eval_sets:
+        runs.append((eval_tokens, FLOAT32))
+    return max(
+        (
+            scoring_memory(
+                streamed=True,
+                weight_numel=weight_numel,
+                largest_numel=math.prod(shape),
+                width=shape[0],
+                tokens=tokens,
+                stored_itemsize=itemsize,
+                compute_itemsize=compute,
+            )
+            for tokens, compute in runs
+        ),
+        default=0,
+    )
+
+
+def _example_tokens(
+    path: Path, model_type: str, batch_size: int, max_input_length: int, neg_number: int
+) -> int:
+    """Tokens of the largest wave of an example file, each text counted as at most one token per UTF-8 byte
+    (byte-level and WordPiece tokenizers give no more) plus ``SPECIAL_TOKENS``, capped at ``max_input_length``,
+    and each batch padded to its longest text; retrieval examples run the query, the first positive and up to
+    ``neg_number`` negatives."""
+    from cocktail_bot.examples import load_examples
+
+    def tokens(*texts: str) -> int:
+        return min(sum(len(text.encode()) for text in texts) + SPECIAL_TOKENS, max_input_length)
+
+    sequences: list[list[int]] = []  # per example, the token counts of the texts it runs
+    for example in load_examples(path, model_type):
+        if model_type == ModelType.DECODER.value:
+            sequences.append([tokens(example["input"], example["output"])])
+            continue
+        passages = [example["pos"][0], *example["neg"][:neg_number]]
+        if model_type == ModelType.RERANKER.value:
+            sequences.append([tokens(example["query"], text) for text in passages])
+        else:
+            sequences.append([tokens(text) for text in (example["query"], *passages)])
+    batches = [sequences[start : start + batch_size] for start in range(0, len(sequences), batch_size)]
+    padded = [sum(map(len, batch)) * max(max(counts) for counts in batch) for batch in batches]
+    counted = 1 if model_type == ModelType.DECODER.value else CHARS_PER_TOKEN
+    return wave_tokens(padded, streamed=True, counted=counted)
 
 
 def _merge_bytes(step: StepSpec, itemsize: int, largest_numel: int) -> int:
@@ -313,6 +408,8 @@ def render_plan(plan: Plan) -> str:
     for number, step in enumerate(plan.steps, 1):
         lines.append(f"  {number}. {step.name}: {step.method} of {', '.join(step.models)}")
         lines.append(f"     weights {step.weights}; output ~{format_size(step.output_bytes)}")
+        if step.method_params or step.model_params:
+            lines.append(f"     parameters {_parameters_text(step)}")
     lines.append(
         f"estimates: download {format_size(plan.download_bytes)}, peak memory "
         f"~{format_size(plan.peak_memory_bytes)}, disk ~{format_size(plan.disk_bytes)}, "
@@ -373,3 +470,14 @@ def manifest_report(manifest: Manifest, **fields: Any) -> Report:
         manifest_text=manifest.text,
         **fields,
     )
+
+
+def _parameters_text(step: PlannedStep) -> str:
+    """The step's parameters as written: the merge's, then each model's own."""
+    shared = [f"{name}={format_setting(value)}" for name, value in step.method_params.items()]
+    own = [
+        f"{model}: " + ", ".join(f"{name}={format_setting(value)}" for name, value in settings.items())
+        for model, settings in zip(step.models, step.model_params or [], strict=False)
+        if settings
+    ]
+    return "; ".join(([", ".join(shared)] if shared else []) + own)

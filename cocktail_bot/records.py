@@ -9,10 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
-class PinnedSource(BaseModel):
+class Record(BaseModel):
+    """The base of the records a run passes between stages and writes (sources, steps, report, lock, plan).
+
+    Their validators are built when a model is first used (``defer_build``), not when its module is imported:
+    a command imports the models of every stage it might reach, and `cocktail plan`, for one, must start fast
+    without the report's and the lock's.
+    """
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class PinnedSource(Record):
     """One input model pinned to an exact revision, with the sha256 of each file a merge reads."""
 
     label: str = Field(
@@ -28,7 +39,7 @@ class PinnedSource(BaseModel):
         return {name: getattr(self, name) for name in PinnedSource.model_fields}
 
 
-class StepRecord(BaseModel):
+class StepRecord(Record):
     """One merge step as every stage names it."""
 
     name: str

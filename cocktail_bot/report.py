@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from cocktail_bot.records import MergedStep, PinnedSource
+from cocktail_bot.records import MergedStep, PinnedSource, Record
 
 
 class SourceReport(PinnedSource):
@@ -41,7 +41,7 @@ class StepReport(MergedStep):
     seconds: float = 0.0
 
 
-class EvalResult(BaseModel):
+class EvalResult(Record):
     """One model on one example set: the paper's 'target task vs other tasks' table, on the user's data."""
 
     eval_set: str
@@ -52,14 +52,14 @@ class EvalResult(BaseModel):
     dtype: str | None = Field(None, description="dtype the loss was computed in")
 
 
-class OutputReport(BaseModel):
+class OutputReport(Record):
     path: str
     files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256")
     total_bytes: int = 0
     dtype: str | None = None
 
 
-class PublishReport(BaseModel):
+class PublishReport(Record):
     repo_id: str
     revision: str = Field(description="branch, or the Hub PR ref (refs/pr/N) of a preview")
     commit_sha: str | None = None
@@ -71,7 +71,7 @@ class PublishReport(BaseModel):
     )
 
 
-class Provenance(BaseModel):
+class Provenance(Record):
     """Where the model was built, from the GitHub environment when there is one."""
 
     repository: str | None = None
@@ -94,7 +94,7 @@ class Provenance(BaseModel):
         return None
 
 
-class Report(BaseModel):
+class Report(Record):
     """Everything a reader of the card or the PR comment is shown."""
 
     status: Literal["success", "failure", "planned"] = "success"

@@ -3,17 +3,13 @@ the files), `plan` only asks the Hub's metadata."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.lock import Lock, compare_files
+from cocktail_bot.model_types import config_problems
 from cocktail_bot.recipe import Manifest
 from cocktail_bot.sources import ResolvedSource, resolve_source
-
-
-def needs_whole_sources(manifest: Manifest, lock: Lock | None) -> bool:
-    """Whether a source must be on disk whole: example-based weights (unless the lock has them) and evaluation
-    load every source's model; a merge alone reads Hub weights in place."""
-    scoring = lock is None and any(step.explicit_weights is None for step in manifest.steps)
-    return scoring or bool(manifest.eval_sets)
 
 
 def resolve_sources(
@@ -57,4 +53,24 @@ def resolve_sources(
         resolved[spec.label] = source.model_copy(
             update={"label": spec.label, "requested_revision": spec.revision}
         )
+    check_configs(manifest, resolved)
     return resolved
+
+
+def check_configs(manifest: Manifest, resolved: dict[str, ResolvedSource]) -> None:
+    """Every source's config.json against the manifest's type and its step base's family, Hub sources
+    included (`validate` could read only the local ones): one CocktailError naming each mismatch."""
+    step_configs: dict[str, dict[str, Any] | None] = {}  # a step's output has its base's config
+    problems: dict[str, str] = {}
+    for step in manifest.steps:
+        base = step.base or step.models[0]
+        configs = {
+            source.label: step_configs.get(source.ref)
+            if source.kind == "step"
+            else getattr(resolved.get(source.label), "config", None)
+            for source in (*step.models, base)
+        }
+        problems.update(config_problems(manifest.model_type, list(configs.items()), base.label))
+        step_configs[step.name] = configs[base.label]
+    if problems:
+        raise CocktailError("\n".join(problems.values()))

@@ -21,12 +21,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import ConfigDict, Field
 
 from cocktail_bot.errors import CocktailError, RemoteError
 from cocktail_bot.hub_access import HubUnreachable, RepoNotFound
 from cocktail_bot.model_files import ROOT_DIRS, ROOT_FILE_PATTERNS, file_sha256
+from cocktail_bot.model_types import read_config
 from cocktail_bot.records import PinnedSource
 from cocktail_bot.references import looks_like_path, parse_hub_reference
 from cocktail_bot.remote import HubModel
@@ -57,6 +59,9 @@ class ResolvedSource(PinnedSource):
     license: str | None = None
     sizes: dict[str, int] = Field(default_factory=dict)
     streamed: HubModel | None = None
+    # config.json (without downloading: the Hub's summary of it, architectures and model_type), for the type
+    # and family checks of `plan` and `run`; None when unknown.
+    config: dict[str, Any] | None = Field(None, exclude=True)
 
     @property
     def folder(self) -> Path:
@@ -255,6 +260,7 @@ def _resolve_local(ref: str, folder: Path) -> ResolvedSource:
         path=folder,
         files={n: file_sha256(folder / n) for n in chosen},
         sizes={n: (folder / n).stat().st_size for n in chosen},
+        config=read_config(folder),
     )
 
 
@@ -342,6 +348,7 @@ def _resolve_hub(
         license=listing.license,
         sizes=sizes,
         streamed=model,
+        config=(read_config(path) if path is not None else None) or listing.config,
     )
 
 

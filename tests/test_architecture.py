@@ -76,10 +76,54 @@ def test_a_tensor_module_does_load_torch():
     assert _loads_torch("import cocktail_bot.merge_kernels")
 
 
+# What `validate` and `plan` must not load: each costs from tens of milliseconds (psutil, jinja2, the Hub client)
+# to seconds (torch), and neither command needs it. plan reads only huggingface_hub's constants (the cache path).
+HEAVY = (
+    "torch",
+    "transformers",
+    "sentence_transformers",
+    "numpy",
+    "numba",
+    "safetensors",
+    "jinja2",
+    "psutil",
+    "tqdm",
+    "httpx",
+    "requests",
+    "github",
+    "huggingface_hub.hf_api",
+    "huggingface_hub.file_download",
+)
+
+
+def _loaded(code: str, names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` are in sys.modules after ``code`` runs in a fresh interpreter."""
+    probe = f"import sys\n{code}\nprint([name for name in {names!r} if name in sys.modules])"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return ast.literal_eval(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("command", ["validate", "plan"])
-def test_validate_and_plan_run_without_torch(command):
+def test_validate_and_plan_load_no_heavy_library(command):
+    """The import boundary that keeps these commands fast (docs/benchmarks.md, `bench/bench_cli.py`)."""
     code = f"from cocktail_bot.cli import main\nassert main([{command!r}, {str(QUICKSTART)!r}]) == 0"
-    assert not _loads_torch(code)
+    assert _loaded(code, HEAVY) == []
+
+
+def test_the_engine_imports_without_numba():
+    """numba (~1.5 s of CPU, ~110 MB) is imported by the first linear merge on the CPU, not with the engine:
+    `cocktail weights` imports the engine through the API but never merges."""
+    assert _loaded("import cocktail_bot.api, cocktail_bot.engine", ("numba",)) == []
+    assert _loaded("import cocktail_bot.fused", ("numba",)) == ["numba"]
+
+
+def test_the_heavy_library_probe_can_fail():
+    """A run that does load some of them is seen doing so."""
+    loaded = _loaded("import jinja2, psutil, huggingface_hub.hf_api", HEAVY)
+    assert {"jinja2", "psutil", "huggingface_hub.hf_api"} <= set(loaded)
 
 
 def _import_graph() -> dict[str, set[str]]:

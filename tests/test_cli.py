@@ -1,3 +1,4 @@
+import argparse
 import fcntl
 import os
 import shutil
@@ -11,7 +12,7 @@ import time
 import pytest
 
 from cocktail_bot import __version__
-from cocktail_bot.cli import build_parser, main
+from cocktail_bot.cli import COMMANDS, build_parser, main
 from cocktail_bot.commands import validate
 
 
@@ -69,6 +70,20 @@ def test_quiet_goes_before_or_after_the_command():
     assert parser.parse_args(["-q", "validate", "cocktail.yml"]).quiet is True
     assert parser.parse_args(["validate", "cocktail.yml", "-q"]).quiet is True
     assert parser.parse_args(["run", "cocktail.yml", "--quiet", "--out", "out"]).quiet is True
+
+
+def test_a_command_builds_only_its_own_parser_and_help_lists_every_command(capsys):
+    """`cocktail plan` does not import and build the other subcommands (it must start fast); `--help` and a
+    mistyped command still see them all."""
+    subcommands = next(a for a in build_parser("plan")._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(subcommands.choices) == ["plan"]
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    assert all(f"    {name}" in listed for name in COMMANDS)
+    with pytest.raises(SystemExit):
+        main(["-q", "plann", "cocktail.yml"])
+    assert "'import-mergekit', 'plan', 'run'" in capsys.readouterr().err
 
 
 def test_sigterm_unwinds_like_ctrl_c_so_work_folders_are_removed(monkeypatch, tmp_path, capsys):

@@ -97,11 +97,12 @@ def test_linear_weights_are_divided_as_mergekit_normalizes_them():
     "config, expected",
     [
         (
-            "slices:\n  - sources:\n      - model: a/b\n        layer_range: [0, 32]\nmerge_method: passthrough\n",
+            "slices:\n  - sources:\n      - model: a/b\n        layer_range: [0, 24]\n  - sources:\n"
+            "      - model: c/d\n        layer_range: [8, 32]\nmerge_method: passthrough\n",
             [
-                "1: slices: cocktail-bot merges whole models of one architecture, not layer ranges or modules; list "
-                "the models under 'models:' (one slice spanning every layer of each model is that merge)",
-                "5: merge_method: passthrough stacks layers of several models (a frankenmerge): cocktail-bot merges "
+                "1: slices: cocktail-bot merges whole models of one architecture, not layer ranges or modules: only "
+                "one slice spanning every layer of each model (that merge) is translated",
+                "8: merge_method: passthrough stacks layers of several models (a frankenmerge): cocktail-bot merges "
                 "models of one architecture tensor by tensor",
             ],
         ),
@@ -160,6 +161,10 @@ def test_linear_weights_are_divided_as_mergekit_normalizes_them():
                 "tensors no filter matches: add e.g. {value: 0.5}"
             ],
         ),
+        (
+            "models:\n  - model: a/b\nmerge_method: !python/name:os.system ties\n",
+            ["3: (yaml): could not determine a constructor for the tag '!python/name:os.system'"],
+        ),
     ],
     ids=[
         "slices-passthrough",
@@ -171,6 +176,7 @@ def test_linear_weights_are_divided_as_mergekit_normalizes_them():
         "no-weight",
         "per-layer-linear-weight",
         "weight-without-fallback",
+        "yaml-tag",
     ],
 )
 def test_what_cocktail_bot_does_not_do_is_refused_by_name_with_its_line(config, expected):
@@ -244,6 +250,43 @@ def test_ties_from_the_examples_keeps_its_gradients_and_filters():
     assert manifest["merge"] == {"method": "ties", "parameters": {"normalize": True}, "dtype": "float16"}
 
 
+def test_one_slice_must_span_every_layer(deep_llamas, tmp_path):
+    for index, folder in enumerate(deep_llamas[:2]):
+        shutil.copytree(folder, tmp_path / f"m{index}")
+    config = textwrap.dedent(
+        """\
+        slices:
+          - sources:
+              - model: ./m0
+                layer_range: [0, 5]
+              - model: ./m1
+                layer_range: [0, 3]
+        merge_method: slerp
+        base_model: ./m0
+        parameters: {t: 0.5}
+        """
+    )
+    with pytest.raises(CocktailError) as caught:
+        translate(config, display="mergekit.yml", name="demo", model_type="decoder", folder=tmp_path)
+    assert str(caught.value).splitlines()[1:] == [
+        "mergekit.yml:3: slices[0].sources: cocktail-bot merges whole models: one slice is translated when every "
+        "source's layer_range is [0, N] with the same N (every layer), got [[0, 5], [0, 3]]"
+    ]
+    with pytest.raises(CocktailError) as caught:
+        translate(
+            config.replace("[0, 5]", "[0, 3]"),
+            display="mergekit.yml",
+            name="demo",
+            model_type="decoder",
+            folder=tmp_path,
+        )
+    assert str(caught.value).splitlines()[1:] == [
+        f"mergekit.yml:{line}: slices[0].sources[{index}].layer_range: layer_range [0, 3] is not every layer of "
+        "this model (5 layers): cocktail-bot merges whole models, not layer ranges"
+        for index, line in ((0, 4), (1, 6))
+    ]
+
+
 # Real-world configs, models renamed to the three tiny Llamas (m0 is the base), dtype float32 so that both tools
 # compute in the same precision.
 BUILDS = {
@@ -289,6 +332,25 @@ BUILDS = {
             - value: 0.5 # fallback for rest of tensors
         dtype: float32
         tokenizer_source: base
+        """,
+    # mergekit's examples/gradient-slerp.yml as written: one slice of every layer
+    "slerp-slices": """\
+        slices:
+          - sources:
+              - model: ./models/m0
+                layer_range: [0, 5]
+              - model: ./models/m1
+                layer_range: [0, 5]
+        merge_method: slerp
+        base_model: ./models/m0
+        parameters:
+          t:
+            - filter: self_attn
+              value: [0, 0.5, 0.3, 0.7, 1]
+            - filter: mlp
+              value: [1, 0.5, 0.7, 0.3, 0]
+            - value: 0.5 # fallback for rest of tensors
+        dtype: float32
         """,
     "linear": """\
         models:

@@ -246,6 +246,24 @@ class Guard:
                 "this run changes neither the Hub preview nor the comment (the run for the new head does)"
             )
 
+    def check_not_overtaken(self, repo_id: str) -> None:
+        """A push's publish to main: raise ``Superseded`` when main of ``repo_id`` was published meanwhile from
+        a newer commit of this repository (two pushes close together, the later run finished first), so the
+        older model never replaces it. An older, unrelated or unknown published commit is replaced."""
+        sha = self.env.sha
+        if self.env.event_name != "push" or not (sha and self.env.github_token and self.env.repository):
+            return
+        from cocktail_bot.hub import published_from
+
+        published = published_from(repo_id, self.env.repository, token=self.env.hf_token)
+        if published is None or sha.startswith(published):
+            return
+        if github.is_behind(self.client(), self.env.repository, sha, published):
+            raise Superseded(
+                f"main of {repo_id} was published meanwhile from {published}, a newer commit than this run's "
+                f"{sha[:12]}: this run publishes nothing (the newer model stays)"
+            )
+
 
 def _run_pipeline(env: ActionEnv, decision: Decision, guard: Guard) -> tuple[Report, Decision]:
     """Run the decided mode; in auto mode a manifest without ``output.repo`` is built, not published."""
@@ -256,7 +274,8 @@ def _run_pipeline(env: ActionEnv, decision: Decision, guard: Guard) -> tuple[Rep
     origin = provenance(env, decision)
     if decision.mode == "plan":
         return pipeline.plan_manifest(env.manifest, provenance=origin, token=env.hf_token), decision
-    if decision.publish and env.mode == "auto" and not load_manifest(env.manifest).output.repo:
+    repo_id = load_manifest(env.manifest).output.repo
+    if decision.publish and env.mode == "auto" and not repo_id:
         decision = Decision("build", reason=NO_REPO_REASON, pr_number=decision.pr_number)
     preview = decision.publish == "preview"
     common: dict[str, Any] = {
@@ -270,6 +289,12 @@ def _run_pipeline(env: ActionEnv, decision: Decision, guard: Guard) -> tuple[Rep
     fork = pull_request is not None and github.is_fork(pull_request)
     # publishing streams: sources read in place, shards uploaded as written, no local copy (runner disk)
     out = None if decision.publish else env.work_dir / MODEL_DIR
+
+    def before_publish() -> None:  # the last moment before the Hub commit
+        guard.check_current()
+        if decision.publish == "main" and repo_id is not None:
+            guard.check_not_overtaken(repo_id)
+
     where = choose_runner(
         env.runner, env.manifest, out, publishing=common["publish"], fork=fork, token=env.hf_token
     )
@@ -277,7 +302,7 @@ def _run_pipeline(env: ActionEnv, decision: Decision, guard: Guard) -> tuple[Rep
         report = run_on_hf_jobs(env.manifest, out, job_token=env.hf_jobs_token, **common)
     else:
         report = pipeline.run_manifest(
-            env.manifest, out, progress=False, before_publish=guard.check_current, **common
+            env.manifest, out, progress=False, before_publish=before_publish, **common
         )
     return report, decision
 

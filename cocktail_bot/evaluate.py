@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cocktail_bot.examples import load_examples
 from cocktail_bot.model_types import ModelType
 from cocktail_bot.report import EvalResult
 from cocktail_bot.weights import DEFAULT_SEED
 
+if TYPE_CHECKING:
+    from cocktail_bot.remote import HubModel
+
 
 def evaluate(
-    models: Mapping[str, str | Path],
+    models: Mapping[str, str | Path | HubModel],
     model_type: ModelType | str,
     eval_sets: Mapping[str, str | Path | Sequence[Mapping]],
     *,
@@ -31,7 +35,7 @@ def evaluate(
 ) -> list[EvalResult]:
     """One :class:`EvalResult` per (eval set, model), eval sets outermost, models in the order given.
 
-    ``models`` maps a label (a source label, or ``"merged"``) to a local folder; all share one architecture.
+    ``models`` maps a label (a source label, or ``"merged"``) to a local folder or a Hub model read in place; all share one architecture.
     Accuracy is reported for encoders and rerankers (the positive ranked first among its passages).
     """
     from cocktail_bot.scoring import score_models

@@ -171,6 +171,21 @@ def pull_head_sha(client, repository: str, number: int) -> str:
         ) from None
 
 
+def is_behind(client, repository: str, commit: str, other: str) -> bool:
+    """Whether ``commit`` is an ancestor of ``other`` (``other`` is newer history of the same line). A commit
+    GitHub does not know (history rewritten since) is not newer."""
+    from github import GithubException
+
+    try:
+        return client.get_repo(repository).compare(other, commit).status == "behind"
+    except GithubException as error:
+        if error.status == 404:
+            return False
+        raise RemoteError(
+            f"GitHub could not compare {commit[:12]} with {other[:12]} in {repository} ({error.status})"
+        ) from None
+
+
 def is_fork(pull_request: Mapping[str, Any]) -> bool:
     """A PR whose head lives in another repository (or a deleted fork) runs without the base's secrets."""
     head_repo = (pull_request.get("head") or {}).get("repo") or {}

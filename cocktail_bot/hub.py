@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,42 @@ def plan_changes(
 def _same(file: LocalFile, lfs_sha256: str | None, blob_id: str | None) -> bool:
     """LFS files carry the content's sha256; small files only their git blob id."""
     return file.sha256 == lfs_sha256 or file.git_blob_id == blob_id
+
+
+def commit_title(name: str, repository: str | None, commit: str | None) -> str:
+    """The Hub commit's title: it names the GitHub commit built (the card does not, see ``card.py``), which
+    :func:`published_from` reads back."""
+    where = f" from {repository}@{commit[:12]}" if repository and commit else ""
+    return f"cocktail-bot: {name}{where}"
+
+
+def published_from(
+    repo_id: str,
+    repository: str,
+    *,
+    revision: str = "main",
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> str | None:
+    """The commit of GitHub ``repository`` (its first 12 hex digits) that the newest cocktail-bot commit on
+    ``revision`` of ``repo_id`` was built from; None when there is none (or no such repo or revision)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    named = re.compile(rf"^cocktail-bot: .* from {re.escape(repository)}@([0-9a-f]{{12}})$")
+    with hub_errors(repo_id, revision, reading=True):
+        try:
+            commits = with_retries(
+                lambda: HfApi(endpoint=endpoint).list_repo_commits(repo_id, revision=revision, token=token),
+                what=f"list the commits of {repo_id}",
+            )
+        except (RepositoryNotFoundError, RevisionNotFoundError):
+            return None
+    for commit in commits:
+        match = named.match(commit.title)
+        if match:
+            return match.group(1)
+    return None
 
 
 def publish_folder(

@@ -3,7 +3,7 @@
 The work is split along its four jobs, each pure over the previous one's output:
 
 1. :mod:`cocktail_bot.yaml_lines`: the YAML text composed into a node tree (safe loader, size- and
-   alias-limited) so that every field keeps the line it was written on;
+   alias-limited) so that every field keeps the line it was written on, and the data built from that tree;
 2. :mod:`cocktail_bot.manifest_schema`: the data validated against ``ManifestDocument`` (pydantic, unknown
    keys forbidden), each pydantic error mapped back to its YAML node;
 3. :mod:`cocktail_bot.manifest_checks`: consistency checks that a schema cannot express, on every part that
@@ -17,14 +17,13 @@ import hashlib
 import logging
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from cocktail_bot.errors import ONCE, CocktailError
 from cocktail_bot.manifest_checks import Checker, schema_message
 from cocktail_bot.manifest_schema import ManifestDocument
 from cocktail_bot.recipe import Manifest
-from cocktail_bot.yaml_lines import NodeIndex, Problem, compose
+from cocktail_bot.yaml_lines import NodeIndex, Problem, load
 
 MAX_MANIFEST_BYTES = 1024 * 1024
 
@@ -91,10 +90,9 @@ def check_manifest_text(
     text: str, path: Path, *, outside_folders: bool = False
 ) -> tuple[Manifest | None, list[Problem]]:
     """Every problem of a manifest's text, sorted by line; the Manifest when there are none."""
-    root_node, yaml_problems = compose(text)
+    root_node, data, yaml_problems = load(text)
     if root_node is None:
         return None, yaml_problems
-    data = yaml.safe_load(text)
     if not isinstance(data, dict):
         return None, [
             Problem(1, "(manifest)", "the manifest must be a mapping of keys (version, name, type, ...)")

@@ -29,7 +29,7 @@ from cocktail_bot.errors import CocktailError
 from cocktail_bot.methods import EXACT_SUM, METHODS, MergeMethod, get_method
 from cocktail_bot.parameter_values import SettingError, check_weight, is_scalar
 from cocktail_bot.references import check_reference, is_local
-from cocktail_bot.yaml_lines import Loc, NodeIndex, Problem, compose
+from cocktail_bot.yaml_lines import Loc, NodeIndex, Problem, load
 
 KEYS = (
     "models",
@@ -287,8 +287,7 @@ def _number(value: Any) -> Any:
 
 def translate(text: str, *, display: str, name: str, model_type: str, folder: Path | None = None) -> str:
     """The manifest for a mergekit config's text, or CocktailError listing ``FILE:LINE: key: message`` lines."""
-    root, yaml_problems = compose(text)
-    data = yaml.safe_load(text) if root is not None else None
+    root, data, yaml_problems = load(text)
     if root is None or not isinstance(data, dict):
         problems = yaml_problems or [
             Problem(1, "(config)", "a mergekit config is a mapping (models, merge_method...)")

@@ -1,8 +1,9 @@
 """`cocktail run`: validate, resolve, weights, merge (step by step), evaluate, card, publish, report, lock.
 
 Everything is built in a work folder beside ``--out`` and moved into place only when the model, its card,
-the lock and the report are complete, so a failure leaves ``--out`` as it was. Hub sources are read in place
-when nothing needs them whole on disk (see ``needs_whole_sources``). With ``publish`` the final step's shards
+the lock and the report are complete, so a failure leaves ``--out`` as it was. Hub sources' safetensors
+weights are read in place, by the merge, example-based weights and evaluation alike: only their small files are
+downloaded. With ``publish`` the final step's shards
 are uploaded as they are written and the model appears on the Hub in one commit at the end (see
 ``stream_publish``); without ``--out`` no local copy is kept and the work folder is in the temp dir. Intermediate steps' outputs
 live in the work folder and feed later steps; only the final step's output is the model.
@@ -27,6 +28,7 @@ from cocktail_bot.atomic import replace_folder, staging_folder
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.lock import (
     LOCK_NAME,
+    RUN_FILES,
     Lock,
     LockedSource,
     LockedStep,
@@ -44,7 +46,7 @@ from cocktail_bot.recipe import Manifest, SourceSpec, StepSpec
 from cocktail_bot.records import MergedStep
 from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import EvalResult, OutputReport, Provenance, Report, StepReport
-from cocktail_bot.resolution import needs_whole_sources, resolve_sources
+from cocktail_bot.resolution import resolve_sources
 from cocktail_bot.sources import ResolvedSource
 from cocktail_bot.templating import MERGED
 from cocktail_bot.writable import check_writable, write_error
@@ -72,13 +74,9 @@ class RunContext:
     step_outputs: dict[str, Path] = field(default_factory=dict)
     output_bytes: dict[str, int] = field(default_factory=dict)  # step -> bytes of its output files
 
-    def path_of(self, source: SourceSpec) -> Path:
-        if source.kind == "step":
-            return self.step_outputs[source.ref]
-        return self.sources[source.label].folder
-
     def model_of(self, source: SourceSpec) -> Path | HubModel:
-        """What the engine reads: a folder, or a Hub source's ``remote.HubModel`` (weights read in place)."""
+        """What the engine and scoring read: a folder, or a Hub source's ``remote.HubModel`` (weights read in
+        place)."""
         if source.kind == "step":
             return self.step_outputs[source.ref]
         return self.sources[source.label].model
@@ -100,14 +98,17 @@ def run_manifest(
     create_pr: bool = False,
     pr_title: str | None = None,
     before_publish: Callable[[], None] | None = None,
+    run_files: Path | None = None,
     outside_folders: bool = False,
 ) -> Report:
     """Build the manifest's model into ``out`` (and publish it when ``publish`` and ``output.repo`` say so;
     ``create_pr`` proposes it as a new Hub pull request; ``pr_title`` updates the open one of that title, the
     Action's one preview per GitHub pull request; see ``hub.publish_folder``). ``before_publish`` runs just
     before anything is sent to the Hub and may raise to stop the run (the Action: "is this still the PR's
-    head?"); nothing is published or written to ``out`` then. ``outside_folders``: local model folders may be
-    outside the manifest's repository (``cocktail run`` on this machine; see ``manifest.load_manifest``).
+    head?"); nothing is published or written to ``out`` then. ``run_files``: a folder that also gets the card,
+    lock and report (with ``out=None``, a Hugging Face job hands them back from there without keeping the
+    model), also when publishing fails. ``outside_folders``: local model folders may be outside the
+    manifest's repository (``cocktail run`` on this machine; see ``manifest.load_manifest``).
 
     Writes ``out``: the model files, ``README.md`` (the card), ``cocktail.lock``, ``report.json`` and
     ``report.md``; and the lock beside the manifest (``lock_path``; default ``<manifest>.lock``), unless
@@ -151,9 +152,7 @@ def run_manifest(
     committed = False
     try:
         context = RunContext(manifest, work, lock, device, progress)
-        context.sources = resolve_sources(
-            manifest, lock, token=token, endpoint=endpoint, stream=not needs_whole_sources(manifest, lock)
-        )
+        context.sources = resolve_sources(manifest, lock, token=token, endpoint=endpoint, stream=True)
         license_ = output_license(manifest, context.sources, publishing=bool(publish))
         if publish:
             uploader = shard_uploader(
@@ -214,6 +213,9 @@ def run_manifest(
             except OSError as error:
                 raise write_error(error, lock_file, "the lock") from None
             logger.info("wrote %s", lock_file)
+        if run_files is not None:
+            for name in RUN_FILES:
+                shutil.copyfile(final / name, run_files / name)
         if out is not None:  # --force: the old folder is deleted with the work folder
             replace_folder(final, out, trash=work)
         if publish_error is not None:
@@ -301,9 +303,9 @@ def run_step(
 
     started = time.perf_counter()
     manifest = context.manifest
-    paths = [context.path_of(source) for source in step.models]
+    models = [context.model_of(source) for source in step.models]
     labels = [source.label for source in step.models]
-    weights, losses, loss_dtype = step_weights(context, step, paths)
+    weights, losses, loss_dtype = step_weights(context, step, models)
     method = get_method(step.merge.method, step.merge.parameters, step.model_params)
     weights = method.normalised(weights)
     base = step.base or (step.models[0] if step.models else None)
@@ -317,7 +319,7 @@ def run_step(
             format_setting([round(w, 4) if isinstance(w, float) else w for w in weights]),
         )
     result = engine.merge(
-        [context.model_of(source) for source in step.models],
+        models,
         weights,
         context.work / "steps" / step.name,
         model_type=manifest.model_type,
@@ -357,7 +359,7 @@ def run_step(
 
 
 def step_weights(
-    context: RunContext, step: StepSpec, paths: list[Path]
+    context: RunContext, step: StepSpec, models: list[Path | HubModel]
 ) -> tuple[list[Any], list[float] | None, str | None]:
     """The step's weights: the manifest's, uniform, the lock's (`--locked`), or computed from the examples;
     with the example losses and the dtype they were computed in."""
@@ -375,7 +377,7 @@ def step_weights(
     assert options is not None and step.examples_path is not None
     logger.info("step %s: computing weights from %s", step.name, step.examples_path.name)
     result = compute_weights(
-        paths,
+        models,
         context.manifest.model_type,
         step.examples_path,
         temperature=options.temperature,
@@ -405,7 +407,7 @@ def run_evals(context: RunContext, final: Path) -> list:
         return []
     from cocktail_bot.evaluate import evaluate
 
-    models: dict[str, Path] = {label: source.folder for label, source in context.sources.items()}
+    models: dict[str, Path | HubModel] = {label: source.model for label, source in context.sources.items()}
     for name, folder in context.step_outputs.items():
         if folder != final:
             models[f"{STEP_PREFIX}{name}"] = folder
@@ -509,20 +511,15 @@ def publish_output(
     """Publish the model folder (model, card, lock) and the shards already ``uploaded``; a failure is kept in
     the report and returned, not raised, so that the complete build still lands in --out. For
     ``create_pr``/``pr_title`` see ``publish_folder``."""
-    from cocktail_bot.hub import publish_folder
+    from cocktail_bot.hub import commit_title, publish_folder
 
     assert manifest.output.repo is not None
-    where = (
-        f" from {provenance.repository}@{provenance.commit[:12]}"
-        if provenance.repository and provenance.commit
-        else ""
-    )
     try:
         report.publish = publish_folder(
             folder,
             manifest.output.repo,
             private=manifest.output.private,
-            commit_message=f"cocktail-bot: {manifest.name}{where}",
+            commit_message=commit_title(manifest.name, provenance.repository, provenance.commit),
             token=token,
             endpoint=endpoint,
             create_pr=create_pr,

@@ -40,7 +40,7 @@ from cocktail_bot.recipe import Manifest, StepSpec
 from cocktail_bot.records import PinnedSource, StepRecord
 from cocktail_bot.references import STEP_PREFIX
 from cocktail_bot.report import Provenance, Report, SourceReport, StepReport
-from cocktail_bot.resolution import needs_whole_sources, resolve_sources
+from cocktail_bot.resolution import resolve_sources
 from cocktail_bot.sizes import format_size, parse_size
 from cocktail_bot.sources import ResolvedSource
 
@@ -108,11 +108,10 @@ class Plan(BaseModel):
 
 def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | None = None) -> Plan:
     resolved = resolve_sources(manifest, None, token=token, endpoint=endpoint, download=False)
-    streamed = not needs_whole_sources(manifest, None)
     sources = [
         PlannedSource(
             **source.pinned(),
-            download_bytes=_missing_bytes(source, streamed),
+            download_bytes=_missing_bytes(source),
             weight_bytes=sum(size for name, size in source.sizes.items() if name.endswith(WEIGHT_SUFFIXES)),
         )
         for source in resolved.values()
@@ -184,9 +183,9 @@ def build_plan(manifest: Manifest, *, token: str | None = None, endpoint: str | 
     )
 
 
-def _missing_bytes(source: Any, streamed: bool) -> int:
+def _missing_bytes(source: Any) -> int:
     """Bytes of a Hub source's files that the run downloads: those the local Hugging Face cache does not hold
-    yet, weights left out when the run reads them in place (0 for a folder)."""
+    yet, weights left out since the run reads them in place (0 for a folder)."""
     if not source.repo_id:
         return 0
     from huggingface_hub import try_to_load_from_cache
@@ -197,17 +196,15 @@ def _missing_bytes(source: Any, streamed: bool) -> int:
         )
 
     return sum(
-        size
-        for name, size in source.sizes.items()
-        if not (streamed and name.endswith(WEIGHT_SUFFIXES)) and not cached(name)
+        size for name, size in source.sizes.items() if not name.endswith(WEIGHT_SUFFIXES) and not cached(name)
     )
 
 
 def run_needs(plan: Plan, manifest: Manifest, out: Path | None, device: str | None = None) -> Needs:
     """What a run of ``plan`` writes where, and the memory (and GPU memory) it holds.
 
-    Downloads land in the Hugging Face cache (only the small files of Hub sources the run reads in place, see
-    ``Plan.streamed``). Every step's output is built in a work folder beside ``out``; with ``out=None`` (publish
+    Downloads land in the Hugging Face cache (only the small files of Hub sources: their safetensors weights
+    are read in place). Every step's output is built in a work folder beside ``out``; with ``out=None`` (publish
     while merging) the final output passes through the temp folder about two shards at a time. The GPU is
     counted when the run is told to use one (``--device`` or ``merge.device``: cuda or cuda:N).
     """
@@ -246,16 +243,20 @@ def with_preflight(
 
 def can_run_here(
     manifest_path: str | Path,
-    out: str | Path = ".",
+    out: str | Path | None = ".",
     *,
     device: str | None = None,
     token: str | None = None,
     endpoint: str | None = None,
 ) -> tuple[bool, str]:
-    """Whether this machine can run the manifest into ``out``, and why (for ``runner: auto``)."""
+    """Whether this machine can run the manifest into ``out`` (None: publishing with no local copy), and why
+    (for ``runner: auto``)."""
     manifest = load_manifest(manifest_path)
     plan = with_preflight(
-        build_plan(manifest, token=token, endpoint=endpoint), manifest, Path(out), device=device
+        build_plan(manifest, token=token, endpoint=endpoint),
+        manifest,
+        Path(out) if out is not None else None,
+        device=device,
     )
     assert plan.preflight is not None
     if plan.preflight.message is not None:
@@ -407,6 +408,8 @@ def render_plan(plan: Plan) -> str:
     for number, step in enumerate(plan.steps, 1):
         lines.append(f"  {number}. {step.name}: {step.method} of {', '.join(step.models)}")
         lines.append(f"     weights {step.weights}; output ~{format_size(step.output_bytes)}")
+        if step.method_params or step.model_params:
+            lines.append(f"     parameters {_parameters_text(step)}")
     lines.append(
         f"estimates: download {format_size(plan.download_bytes)}, peak memory "
         f"~{format_size(plan.peak_memory_bytes)}, disk ~{format_size(plan.disk_bytes)}, "
@@ -467,3 +470,14 @@ def manifest_report(manifest: Manifest, **fields: Any) -> Report:
         manifest_text=manifest.text,
         **fields,
     )
+
+
+def _parameters_text(step: PlannedStep) -> str:
+    """The step's parameters as written: the merge's, then each model's own."""
+    shared = [f"{name}={format_setting(value)}" for name, value in step.method_params.items()]
+    own = [
+        f"{model}: " + ", ".join(f"{name}={format_setting(value)}" for name, value in settings.items())
+        for model, settings in zip(step.models, step.model_params or [], strict=False)
+        if settings
+    ]
+    return "; ".join(([", ".join(shared)] if shared else []) + own)

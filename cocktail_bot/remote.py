@@ -48,6 +48,9 @@ class HubModel:
     def total_bytes(self) -> int:
         return sum(size for size, _ in self.weights.values())
 
+    def __str__(self) -> str:  # how messages name it (the repr would list every weight file)
+        return f"{self.repo_id}@{self.revision[:12]}"
+
 
 class _Stopped(Exception):
     """The file was closed while its stream was running."""
@@ -246,7 +249,8 @@ def stream_range(
                     hf_raise_for_status(response)
                 _check_range(response, label, position, end)
                 for piece in response.iter_bytes():  # as received: a drop loses no byte that arrived
-                    piece = piece[: end - position]
+                    if len(piece) > end - position:  # (a server sending more than asked; no copy otherwise)
+                        piece = piece[: end - position]
                     sink(piece)
                     position += len(piece)
                     failures = 0

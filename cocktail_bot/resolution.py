@@ -12,13 +12,6 @@ from cocktail_bot.recipe import Manifest
 from cocktail_bot.sources import ResolvedSource, resolve_source
 
 
-def needs_whole_sources(manifest: Manifest, lock: Lock | None) -> bool:
-    """Whether a source must be on disk whole: example-based weights (unless the lock has them) and evaluation
-    load every source's model; a merge alone reads Hub weights in place."""
-    scoring = lock is None and any(step.explicit_weights is None for step in manifest.steps)
-    return scoring or bool(manifest.eval_sets)
-
-
 def resolve_sources(
     manifest: Manifest,
     lock: Lock | None,

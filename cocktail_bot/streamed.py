@@ -8,7 +8,8 @@ the resident weights are those of the module running (one linear layer, one embe
 own parameters themselves, whatever the model's size and with no list of architectures: the model's own
 ``forward`` runs unchanged. A model that touches a parameter outside its owner's forward, or whose checkpoint
 names do not map onto its parameters (transformers renames or fuses some on load), cannot run this way: the
-error says so and the caller loads it whole instead.
+error says so and the caller loads it whole instead. ``resident=True`` is the same module with every weight
+read once per model and kept (a GPU the model fits in): the hooks then do nothing.
 
 Several batches run as one *wave*: each in its own thread, the threads in lockstep at every hook (a barrier),
 so each module's weights are read once per wave rather than once per batch, while every batch keeps its own
@@ -28,10 +29,12 @@ from typing import TypeVar
 
 import torch
 
-from cocktail_bot.checkpoint import Checkpoint
+from cocktail_bot.checkpoint import Checkpoint, open_checkpoint
 from cocktail_bot.errors import CocktailError
+from cocktail_bot.remote import HubModel
 
 MISMATCH = "example-based weights need models of one architecture"
+Model = Path | HubModel  # a local folder, or a Hub model whose weights are read by range
 T = TypeVar("T")
 
 
@@ -102,9 +105,10 @@ def checkpoint_key(name: str, names: Mapping[str, object] | set[str], prefix: st
 class StreamedWeights:
     """Hooks that fill a meta-parameter module from one checkpoint at a time (see the module docstring)."""
 
-    def __init__(self, network: torch.nn.Module, device: torch.device) -> None:
+    def __init__(self, network: torch.nn.Module, device: torch.device, *, resident: bool = False) -> None:
         self.network = network
         self.device = device
+        self.resident = resident  # every weight read once per bound model and kept: the hooks do nothing
         self.prefix = getattr(network, "base_model_prefix", "") or ""
         self.checkpoint: Checkpoint | None = None
         self.wave: Wave | None = None
@@ -140,23 +144,25 @@ class StreamedWeights:
                 module._parameters[name] = meta
 
     @contextmanager
-    def bound(self, folder: Path, *, first: Path) -> Iterator[None]:
-        """Point the hooks at ``folder``'s checkpoint, after checking every parameter has a tensor there.
+    def bound(self, folder: Model, *, first: Model) -> Iterator[None]:
+        """Point the hooks at ``folder``'s checkpoint (a local folder, or a Hub model read by range), after checking every parameter has a tensor there.
 
         For the first model a parameter without a tensor means the model cannot be streamed
         (:class:`NotStreamable`); for the others it means the models differ (``CocktailError``).
         """
-        with Checkpoint(folder) as checkpoint:
+        with open_checkpoint(folder) as checkpoint:
             self.sources = self._map(checkpoint, folder, first)
             self._load_buffers(checkpoint)
             self.checkpoint = checkpoint
             try:
+                if self.resident:
+                    self._load_all()
                 yield
             finally:
                 self.checkpoint = None
                 self.drop()
 
-    def _map(self, checkpoint: Checkpoint, folder: Path, first: Path) -> dict[str, str]:
+    def _map(self, checkpoint: Checkpoint, folder: Model, first: Model) -> dict[str, str]:
         names = set(checkpoint.names)
         sources = {}
         for name, param in sorted(self.network.named_parameters(remove_duplicate=False)):
@@ -188,6 +194,19 @@ class StreamedWeights:
             key = checkpoint_key(name, names, self.prefix) if name in persistent else None
             if key is not None and checkpoint.info(key).shape == tuple(buffer.shape):
                 buffer.copy_(checkpoint.read(key))
+
+    def _load_all(self) -> None:
+        """Every parameter read once onto the device (tied ones share one tensor, as in the module)."""
+        assert self.checkpoint is not None
+        loaded: dict[int, torch.nn.Parameter] = {}
+        for module, own in self.owned:
+            for name, qualified, meta in own:
+                if id(meta) not in loaded:
+                    value = self.checkpoint.read(self.sources[qualified])
+                    loaded[id(meta)] = torch.nn.Parameter(
+                        value.to(device=self.device, dtype=meta.dtype), requires_grad=False
+                    )
+                module._parameters[name] = loaded[id(meta)]
 
     def together(self, tasks: Sequence[Callable[[], T]]) -> list[T]:
         """Run ``tasks`` (each one or more forward passes) as one wave: each weight read once for all."""
@@ -225,7 +244,8 @@ class StreamedWeights:
                 )
 
         def load(module: torch.nn.Module, args) -> None:
-            self._event(("load", id(module)), lambda: read(module))
+            if not self.resident:
+                self._event(("load", id(module)), lambda: read(module))
 
         return load
 
@@ -235,7 +255,8 @@ class StreamedWeights:
                 module._parameters[name] = meta
 
         def unload(module: torch.nn.Module, args, output) -> None:
-            self._event(("unload", id(module)), lambda: drop(module))
+            if not self.resident:
+                self._event(("unload", id(module)), lambda: drop(module))
 
         return unload
 

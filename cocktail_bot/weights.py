@@ -15,10 +15,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.examples import load_examples
 from cocktail_bot.model_types import ModelType
+
+if TYPE_CHECKING:
+    from cocktail_bot.remote import HubModel
 
 DEFAULT_SEED = 0
 DECIMALS = 4  # of losses and example-based weights: the same examples give the same weights on any CPU
@@ -61,7 +65,7 @@ def rounded_weights(losses: Sequence[float], temperature: float) -> list[float]:
 
 
 def compute_weights(
-    models: Sequence[str | Path],
+    models: Sequence[str | Path | HubModel],
     model_type: ModelType | str,
     examples: str | Path | Sequence[Mapping],
     temperature: float = 5.0,
@@ -74,7 +78,8 @@ def compute_weights(
     labels: Sequence[str] | None = None,
     dtype: str = "auto",
 ) -> WeightsResult:
-    """Losses of each model (local folders of one architecture) on ``examples`` and the weights they give.
+    """Losses of each model (local folders or Hub models read in place, one architecture) on ``examples``
+    and the weights they give.
 
     ``examples`` is an example file (JSON list or JSONL) or the records themselves; ``labels`` name the models
     in logs and messages (default: their paths). Negatives are sampled with

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
@@ -95,12 +96,30 @@ def compose(text: str) -> tuple[yaml.Node | None, list[Problem]]:
     try:
         root_node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        line = mark.line + 1 if mark else 1
-        return None, [Problem(line, "(yaml)", f"{error.problem or error.context}; fix the YAML syntax")]
+        return None, [_marked(error, "fix the YAML syntax")]
     except yaml.YAMLError as error:
         return None, [Problem(1, "(yaml)", str(error))]
     if root_node is None:
         return None, [Problem(1, "(manifest)", "the manifest is empty: start with 'version: 1'")]
     problems = list(node_problems(root_node))
     return (None, problems) if problems else (root_node, [])
+
+
+def load(text: str) -> tuple[yaml.Node | None, Any, list[Problem]]:
+    """The node tree of ``text`` and the data it holds, parsed once (safe loader), or the problems that stop it
+    from being read: :func:`compose`'s, and a tag the safe loader has no type for (``!foo``)."""
+    root_node, problems = compose(text)
+    if root_node is None:
+        return None, None, problems
+    loader = yaml.SafeLoader("")
+    try:
+        return root_node, loader.construct_document(root_node), []
+    except yaml.MarkedYAMLError as error:
+        return None, None, [_marked(error, "write plain YAML values, without tags")]
+    finally:
+        loader.dispose()
+
+
+def _marked(error: yaml.MarkedYAMLError, fix: str) -> Problem:
+    mark = error.problem_mark or error.context_mark
+    return Problem(mark.line + 1 if mark else 1, "(yaml)", f"{error.problem or error.context}; {fix}")

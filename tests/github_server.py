@@ -18,7 +18,8 @@ bot and the ``/cocktail`` commands: ``GET|POST R/pulls`` (``state``, ``head``, `
 request's head branch must exist in the repository's git folder, given with ``add_repo(git_dir=...)``, and one
 open pull request per head, as GitHub's 422s say), ``PATCH R/pulls/{n}``,
 ``GET R/collaborators/{user}/permission`` (``set_permission``; "read" for anyone else, as on a public repo)
-and ``POST R/issues/comments/{id}/reactions``.
+and ``POST R/issues/comments/{id}/reactions``; ``GET R/compare/BASE...HEAD`` (status ahead/behind/identical/
+diverged, from the git folder).
 
 ``parse_outputs`` reads a ``GITHUB_OUTPUT`` file as the runner does, for tests of the step outputs.
 """
@@ -162,23 +163,21 @@ class GitHubServer:
 
     def branch_sha(self, repo: str, branch: str) -> str | None:
         """The commit a branch points at in the repo's git folder (None: no such branch, or no folder)."""
+        return self.commit_sha(repo, f"refs/heads/{branch}")
+
+    def commit_sha(self, repo: str, revision: str) -> str | None:
+        """A revision (ref, sha or sha prefix) of the repo's git folder as a full commit sha (None: unknown)."""
+        done = self.git(repo, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
+        if done is None:
+            return None
+        return done.stdout.strip() or None
+
+    def git(self, repo: str, *args: str) -> subprocess.CompletedProcess[str] | None:
+        """``git ARGS`` in the repo's git folder (None: the repo has none)."""
         git_dir = self.state.repos.get(repo, {}).get("git_dir")
         if git_dir is None:
             return None
-        done = subprocess.run(
-            [
-                "git",
-                "--git-dir",
-                git_dir,
-                "rev-parse",
-                "--verify",
-                "--quiet",
-                f"refs/heads/{branch}^{{commit}}",
-            ],
-            capture_output=True,
-            text=True,
-        )
-        return done.stdout.strip() or None
+        return subprocess.run(["git", "--git-dir", git_dir, *args], capture_output=True, text=True)
 
     def add_pull(
         self,
@@ -530,6 +529,35 @@ def _handler_for(server: GitHubServer) -> type[BaseHTTPRequestHandler]:
             state.reactions.append((repo, int(comment_id), user["login"], content))
             self._send(201, {"id": len(state.reactions), "content": content, "user": self._user_json(user)})
 
+        def compare(self, token, user, query, body, repo, base, head) -> None:
+            """``GET R/compare/BASE...HEAD`` from the repo's git folder: how HEAD stands to BASE."""
+            shas = [server.commit_sha(repo, revision) for revision in (base, head)]
+            if None in shas:
+                return self._error(404, "Not Found")
+            counted = server.git(repo, "rev-list", "--left-right", "--count", f"{shas[0]}...{shas[1]}")
+            merge_base = server.git(repo, "merge-base", shas[0], shas[1])
+            assert counted is not None and merge_base is not None
+            behind, ahead = (int(n) for n in counted.stdout.split())
+            status = {(0, 0): "identical", (1, 0): "ahead", (0, 1): "behind"}.get(
+                (min(ahead, 1), min(behind, 1)), "diverged"
+            )
+            url = f"{server.url}/repos/{repo}/compare/{base}...{head}"
+            self._send(
+                200,
+                {
+                    "url": url,
+                    "html_url": f"{server.html_url}/{repo}/compare/{base}...{head}",
+                    "status": status,
+                    "ahead_by": ahead,
+                    "behind_by": behind,
+                    "total_commits": ahead,
+                    "base_commit": {"sha": shas[0]},
+                    "merge_base_commit": {"sha": merge_base.stdout.strip()},
+                    "commits": [],
+                    "files": [],
+                },
+            )
+
     repo = r"/repos/([^/]+/[^/]+)"
     ROUTES = [
         (r"/user", "GET", Handler.get_user),
@@ -546,6 +574,7 @@ def _handler_for(server: GitHubServer) -> type[BaseHTTPRequestHandler]:
         (repo + r"/pulls/(\d+)", "PATCH", Handler.edit_pull),
         (repo + r"/collaborators/([^/]+)/permission", "GET", Handler.get_permission),
         (repo + r"/issues/comments/(\d+)/reactions", "POST", Handler.create_reaction),
+        (repo + r"/compare/([^/]+?)\.\.\.([^/]+)", "GET", Handler.compare),
     ]
     return Handler
 

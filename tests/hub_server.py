@@ -14,7 +14,9 @@ Errors carry the ``X-Error-Code`` / ``X-Error-Message`` headers the client maps 
 get 403), another user's write token and tokens minted by the OIDC exchange (``POST /oauth/token``). Private
 repos need a token of their namespace. ``fail(route, status, times)`` makes the next requests of a route fail
 (status 0 drops the connection); ``cut(route, at)`` drops it when a file's bytes being sent reach byte ``at``.
-Hugging Face Jobs (``/api/jobs/...``) live in ``tests/hub_jobs.py``.
+Hugging Face Jobs (``/api/jobs/...``) live in ``tests/hub_jobs.py``. A revision's history
+(``list_repo_commits``); LFS objects listed (``list_lfs_files``) and permanently deleted from every commit
+(``permanently_delete_lfs_files``, history rewritten).
 
 File reads answer like the Hub's resolve endpoint: LFS files redirect (302, with ``X-Linked-Size``,
 ``X-Linked-Etag`` and ``X-Repo-Commit``) to a second, CDN-like origin on another port, which serves the bytes;
@@ -521,6 +523,12 @@ def _route(method: str, parts: list[str]) -> tuple[str, str | None, dict[str, st
             return "tree", repo_id, {"revision": rest[1], "path": "/".join(rest[2:])}
         if kind == "refs":
             return "refs", repo_id, {}
+        if kind == "commits" and len(rest) == 2:
+            return "commits", repo_id, {"revision": rest[1]}
+        if rest == ["lfs-files"]:
+            return "lfs_files", repo_id, {}
+        if rest == ["lfs-files", "batch"]:
+            return "lfs_files_delete", repo_id, {}
         if kind in ("branch", "preupload", "commit") and len(rest) == 2:
             return kind, repo_id, {"revision": rest[1]}
         if kind == "discussions" and len(rest) == 1:
@@ -1011,6 +1019,72 @@ class _Handler(hub_jobs.JobRoutes, BaseHTTPRequestHandler):
                 "pullRequestUrl": pr_url,
             }
         )
+
+    def _commits(self, *, repo_id: str, params: dict, token: str | None, **_: Any) -> None:
+        """A revision's history, newest first (one page: no Link header)."""
+        repo = self._readable(repo_id, token)
+        sha = repo.resolve(params["revision"])
+        if sha is None:
+            raise HubError(404, f"Invalid rev id: {params['revision']}", "RevisionNotFound")
+        history = []
+        while sha is not None:
+            commit = repo.commits[sha]
+            history.append(
+                {
+                    "id": sha,
+                    "title": commit.title,
+                    "message": commit.description,
+                    "authors": [{"user": commit.author}],
+                    "date": _iso_now(),
+                }
+            )
+            sha = commit.parent
+        self._json(history)
+
+    def _lfs_files(self, *, repo_id: str, token: str | None, **_: Any) -> None:
+        """The repo's LFS objects, each once, from every commit (one page: no Link header)."""
+        repo = self._writable(repo_id, token)
+        found: dict[str, dict[str, Any]] = {}
+        for commit in repo.commits.values():
+            for path, entry in commit.files.items():
+                if entry.lfs:
+                    found.setdefault(
+                        entry.sha256,
+                        {
+                            "fileOid": entry.sha256,
+                            "oid": entry.blob_id,
+                            "filename": path,
+                            "size": entry.size,
+                            "pushedAt": _iso_now(),
+                        },
+                    )
+        self._json(list(found.values()))
+
+    def _lfs_files_delete(self, *, repo_id: str, body: bytes, token: str | None, **_: Any) -> None:
+        """Permanently delete LFS objects: every commit of the repo loses the files holding them (history
+        rewritten), and the bytes go unless another repo still holds them."""
+        repo = self._writable(repo_id, token)
+        deletions = json.loads(body)["deletions"]
+        if not deletions.get("rewriteHistory", True):
+            raise HubError(400, "the test Hub only deletes LFS files with rewriteHistory")
+        gone = set(deletions["sha"])
+        with self.hub._lock:
+            for commit in repo.commits.values():
+                commit.files = {
+                    path: entry
+                    for path, entry in commit.files.items()
+                    if not (entry.lfs and entry.sha256 in gone)
+                }
+            held = {
+                entry.sha256
+                for other in self.hub.repos.values()
+                for commit in other.commits.values()
+                for entry in commit.files.values()
+                if entry.lfs
+            }
+            for oid in gone - held:
+                self.hub.lfs_objects.pop(oid, None)
+        self._json({"success": True})
 
     def _lfs_batch(self, *, repo_id: str, body: bytes, token: str | None, **_: Any) -> None:
         self._writable(repo_id, token)

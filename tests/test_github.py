@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import urllib.request
 
 import pytest
@@ -153,6 +154,34 @@ def test_pull_head_sha(github_server, pull):
         RemoteError, match=rf"^GitHub could not find pull request {GITHUB_REPOSITORY}#8 \(404\)$"
     ):
         github.pull_head_sha(client, GITHUB_REPOSITORY, 8)
+
+
+def test_is_behind_compares_two_commits_of_one_line(github_server, tmp_path):
+    """Older is behind newer; newer, the same commit, a side branch or a commit GitHub does not know is not."""
+    origin = tmp_path / "origin"
+    identity = ["-c", "user.name=Dev", "-c", "user.email=dev@example.com"]
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *identity, "-C", str(origin), *args], capture_output=True, text=True)
+        return done.stdout.strip()
+
+    subprocess.run(["git", "init", "-q", "-b", "main", str(origin)], check=True)
+    shas = []
+    for message in ("older", "newer"):
+        git("commit", "-q", "--allow-empty", "-m", message)
+        shas.append(git("rev-parse", "HEAD"))
+    git("checkout", "-q", "-b", "side", shas[0])
+    git("commit", "-q", "--allow-empty", "-m", "side")
+    side = git("rev-parse", "HEAD")
+    github_server.add_repo(GITHUB_REPOSITORY, git_dir=str(origin / ".git"))
+    client = client_for(github_server)
+    older, newer = shas
+    assert github.is_behind(client, GITHUB_REPOSITORY, older, newer)
+    assert github.is_behind(client, GITHUB_REPOSITORY, older, newer[:12])  # as a Hub commit title names it
+    assert not github.is_behind(client, GITHUB_REPOSITORY, newer, older)
+    assert not github.is_behind(client, GITHUB_REPOSITORY, newer, newer)
+    assert not github.is_behind(client, GITHUB_REPOSITORY, side, newer)  # diverged
+    assert not github.is_behind(client, GITHUB_REPOSITORY, newer, "0" * 40)  # rewritten history: unknown
 
 
 def test_server_requires_a_token_and_pages_with_link_headers(github_server, pull):

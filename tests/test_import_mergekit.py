@@ -161,6 +161,10 @@ def test_linear_weights_are_divided_as_mergekit_normalizes_them():
                 "tensors no filter matches: add e.g. {value: 0.5}"
             ],
         ),
+        (
+            "models:\n  - model: a/b\nmerge_method: !python/name:os.system ties\n",
+            ["3: (yaml): could not determine a constructor for the tag '!python/name:os.system'"],
+        ),
     ],
     ids=[
         "slices-passthrough",
@@ -172,6 +176,7 @@ def test_linear_weights_are_divided_as_mergekit_normalizes_them():
         "no-weight",
         "per-layer-linear-weight",
         "weight-without-fallback",
+        "yaml-tag",
     ],
 )
 def test_what_cocktail_bot_does_not_do_is_refused_by_name_with_its_line(config, expected):

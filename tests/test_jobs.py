@@ -20,16 +20,17 @@ import pytest
 from cocktail_bot.errors import CocktailError, RemoteError
 from cocktail_bot.jobs import results as job_results
 from cocktail_bot.jobs.bundle import JobSpec, build_bundle
-from cocktail_bot.jobs.client import JobClient, bootstrap_command, job_labels
+from cocktail_bot.jobs.client import STAGING_REPO, JobClient, bootstrap_command, job_labels
 from cocktail_bot.jobs.offload import run_on_hf_jobs
 from cocktail_bot.jobs.settings import parse_on
 from cocktail_bot.lock import LOCK_NAME
 from cocktail_bot.manifest import load_manifest
 from cocktail_bot.manifest_schema import HfJobsSettings
-from cocktail_bot.pipeline import run_manifest
+from cocktail_bot.pipeline import output_location, run_manifest
 from cocktail_bot.report import Provenance, Report
 from tests.conftest import GITHUB_REPOSITORY
 from tests.hub_server import ORG, USER, Token
+from tests.mounts import run_mounted
 
 OUTPUT_REPO = f"{ORG}/offloaded"
 JOB_TOKEN = "hf_test_job_secret_0123456789"  # the job's token: must never show outside the job's secrets
@@ -101,6 +102,17 @@ def comparable(report: Report) -> dict:
     return data
 
 
+def assert_bundles_deleted(hub) -> None:
+    """The staging repo holds no bundle at any commit (history rewritten), and the test Hub no LFS bytes of
+    one: the caller's inputs are gone once the job has ended."""
+    staging = hub.repos[f"{USER}/{STAGING_REPO}"]
+    kept = {
+        path for commit in staging.commits.values() for path in commit.files if path.startswith("bundles/")
+    }
+    assert not kept
+    assert not any(data[:2] == b"PK" for data in hub.lfs_objects.values())
+
+
 def without_build_time(card: str) -> str:
     return "\n".join(line for line in card.splitlines() if not line.startswith("- Built by cocktail-bot"))
 
@@ -147,6 +159,12 @@ def test_offloaded_run_publishes_and_brings_back_what_a_local_run_leaves(
     assert job.spec["labels"]["cocktail-manifest"] == load_manifest(checkout).sha256
     assert job.spec["labels"]["repository"] == "acme-recipes" and job.spec["labels"]["pr"] == "7"
     assert job.spec["labels"]["run-id"] == "4242"
+    # the job published without a local copy of the model (as `cocktail run --publish` without --out)
+    sent = job_results.read_results([line for _, line in job.logs])
+    assert sent is not None
+    sent_report = Report.model_validate_json(sent.files["report.json"])
+    assert sent_report.output.path == output_location(None, load_manifest(checkout))
+    assert_bundles_deleted(jobs_hub)
     logged = capfd.readouterr().err
     assert "cocktail-bot job: running cocktail.yml" in logged
     assert job_results.BEGIN not in logged
@@ -173,6 +191,7 @@ def test_a_failing_job_gives_one_message_and_keeps_the_lock(jobs_hub, checkout: 
     report = Report.model_validate_json((tmp_path / "out" / "report.json").read_text())
     assert report.status == "failure" and "403" in report.error
     assert OUTPUT_REPO not in jobs_hub.repos
+    assert_bundles_deleted(jobs_hub)
 
 
 def test_a_job_that_dies_or_times_out_says_so(jobs_hub, checkout: Path, tmp_path: Path) -> None:
@@ -185,6 +204,7 @@ def test_a_job_that_dies_or_times_out_says_so(jobs_hub, checkout: Path, tmp_path
     with pytest.raises(CocktailError, match=r"ran out of time \(1s\).*raise runner.hf_jobs.timeout"):
         run_on_hf_jobs(checkout, tmp_path / "out", publish=True, token=jobs_hub.write_token)
     assert not (tmp_path / "out").exists()
+    assert_bundles_deleted(jobs_hub)
 
 
 def test_a_job_cancelled_on_the_hub_says_so(jobs_hub, checkout: Path, tmp_path: Path) -> None:
@@ -210,6 +230,7 @@ def test_a_job_cancelled_on_the_hub_says_so(jobs_hub, checkout: Path, tmp_path: 
         == f"the Hugging Face job {jobs_hub.endpoint}/jobs/{USER}/{job.id} was cancelled before it finished"
     )
     assert outcome[0].exit_code == 1 and not (tmp_path / "out").exists()
+    assert_bundles_deleted(jobs_hub)
 
 
 def test_offloading_needs_publishing_and_hub_sources(jobs_hub, checkout: Path, tmp_path: Path) -> None:
@@ -246,7 +267,9 @@ def test_a_resubmission_follows_the_job_already_running(jobs_hub, checkout: Path
     )
     assert list(jobs_hub.jobs.jobs) == [first.id]
     assert report.publish is not None and report.publish.repo_id == OUTPUT_REPO
-    assert len(jobs_hub.seen("commit", "POST")) == 2  # the bundle, and the model: nothing published twice
+    # the bundle, the model (nothing published twice), the bundle's deletion
+    assert len(jobs_hub.seen("commit", "POST")) == 3
+    assert_bundles_deleted(jobs_hub)
 
 
 def test_sigterm_on_the_caller_cancels_the_job(jobs_hub, checkout: Path, tmp_path: Path) -> None:
@@ -277,6 +300,7 @@ def test_sigterm_on_the_caller_cancels_the_job(jobs_hub, checkout: Path, tmp_pat
     assert f"cancelled the Hugging Face job {jobs_hub.endpoint}/jobs/{USER}/{job.id}" in rest
     assert jobs_hub.write_token not in "".join(seen) + rest
     assert not (tmp_path / "out").exists()
+    assert_bundles_deleted(jobs_hub)
 
 
 def test_manifest_runner_settings_are_checked(checkout: Path) -> None:
@@ -300,11 +324,12 @@ def test_manifest_runner_settings_are_checked(checkout: Path) -> None:
 
 def test_on_parses_where_and_flavor() -> None:
     assert parse_on("local") == ("local", None)
+    assert parse_on("auto") == ("auto", None)
     assert parse_on("hf-jobs") == ("hf-jobs", None)
     assert parse_on("hf-jobs:a100-large") == ("hf-jobs", "a100-large")
     with pytest.raises(CocktailError, match="did you mean 'a100-large'"):
         parse_on("hf-jobs:a100-larg")
-    with pytest.raises(CocktailError, match="expected local, hf-jobs or hf-jobs:FLAVOR"):
+    with pytest.raises(CocktailError, match="expected local, auto, hf-jobs or hf-jobs:FLAVOR"):
         parse_on("aws")
 
 
@@ -371,7 +396,10 @@ def test_the_action_offloads_and_reports_as_a_local_run(
         assert jobs_hub.write_token not in text
 
 
-def test_where_the_action_runs(checkout: Path, tmp_path: Path) -> None:
+def test_where_a_run_happens(
+    jobs_hub, checkout: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """local, hf-jobs and auto; auto asks the preflight (this machine has room for a tiny merge) and logs why."""
     from cocktail_bot.jobs import offload
 
     def choose_runner(runner: str, checkout: Path, **kwargs: bool) -> str:
@@ -382,7 +410,10 @@ def test_where_the_action_runs(checkout: Path, tmp_path: Path) -> None:
     assert choose_runner("hf-jobs", checkout, publishing=True, fork=True) == "local"  # forks: no secrets
     with pytest.raises(CocktailError, match="builds without publishing"):
         choose_runner("hf-jobs", checkout, publishing=False, fork=False)
-    assert choose_runner("auto", checkout, publishing=True, fork=False) == "local"
+    with caplog.at_level("INFO", logger="cocktail_bot.jobs.offload"):
+        assert choose_runner("auto", checkout, publishing=True, fork=False) == "local"
+    assert "runner auto: the run fits this machine: disk on " in caplog.text
+    assert "(Hugging Face cache, output): needs ~" in caplog.text and "so it runs here" in caplog.text
     checkout.write_text(MANIFEST + "merge: {device: cuda}\n")
     import torch
 
@@ -390,3 +421,35 @@ def test_where_the_action_runs(checkout: Path, tmp_path: Path) -> None:
     assert choose_runner("auto", checkout, publishing=True, fork=False) == expected
     assert choose_runner("auto", checkout, publishing=True, fork=True) == "local"
     assert choose_runner("auto", checkout, publishing=False, fork=False) == "local"
+    local = checkout.parent / "models" / "a"
+    local.mkdir(parents=True)
+    (local / "model.safetensors").write_bytes(jobs_hub.files(f"{ORG}/llama-a")["model.safetensors"])
+    checkout.write_text(MANIFEST.replace(f"{ORG}/llama-a", "./models/a") + "merge: {device: cuda}\n")
+    with caplog.at_level("INFO", logger="cocktail_bot.jobs.offload"):
+        assert choose_runner("auto", checkout, publishing=True, fork=False) == "local"
+    assert (
+        "runner auto: the run merges local folders (./models/a), which a Hugging Face job cannot read, "
+        "so it runs here" in caplog.text
+    )
+
+
+def test_auto_offloads_a_run_that_does_not_fit_here(
+    jobs_hub, checkout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cocktail run --on auto` with --out on a 64 kB filesystem: the preflight finds too little disk, so the
+    run goes to Hugging Face Jobs, which publishes it; the card, lock and report come back into --out."""
+    small = tmp_path / "small"
+    small.mkdir()
+    monkeypatch.setenv("HF_TOKEN", jobs_hub.write_token)
+    monkeypatch.setenv("COCKTAIL_JOB_TOKEN", JOB_TOKEN)
+    run = [sys.executable, "-m", "cocktail_bot", "run", str(checkout), "--out", str(small / "out")]
+    done = run_mounted([*run, "--publish", "--on", "auto"], tmpfs={small: "64k"}, cwd=checkout.parent)
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"runner auto: the run goes to Hugging Face Jobs: this run does not fit this machine: disk on {small}"
+        in done.stderr
+    )
+    (job,) = jobs_hub.jobs.jobs.values()
+    assert job.stage == "COMPLETED" and job.spec["flavor"] == "cpu-basic"
+    assert f"built tiny-offloaded in {small / 'out'}" in done.stdout
+    assert "model.safetensors" in jobs_hub.files(OUTPUT_REPO)

@@ -303,6 +303,14 @@ BAD = [
         ["5: (yaml): expected ',' or ']', but got '<stream end>'; fix the YAML syntax"],
         id="yaml-syntax",
     ),
+    pytest.param(
+        HEADER + "models: [org/a]\nweights: !custom uniform\n",
+        [
+            "5: (yaml): could not determine a constructor for the tag '!custom'; write plain YAML values, "
+            "without tags"
+        ],
+        id="yaml-tag",
+    ),
     pytest.param("", ["1: (manifest): the manifest is empty: start with 'version: 1'"], id="empty"),
     pytest.param(
         "- a\n- b\n",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -354,6 +356,16 @@ def test_a_recipe_with_per_model_and_per_layer_values_runs_and_records_them(deep
               parameters: {density: [{filter: mlp, value: 0.4}, {value: 0.6}], lambda: [1.2, 0.7]}
             """
         )
+    )
+    plan = subprocess.run(
+        [sys.executable, "-m", "cocktail_bot", "plan", str(manifest)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert (
+        "     parameters density=[mlp: 0.4, 0.6], lambda=[1.2, 0.7]; ./models/m1: density=[0.9, 0.2]\n"
+        in plan.stdout
     )
     run_manifest(manifest, tmp_path / "out", progress=False)
     lock = json.loads((repo / "cocktail.lock").read_text())

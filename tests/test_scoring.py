@@ -60,6 +60,17 @@ def test_tied_embedding_decoder_streamed_equals_whole(tied_llamas) -> None:
     assert_streamed_equals_whole(tied_llamas, "decoder", DECODER_SETS, batch_size=3)
 
 
+@pytest.mark.parametrize("kind", ["decoder", "tied", "encoder"])
+def test_resident_equals_streamed_exactly(kind, tiny_llamas, tied_llamas, trained_encoders) -> None:
+    """The GPU fast path: the same module with every weight read once and kept (run here on the CPU)."""
+    folders, model_type, sets = {
+        "decoder": (tiny_llamas, "decoder", DECODER_SETS),
+        "tied": (tied_llamas, "decoder", DECODER_SETS),
+        "encoder": (list(trained_encoders.values()), "encoder", RETRIEVAL_SETS),
+    }[kind]
+    assert losses(folders, model_type, sets, "resident") == losses(folders, model_type, sets, "streamed")
+
+
 def test_sharded_and_bf16_decoders_streamed_equal_whole(tiny_llama_sharded, tiny_llama_bf16, tiny_llamas):
     assert_streamed_equals_whole(
         [tiny_llama_sharded, tiny_llama_bf16, tiny_llamas[0]], "decoder", DECODER_SETS

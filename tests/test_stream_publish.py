@@ -5,6 +5,7 @@ mid-upload) leave the target revision as it was and say what happened."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -17,9 +18,11 @@ import torch
 
 from cocktail_bot import engine, hub_access
 from cocktail_bot.errors import CocktailError, RemoteError
+from cocktail_bot.lock import read_lock
 from cocktail_bot.pipeline import run_manifest
+from cocktail_bot.weights import compute_weights
 from tests.mounts import cocktail, require_mounts, run_mounted
-from tools import tiny_models
+from tools import tiny_models, tiny_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "cocktail/merged"
@@ -34,6 +37,16 @@ models:
   - {{id: cocktail/src-0, weight: {WEIGHTS[0]}}}
   - {{id: cocktail/src-1, weight: {WEIGHTS[1]}}}
   - {{id: cocktail/src-2, weight: {WEIGHTS[2]}}}
+merge: {{shard_size: {SHARD}}}
+output: {{repo: {TARGET}, license: apache-2.0}}
+"""
+
+SCORED_RECIPE = f"""\
+version: 1
+name: streamed-scored
+type: decoder
+models: [cocktail/src-0, cocktail/src-1, cocktail/src-2]
+weights: {{examples: examples.json}}
 merge: {{shard_size: {SHARD}}}
 output: {{repo: {TARGET}, license: apache-2.0}}
 """
@@ -215,8 +228,8 @@ def child_env(hub_server, home: Path) -> dict[str, str]:
     }
 
 
-def test_sigterm_mid_upload_leaves_the_target_unchanged(hub_server, recipe: Path, tmp_path: Path):
-    head = hub_server.head(TARGET)
+def terminate_mid_upload(hub_server, recipe: Path, tmp_path: Path) -> str:
+    """Run the recipe in a child, SIGTERM it during its first shard's upload; its stderr."""
     hub_server.bandwidth_up = 400_000  # a 1 MB shard takes 2.5 s to upload
     home = tmp_path / "home"
     (home / "tmp").mkdir(parents=True)
@@ -230,8 +243,20 @@ def test_sigterm_mid_upload_leaves_the_target_unchanged(hub_server, recipe: Path
     _, err = child.communicate(timeout=60)
     assert child.returncode == 128 + signal.SIGTERM, err
     assert "terminated" in err.lower() or "sigterm" in err.lower(), err
-    assert_unchanged(hub_server, head)
     assert not list((home / "tmp").iterdir())  # the work folder went with it
+    return err
+
+
+def test_sigterm_mid_upload_leaves_the_target_unchanged(hub_server, recipe: Path, tmp_path: Path):
+    head = hub_server.head(TARGET)
+    terminate_mid_upload(hub_server, recipe, tmp_path)
+    assert_unchanged(hub_server, head)
+
+
+def test_sigterm_mid_upload_to_a_new_repo_leaves_no_repo_behind(hub_server, new_target: Path, tmp_path: Path):
+    terminate_mid_upload(hub_server, new_target, tmp_path)
+    assert hub_server.seen("create_repo")
+    assert NEW_TARGET not in hub_server.repos
 
 
 def test_a_hub_to_hub_merge_fits_a_disk_smaller_than_one_source(
@@ -257,6 +282,30 @@ def test_a_hub_to_hub_merge_fits_a_disk_smaller_than_one_source(
     )
     assert done.returncode == 0, done.stderr
     assert published_model(hub_server).items() >= local_merge.items()
+
+
+def test_example_weights_from_hub_sources_fit_a_disk_smaller_than_one_source(
+    hub_server, recipe: Path, wide_llamas: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Scoring reads the sources by range too: weights from examples, then the merge, on the 3 MB tmpfs."""
+    require_mounts()
+    examples = tiny_tasks.make_examples("sentiment", 4, seed=3)
+    (recipe.parent / "examples.json").write_text(json.dumps(examples))
+    recipe.write_text(SCORED_RECIPE)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    home = disk / "home"
+    for variable, value in child_env(hub_server, home).items():
+        monkeypatch.setenv(variable, value)
+    done = run_mounted(
+        ["sh", "-c", 'mkdir -p "$0/tmp" "$0/work" && cd "$0/work" && exec "$@"', str(home)]
+        + cocktail("run", str(recipe), "--publish"),
+        tmpfs={disk: "3m"},
+    )
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "cocktail.lock").write_bytes(hub_server.files(TARGET)["cocktail.lock"])
+    local = compute_weights(wide_llamas, "decoder", examples, progress=False, device="cpu")
+    assert read_lock(tmp_path / "cocktail.lock").steps[0].weights == local.weights
 
 
 def test_no_out_needs_publish(hub_server, recipe: Path):

@@ -109,3 +109,21 @@ def test_dtype_option_computes_the_losses_in_bfloat16(trained_decoders, sentimen
     with pytest.raises(SystemExit) as caught:
         main([*args, "--dtype", "int8"])
     assert caught.value.code == 2 and "invalid choice: 'int8'" in capsys.readouterr().err
+
+
+def test_hub_references_are_scored_by_range_as_local_folders(
+    hub_server, trained_decoders, sentiment_file, capsys
+) -> None:
+    from huggingface_hub import constants
+
+    names = ("base", "sentiment", "topic")
+    for name in names:
+        hub_server.commit_folder(f"cocktail/{name}", trained_decoders[name])
+    options = ["--type", "decoder", "--examples", str(sentiment_file), "--json"]
+    assert main(["weights", *(f"cocktail/{name}" for name in names), *options]) == 0
+    hub = json.loads(capsys.readouterr().out)
+    assert main(["weights", *(str(trained_decoders[name]) for name in names), *options]) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert (hub["losses"], hub["weights"]) == (local["losses"], local["weights"])
+    assert not list(Path(constants.HF_HOME).rglob("*.safetensors"))  # never downloaded
+    assert all(request.range for request in hub_server.seen("cdn"))

@@ -49,15 +49,23 @@ def register(subparsers) -> None:
         default="local",
         metavar="WHERE",
         help="local (default), or hf-jobs[:FLAVOR] to run on Hugging Face Jobs with runner.hf_jobs's settings "
-        "(needs --publish; the job publishes with COCKTAIL_JOB_TOKEN if set, else HF_TOKEN); see docs/jobs.md",
+        "(needs --publish; the job publishes with COCKTAIL_JOB_TOKEN if set, else HF_TOKEN), or auto: there "
+        "only when this machine cannot do the run (no GPU for device cuda, too little disk or memory); "
+        "see docs/jobs.md",
     )
     parser.set_defaults(handler=handle)
 
 
 def handle(args) -> int:
-    from cocktail_bot.jobs.settings import HF_JOBS, parse_on
+    from cocktail_bot.jobs.settings import AUTO, HF_JOBS, parse_on
 
     runner, flavor = parse_on(args.on)
+    if runner == AUTO:
+        from cocktail_bot.jobs.offload import choose_runner
+
+        runner = choose_runner(
+            AUTO, args.manifest, args.out, publishing=args.publish, fork=False, token=None, device=args.device
+        )
     common = {
         "locked": args.locked,
         "publish": args.publish,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from cocktail_bot.errors import RemoteError
+from cocktail_bot.errors import CocktailError, RemoteError
 from cocktail_bot.jobs.bundle import Bundle
 from cocktail_bot.report import Provenance
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STAGING_REPO = "cocktail-bot-jobs"  # private model repo in the job's namespace holding job bundles
+INPUTS_LABEL = "cocktail-inputs"  # the bundle's sha256: jobs with this label run from the same bundle
 ACTIVE_STAGES = ("SCHEDULING", "RUNNING")
 # The job's command: fetch the bundle with the job's token, install the pinned requirements, run the worker
 # from the bundle's own copy of cocktail-bot. Values come from the job's env, never from this text.
@@ -55,7 +56,7 @@ def label_value(text: str) -> str:
 
 def job_labels(bundle: Bundle, manifest_sha256: str, provenance: Provenance) -> dict[str, str]:
     """What makes a submission the same as an earlier one: its inputs, manifest, repository, PR and run."""
-    labels = {"cocktail-inputs": bundle.sha256, "cocktail-manifest": manifest_sha256}
+    labels = {INPUTS_LABEL: bundle.sha256, "cocktail-manifest": manifest_sha256}
     if provenance.repository:
         labels["repository"] = label_value(provenance.repository)
     if provenance.pr_number is not None:
@@ -98,18 +99,24 @@ class JobClient:
 
     def find_active(self, labels: dict[str, str]) -> JobInfo | None:
         """A scheduled or running job with these labels: a retried submission follows it instead."""
+        return next(iter(self.active(labels)), None)
+
+    def active(self, labels: dict[str, str]) -> list[JobInfo]:
+        """The scheduled and running jobs with these labels."""
         with jobs_errors("list jobs", self.namespace):
-            for job in self.api.list_jobs(
-                labels=labels, status=list(ACTIVE_STAGES), namespace=self.namespace
-            ):
-                return job
-        return None
+            return list(
+                self.api.list_jobs(labels=labels, status=list(ACTIVE_STAGES), namespace=self.namespace)
+            )
+
+    def bundle_location(self, bundle: Bundle) -> tuple[str, str]:
+        """(staging repo id, path in it) of a bundle: named by its content."""
+        return f"{self.namespace}/{STAGING_REPO}", f"bundles/{bundle.sha256}.zip"
 
     def stage(self, bundle: Bundle) -> tuple[str, str]:
-        """Upload the bundle (once per content) to the private staging repo; (repo id, path in it)."""
+        """Upload the bundle to the private staging repo (unless it is there); (repo id, path in it)."""
         from cocktail_bot.hub_access import hub_errors
 
-        repo_id, path = f"{self.namespace}/{STAGING_REPO}", f"bundles/{bundle.sha256}.zip"
+        repo_id, path = self.bundle_location(bundle)
         with hub_errors(repo_id, None, reading=False):
             self.api.create_repo(repo_id, private=True, exist_ok=True)
             if not self.api.file_exists(repo_id, path):
@@ -120,6 +127,27 @@ class JobClient:
                     commit_message=f"cocktail-bot job bundle {bundle.sha256[:12]}",
                 )
         return repo_id, path
+
+    def discard(self, bundle: Bundle, job: JobInfo) -> None:
+        """Delete the bundle (the caller's inputs) once ``job`` has ended or was cancelled, for good: the file,
+        and its LFS object from the repo's history. Kept while another job started from the same bundle is
+        still scheduled or running (that job's caller deletes it). A failure is a warning: the run is done."""
+        from cocktail_bot.hub_access import hub_errors
+
+        repo_id, path = self.bundle_location(bundle)
+        try:
+            if any(other.id != job.id for other in self.active({INPUTS_LABEL: bundle.sha256})):
+                return
+            with hub_errors(repo_id, None, reading=False):
+                if self.api.file_exists(repo_id, path):
+                    self.api.delete_file(
+                        path, repo_id, commit_message=f"cocktail-bot: job done, bundle {bundle.sha256[:12]}"
+                    )
+                stored = [item for item in self.api.list_lfs_files(repo_id) if item.file_oid == bundle.sha256]
+                if stored:
+                    self.api.permanently_delete_lfs_files(repo_id, stored)
+        except CocktailError as error:
+            logger.warning("could not delete the job's bundle %s from %s: %s", path, repo_id, error)
 
     def submit(
         self,

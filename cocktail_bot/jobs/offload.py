@@ -3,7 +3,7 @@ Hugging Face job, with the same result on this side: ``--out`` holds the card, l
 are on the Hub, where the job published them), the lock beside the manifest is written, and the Report
 returned is the job's.
 
-Also the choice the Action's ``runner: auto`` makes (:func:`offload_reason`).
+Also where a run happens (:func:`choose_runner`): ``runner: auto`` in the Action, ``--on auto``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from cocktail_bot.pipeline import (
     output_location,
     write_report,
 )
+from cocktail_bot.plan import can_run_here
 from cocktail_bot.recipe import Manifest
 from cocktail_bot.report import Provenance, Report
 
@@ -37,21 +38,35 @@ logger = logging.getLogger(__name__)
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
 
-def wants_cuda(manifest: Manifest) -> bool:
-    return any((step.merge.device or "").startswith("cuda") for step in manifest.steps)
+def wants_cuda(manifest: Manifest, device: str | None = None) -> bool:
+    """Whether the run puts tensors on a GPU: ``device`` (``--device``) if given, else a step's merge.device."""
+    devices = [device] if device else [step.merge.device for step in manifest.steps]
+    return any((name or "").startswith("cuda") for name in devices)
 
 
-def offload_reason(manifest_path: str | Path, out: str | Path | None, *, token: str | None) -> str | None:
-    """Why this machine cannot run the manifest into ``out``, so that ``runner: auto`` sends it to Hugging Face
-    Jobs; None if it can. (The place for the preflight's verdict on disk and memory, plan's ``can_run_here``,
-    once it lands: one call here.)"""
-    manifest = load_manifest(manifest_path)
-    if wants_cuda(manifest):
+def offload_reason(
+    manifest_path: str | Path,
+    out: str | Path | None,
+    *,
+    token: str | None,
+    device: str | None = None,
+    endpoint: str | None = None,
+) -> tuple[bool, str]:
+    """Whether ``runner: auto`` sends the run to Hugging Face Jobs, and why: a step (or ``device``) asks for
+    cuda and torch sees no GPU, or the preflight (plan's :func:`~cocktail_bot.plan.can_run_here`: disk per
+    filesystem, memory, GPU memory) finds this machine too small for the run into ``out`` (None: publishing
+    with no local copy). A run that merges local model folders stays here: a job cannot read them."""
+    manifest = load_manifest(manifest_path, outside_folders=True)
+    local = [source.label for source in manifest.external_sources() if source.kind == "local"]
+    if local:
+        return False, f"merges local folders ({', '.join(local)}), which a Hugging Face job cannot read"
+    if wants_cuda(manifest, device):
         import torch
 
         if not torch.cuda.is_available():
-            return "the manifest asks for device cuda and this machine has no GPU"
-    return None
+            return True, "the run asks for device cuda and this machine has no GPU"
+    fits, why = can_run_here(manifest_path, out, device=device, token=token, endpoint=endpoint)
+    return not fits, why
 
 
 def choose_runner(
@@ -62,23 +77,29 @@ def choose_runner(
     publishing: bool,
     fork: bool,
     token: str | None,
+    device: str | None = None,
 ) -> str:
-    """Where the Action runs (input ``runner``): hf-jobs only for runs that publish, never for a fork's pull
-    request (no secrets there); auto when :func:`offload_reason` finds one."""
+    """Where a run happens (the Action's input ``runner``, ``cocktail run --on``): hf-jobs only for runs that
+    publish, never for a fork's pull request (no secrets there); auto asks :func:`offload_reason` and logs
+    its answer."""
     if runner == LOCAL or fork:
         return LOCAL
-    if runner == HF_JOBS:
-        if not publishing:
+    if not publishing:
+        if runner == HF_JOBS:
             raise CocktailError(
                 "runner hf-jobs: this run builds without publishing, and a Hugging Face job hands its model "
-                "over through the Hub; use mode publish (or auto on a pull request or the default branch), "
-                "or runner local"
+                "over through the Hub; publish it (--publish; in the Action mode publish, or auto on a pull "
+                "request or the default branch), or run it locally"
             )
-        return HF_JOBS
-    reason = offload_reason(manifest_path, out, token=token) if publishing else None
-    if reason is None:
+        logger.info("runner auto: the run does not publish, so it runs here")
         return LOCAL
-    logger.info("runner auto: %s, so the run goes to Hugging Face Jobs", reason)
+    if runner == HF_JOBS:
+        return HF_JOBS
+    offload, why = offload_reason(manifest_path, out, token=token, device=device)
+    if not offload:
+        logger.info("runner auto: the run %s, so it runs here", why)
+        return LOCAL
+    logger.info("runner auto: the run goes to Hugging Face Jobs: %s", why)
     return HF_JOBS
 
 
@@ -144,7 +165,7 @@ def run_on_hf_jobs(
         hub_endpoint = _endpoint(endpoint)
         if hub_endpoint != DEFAULT_ENDPOINT:
             env["HF_ENDPOINT"] = hub_endpoint
-        chosen = flavor or settings.flavor or (GPU_FLAVOR if wants_cuda(manifest) else CPU_FLAVOR)
+        chosen = flavor or settings.flavor or (GPU_FLAVOR if wants_cuda(manifest, device) else CPU_FLAVOR)
         job = client.submit(
             image=settings.image,
             command=bootstrap_command(manifest.relative_path),
@@ -157,7 +178,12 @@ def run_on_hf_jobs(
         timeout = f", stopped after {settings.timeout}" if settings.timeout else ""
         logger.info("started Hugging Face job %s (%s%s)", job.url, chosen, timeout)
     reader = ResultsReader()
-    final = client.follow(job, lambda line: _show(line, reader))
+    try:
+        final = client.follow(job, lambda line: _show(line, reader))
+    except KeyboardInterrupt:  # follow cancelled the job
+        client.discard(bundle, job)
+        raise
+    client.discard(bundle, job)  # the job has ended: it needs its inputs no more
     results = reader.results or read_results(client.log_lines(final))
     _check_outcome(final, results, settings)
     assert results is not None

@@ -54,13 +54,13 @@ def check_flavor(flavor: str) -> str:
 
 
 def parse_on(value: str) -> tuple[str, str | None]:
-    """``--on local``, ``--on hf-jobs`` or ``--on hf-jobs:FLAVOR`` -> (where, flavor)."""
+    """``--on local``, ``--on auto``, ``--on hf-jobs`` or ``--on hf-jobs:FLAVOR`` -> (where, flavor)."""
     where, _, flavor = value.partition(":")
-    if where == LOCAL and not flavor:
-        return LOCAL, None
+    if where in (LOCAL, AUTO) and not flavor:
+        return where, None
     if where != HF_JOBS:
         raise CocktailError(
-            f"--on {value}: expected local, hf-jobs or hf-jobs:FLAVOR (e.g. hf-jobs:a100-large)"
+            f"--on {value}: expected local, auto, hf-jobs or hf-jobs:FLAVOR (e.g. hf-jobs:a100-large)"
         )
     if not flavor:
         return HF_JOBS, None

@@ -62,14 +62,14 @@ def register(subparsers) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from cocktail_bot.api import resolve_model_folders
+    from cocktail_bot.api import resolve_models
     from cocktail_bot.examples import load_examples
     from cocktail_bot.weights import compute_weights
 
     # a bad file fails before any model is downloaded
     examples = load_examples(args.examples, args.model_type)
     result = compute_weights(
-        resolve_model_folders(args.models),
+        resolve_models(args.models),  # Hub weights read by range, not downloaded
         args.model_type,
         examples,
         temperature=args.temperature,

@@ -4,6 +4,12 @@
   each shard uploaded as it is written (``preupload_lfs_files``), one commit at the end.
 * ``download-merge-upload``, what mergekit users run today: ``snapshot_download`` of each source,
   ``mergekit-yaml`` (linear, bf16), ``upload_folder``.
+* ``transport``, the floor as this machine delivers it at the moment of the run: the same bytes moved through
+  the same client with nothing else done: the three sources streamed (``huggingface_hub``'s HTTP session) while
+  a file of the merged model's size is uploaded (``upload_file``), all at once. Its time is taken inside the
+  child, after start-up and after writing the file to upload. On a shared machine the other shapes are best
+  read against this row (``vs transport``): it pays the same CPU for HTTP and the test server, which the
+  bandwidth floor does not know about.
 
 The Hub is ``tests/hub_server.py`` in a child process, its file bodies sent at ``--down`` MB/s and uploads
 received at ``--up`` MB/s (each limit shared by all connections). The network floor is the larger of bytes
@@ -14,7 +20,8 @@ The sources (random bf16 Llamas with SmolLM2-1.7B's shapes cut to ``--layers`` l
 generated once into ``bench/work/hub-<layers>l``.
 
     python bench/bench_hub_stream.py                                   # 3 x 1.0 GB, 100 MB/s down, 50 up
-    python bench/bench_hub_stream.py --layers 1 --down 40 --up 20      # a quick look (3 x 0.2 GB)
+    python bench/bench_hub_stream.py --layers 1 --down 40 --up 20      # a quick look (3 x 0.34 GB)
+    python bench/bench_hub_stream.py --layers 1 --tools transport cocktail
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import fcntl
 import json
 import mmap
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -36,7 +44,7 @@ ROOT = HERE.parent
 WORK = HERE / "work"
 WEIGHTS = (0.5, 0.3, 0.2)
 SHARD_SIZE = "250MB"
-TOOLS = ("cocktail", "download-merge-upload")
+TOOLS = ("transport", "cocktail", "download-merge-upload")
 sys.path.insert(0, str(ROOT))
 
 
@@ -75,7 +83,9 @@ def serve(down: float, up: float, models: list[str]) -> None:
     print(json.dumps({"endpoint": server.endpoint, "token": WRITE_TOKEN}), flush=True)
     for line in sys.stdin:
         if line.strip() == "stats":
-            print(json.dumps({"down": server.down.total, "up": server.up.total}), flush=True)
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = usage.ru_utime + usage.ru_stime
+            print(json.dumps({"down": server.down.total, "up": server.up.total, "cpu": cpu}), flush=True)
     server.stop()
 
 
@@ -92,7 +102,7 @@ class Hub:
         info = json.loads(self.process.stdout.readline())
         self.endpoint, self.token = info["endpoint"], info["token"]
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
         assert self.process.stdin is not None and self.process.stdout is not None
         self.process.stdin.write("stats\n")
         self.process.stdin.flush()
@@ -138,6 +148,38 @@ def baseline_command(folder: Path) -> list[str]:
     return [sys.executable, "-c", BASELINE, mergekit, *map(str, WEIGHTS)]
 
 
+TRANSPORT = """
+import os, sys, threading, time
+from huggingface_hub import HfApi, hf_hub_url
+from huggingface_hub.utils import build_hf_headers, get_session
+sources, size = int(sys.argv[1]), int(sys.argv[2])
+with open("upload.bin", "wb") as file:  # random, so the Hub cannot have it already
+    for start in range(0, size, 2**26):
+        file.write(os.urandom(min(2**26, size - start)))
+def download(index):
+    url = hf_hub_url(f"cocktail/bench-src-{index}", "model.safetensors")
+    with get_session().stream("GET", url, headers=build_hf_headers()) as response:
+        response.raise_for_status()
+        for _ in response.iter_bytes():
+            pass
+def upload():
+    HfApi().create_repo("cocktail/bench-transport", exist_ok=True)
+    HfApi().upload_file(path_or_fileobj="upload.bin", path_in_repo="upload.bin", repo_id="cocktail/bench-transport")
+started = time.perf_counter()
+threads = [threading.Thread(target=download, args=(i,)) for i in range(sources)]
+threads.append(threading.Thread(target=upload))
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(f"transport seconds {time.perf_counter() - started}")
+"""
+
+
+def transport_command(source_bytes: int) -> list[str]:
+    return [sys.executable, "-c", TRANSPORT, str(len(WEIGHTS)), str(source_bytes // len(WEIGHTS))]
+
+
 def folder_bytes(folder: Path) -> int:
     total = 0
     for root, _, files in os.walk(folder):
@@ -149,10 +191,13 @@ def folder_bytes(folder: Path) -> int:
     return total
 
 
-def measure(tool: str, hub: Hub, run_dir: Path) -> dict:
+def measure(tool: str, hub: Hub, run_dir: Path, source_bytes: int) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
     (run_dir / "tmp").mkdir(parents=True)
-    command = cocktail_command(run_dir) if tool == "cocktail" else baseline_command(run_dir)
+    if tool == "transport":
+        command = transport_command(source_bytes)
+    else:
+        command = cocktail_command(run_dir) if tool == "cocktail" else baseline_command(run_dir)
     env = {
         **os.environ,
         "HF_ENDPOINT": hub.endpoint,
@@ -186,6 +231,8 @@ def measure(tool: str, hub: Hub, run_dir: Path) -> dict:
     if os.waitstatus_to_exitcode(status):
         print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
         raise SystemExit(f"{tool} failed")
+    if tool == "transport":  # the transfers only, without start-up and writing the file to upload
+        seconds = float(log.read_text().split("transport seconds ")[-1])
     shutil.rmtree(run_dir, ignore_errors=True)
     return {
         "tool": tool,
@@ -194,19 +241,27 @@ def measure(tool: str, hub: Hub, run_dir: Path) -> dict:
         "up": after["up"] - before["up"],
         "peak_disk": peak[0],
         "peak_rss": usage.ru_maxrss * 1024,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "server_cpu": after["cpu"] - before["cpu"],
     }
 
 
 def table(results: list[dict], down: float, up: float) -> str:
+    """Wall time against the bandwidth floor and against the transport row of the same run; the CPU seconds
+    of the run's process (with its children) and of the test Hub while it ran."""
+    transport = next((r["seconds"] for r in results if r["tool"] == "transport"), None)
     lines = [
-        "| shape | wall time (s) | network floor (s) | vs floor | GB down | GB up | peak disk (GB) | peak RSS (GB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| shape | wall time (s) | network floor (s) | vs floor | vs transport | CPU (s) | Hub CPU (s) | GB down "
+        "| GB up | peak disk (GB) | peak RSS (GB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         floor = max(r["down"] / (down * 1e6), r["up"] / (up * 1e6))
+        versus = f"{r['seconds'] / transport:.2f}x" if transport else ""
         lines.append(
-            f"| {r['tool']} | {r['seconds']:.1f} | {floor:.1f} | {r['seconds'] / floor:.2f}x | "
-            f"{r['down'] / 1e9:.2f} | {r['up'] / 1e9:.2f} | {r['peak_disk'] / 1e9:.2f} | {r['peak_rss'] / 1e9:.2f} |"
+            f"| {r['tool']} | {r['seconds']:.1f} | {floor:.1f} | {r['seconds'] / floor:.2f}x | {versus} | "
+            f"{r['cpu']:.1f} | {r['server_cpu']:.1f} | {r['down'] / 1e9:.2f} | {r['up'] / 1e9:.2f} | "
+            f"{r['peak_disk'] / 1e9:.2f} | {r['peak_rss'] / 1e9:.2f} |"
         )
     return "\n".join(lines)
 
@@ -227,11 +282,12 @@ def main() -> None:
         return
     models = make_sources(args.layers)
     sizes = sum((model / "model.safetensors").stat().st_size for model in models)
+    load = os.getloadavg()[0]
     hub = Hub(args.down, args.up, models)
     try:
         results = []
         for tool in args.tools:
-            result = measure(tool, hub, WORK / f"hub-run-{os.getpid()}" / tool)
+            result = measure(tool, hub, WORK / f"hub-run-{os.getpid()}" / tool, sizes)
             print(f"{tool}: {result['seconds']:.1f} s", flush=True)
             results.append(result)
     finally:
@@ -239,8 +295,8 @@ def main() -> None:
         shutil.rmtree(WORK / f"hub-run-{os.getpid()}", ignore_errors=True)
     report = (
         f"{os.cpu_count()} CPUs; sources 3 x {sizes / 3e9:.2f} GB; {args.down:g} MB/s down, {args.up:g} MB/s up; "
-        f"shard size {SHARD_SIZE}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
-        + table(results, args.down, args.up)
+        f"shard size {SHARD_SIZE}; load average {load:.1f} at the start; "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n" + table(results, args.down, args.up)
     )
     print(report)
     (WORK / f"hub-stream-{args.layers}l.md").write_text(report + "\n")

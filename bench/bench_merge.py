@@ -6,7 +6,8 @@ run the inputs are read once, untimed, so that every tool starts with the same p
 time to read every input once and write one output of the merged model's size, with no arithmetic. With
 ``--repeat N`` the tools run in N rounds, each tool's time divided by the floor of its own round (the machine
 may be shared: a ratio within one round is what compares). cocktail's compiled kernel is built once, untimed,
-before the first round (as on any machine after its first merge).
+before the first round (as on any machine after its first merge). "merge alone" is the time cocktail reports for
+the merge itself ("wrote ... in N s"), without starting Python and importing torch and numba.
 
     python bench/make_llama_case.py && python bench/bench_merge.py            # the 3 x 3.4 GB case
     python bench/make_llama_case.py --quick && python bench/bench_merge.py --quick
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -122,15 +124,28 @@ def measure(tool: str, models: list[Path], output: Path) -> dict:
         print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
         raise SystemExit(f"{tool} failed with exit code {child.returncode}")
     size = sum(path.stat().st_size for path in output.rglob("*.safetensors"))
-    return {"tool": tool, "seconds": seconds, "peak_rss_gb": usage.ru_maxrss / 2**20, "output_gb": size / 1e9}
+    # cocktail's own report of the merge's time ("wrote ... in N s"): without start-up and imports
+    engine = (
+        re.search(r" in ([0-9.]+) s$", log.read_text(errors="replace").strip())
+        if tool == "cocktail"
+        else None
+    )
+    return {
+        "tool": tool,
+        "seconds": seconds,
+        "engine_seconds": float(engine.group(1)) if engine else None,
+        "peak_rss_gb": usage.ru_maxrss / 2**20,
+        "output_gb": size / 1e9,
+    }
 
 
 def table(rounds: list[list[dict]]) -> str:
     """One row per tool: median wall time, the median and range of its ratio to the floor of the same round,
     and the largest peak RSS."""
     lines = [
-        "| tool | wall time (s), median | vs floor, median | vs floor, range | peak RSS (GiB) | output (GB) |",
-        "| --- | ---: | ---: | --- | ---: | ---: |",
+        "| tool | wall time (s), median | vs floor, median | vs floor, range | merge alone (s), median "
+        "| merge alone vs floor, median | peak RSS (GiB) | output (GB) |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for tool in [result["tool"] for result in rounds[0]]:
         runs = [next(r for r in results if r["tool"] == tool) for results in rounds]
@@ -141,9 +156,17 @@ def table(rounds: list[list[dict]]) -> str:
         ]
         ratio = f"{statistics.median(ratios):.2f}x" if ratios else ""
         spread = f"{min(ratios):.2f}x-{max(ratios):.2f}x" if ratios else ""
+        alone = engine = ""
+        if all(run["engine_seconds"] is not None for run in runs):
+            alone = f"{statistics.median(run['engine_seconds'] for run in runs):.1f}"
+            engine = (
+                f"{statistics.median(run['engine_seconds'] / run['seconds'] * ratio for run, ratio in zip(runs, ratios, strict=True)):.2f}x"
+                if ratios
+                else ""
+            )
         lines.append(
-            f"| {tool} | {statistics.median(r['seconds'] for r in runs):.1f} | {ratio} | {spread} | "
-            f"{max(r['peak_rss_gb'] for r in runs):.2f} | {runs[0]['output_gb']:.2f} |"
+            f"| {tool} | {statistics.median(r['seconds'] for r in runs):.1f} | {ratio} | {spread} | {alone} | "
+            f"{engine} | {max(r['peak_rss_gb'] for r in runs):.2f} | {runs[0]['output_gb']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -6,8 +6,8 @@ to ``output_path`` when one is given. Unlike LM_Cocktail, a merge never holds ev
 output is written atomically, and an encoder keeps its base's sentence-transformers modules (its pooling)
 instead of being rewritten to CLS pooling. An existing ``output_path`` is written into as LM_Cocktail does, each
 file replaced atomically; nothing the merge did not write is deleted. Model names that are not local folders are Hugging Face Hub
-references, pinned first; a merge reads their safetensors weights from the Hub by range (nothing whole on disk),
-computing weights from examples downloads them.
+references, pinned first; merging and scoring read their safetensors weights from the Hub by range (nothing
+whole on disk).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from cocktail_bot.checkpoint import model_folder
 from cocktail_bot.engine import check_arguments, merge
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.methods import SUM_TOLERANCE, get_method
@@ -30,16 +29,9 @@ from cocktail_bot.writable import writing
 logger = logging.getLogger(__name__)
 
 
-def resolve_model_folders(model_names_or_paths: Sequence[str | Path]) -> list[Path]:
-    """Local folders as they are; anything else is a Hub reference resolved to a pinned local snapshot."""
-    return [model_folder(model) for model in resolve_models(model_names_or_paths, stream=False)]
-
-
-def resolve_models(
-    model_names_or_paths: Sequence[str | Path], *, stream: bool = True
-) -> list[Path | HubModel]:
+def resolve_models(model_names_or_paths: Sequence[str | Path]) -> list[Path | HubModel]:
     """Local folders as they are; anything else is a Hub reference pinned to its commit, whose safetensors
-    weights stay on the Hub to be read by range (``stream``) or are downloaded into the cache."""
+    weights stay on the Hub, read by range (pickle-only repos are downloaded: see ``sources.resolve_source``)."""
     models: list[Path | HubModel] = []
     for reference in model_names_or_paths:
         if Path(reference).is_dir():
@@ -47,7 +39,7 @@ def resolve_models(
         else:
             from cocktail_bot.sources import resolve_source
 
-            models.append(resolve_source(str(reference), stream=stream).model)
+            models.append(resolve_source(str(reference), stream=True).model)
     return models
 
 
@@ -65,11 +57,13 @@ def _mix_and_load(
     model_type: str,
     weights: Sequence[float],
     output_path: str | Path | None,
+    resolved: Sequence[Path | HubModel] | None = None,
 ):
+    """Merge and load; ``resolved``: the models already pinned (``resolve_models``) for these names."""
     kind = ModelType.parse(model_type)
     weights = lm_cocktail_weights(weights)
     check_arguments(list(model_names_or_paths), weights)
-    models = resolve_models(model_names_or_paths)
+    models = list(resolved) if resolved is not None else resolve_models(model_names_or_paths)
     for name, weight in zip(model_names_or_paths, weights, strict=False):
         logger.info("weight for %s: %s", name, weight)
     if output_path is not None:
@@ -130,9 +124,9 @@ def mix_models_with_data(
     examples = example_data if example_data is not None else example_ata
     if examples is None:
         raise CocktailError("no examples: pass example_data (a list of records or an example file)")
-    folders = resolve_model_folders(model_names_or_paths)
+    models = resolve_models(model_names_or_paths)  # scored and merged with Hub weights read in place
     result = compute_weights(
-        folders,
+        models,
         model_type,
         examples,
         temperature=temperature,
@@ -143,4 +137,4 @@ def mix_models_with_data(
     print("***weight for each model***: ")
     for name, weight in zip(model_names_or_paths, result.weights, strict=True):
         print(name, weight)
-    return _mix_and_load(folders, model_type, result.weights, output_path)
+    return _mix_and_load(model_names_or_paths, model_type, result.weights, output_path, models)

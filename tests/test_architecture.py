@@ -113,6 +113,13 @@ def test_validate_and_plan_load_no_heavy_library(command):
     assert _loaded(code, HEAVY) == []
 
 
+def test_the_engine_imports_without_numba():
+    """numba (~1.5 s of CPU, ~110 MB) is imported by the first linear merge on the CPU, not with the engine:
+    `cocktail weights` imports the engine through the API but never merges."""
+    assert _loaded("import cocktail_bot.api, cocktail_bot.engine", ("numba",)) == []
+    assert _loaded("import cocktail_bot.fused", ("numba",)) == ["numba"]
+
+
 def test_the_heavy_library_probe_can_fail():
     """A run that does load some of them is seen doing so."""
     loaded = _loaded("import jinja2, psutil, huggingface_hub.hf_api", HEAVY)

@@ -228,8 +228,8 @@ def child_env(hub_server, home: Path) -> dict[str, str]:
     }
 
 
-def test_sigterm_mid_upload_leaves_the_target_unchanged(hub_server, recipe: Path, tmp_path: Path):
-    head = hub_server.head(TARGET)
+def terminate_mid_upload(hub_server, recipe: Path, tmp_path: Path) -> str:
+    """Run the recipe in a child, SIGTERM it during its first shard's upload; its stderr."""
     hub_server.bandwidth_up = 400_000  # a 1 MB shard takes 2.5 s to upload
     home = tmp_path / "home"
     (home / "tmp").mkdir(parents=True)
@@ -243,8 +243,20 @@ def test_sigterm_mid_upload_leaves_the_target_unchanged(hub_server, recipe: Path
     _, err = child.communicate(timeout=60)
     assert child.returncode == 128 + signal.SIGTERM, err
     assert "terminated" in err.lower() or "sigterm" in err.lower(), err
-    assert_unchanged(hub_server, head)
     assert not list((home / "tmp").iterdir())  # the work folder went with it
+    return err
+
+
+def test_sigterm_mid_upload_leaves_the_target_unchanged(hub_server, recipe: Path, tmp_path: Path):
+    head = hub_server.head(TARGET)
+    terminate_mid_upload(hub_server, recipe, tmp_path)
+    assert_unchanged(hub_server, head)
+
+
+def test_sigterm_mid_upload_to_a_new_repo_leaves_no_repo_behind(hub_server, new_target: Path, tmp_path: Path):
+    terminate_mid_upload(hub_server, new_target, tmp_path)
+    assert hub_server.seen("create_repo")
+    assert NEW_TARGET not in hub_server.repos
 
 
 def test_a_hub_to_hub_merge_fits_a_disk_smaller_than_one_source(

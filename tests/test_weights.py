@@ -291,6 +291,27 @@ def test_mix_models_with_data_merges_with_the_computed_weights(trained_decoders,
         mix_models_with_data(names, "decoder", examples, example_ata=examples)
 
 
+def test_mix_models_with_data_reads_hub_references_by_range(hub_server, trained_decoders, tmp_path) -> None:
+    from huggingface_hub import constants
+
+    from cocktail_bot.api import mix_models_with_data
+
+    names = ("base", "sentiment", "topic")
+    for name in names:
+        hub_server.commit_folder(f"cocktail/{name}", trained_decoders[name])
+    examples = tiny_tasks.make_examples("sentiment", 5, seed=27)
+    hub, local = tmp_path / "hub", tmp_path / "local"
+    mix_models_with_data([f"cocktail/{n}" for n in names], "decoder", examples, output_path=str(hub))
+    mix_models_with_data(
+        [str(trained_decoders[n]) for n in names], "decoder", examples, output_path=str(local)
+    )
+    assert {p.name: p.read_bytes() for p in hub.iterdir()} == {
+        p.name: p.read_bytes() for p in local.iterdir()
+    }
+    assert not list(Path(constants.HF_HOME).rglob("*.safetensors"))  # scored and merged without downloading
+    assert all(request.range for request in hub_server.seen("cdn"))
+
+
 def test_bundled_quickstart_weights_favour_the_sentiment_model() -> None:
     """examples/quickstart (built by tools/make_quickstart.py): the fine-tune that knows the task wins."""
     root = Path(__file__).resolve().parent.parent / "examples" / "quickstart"

@@ -54,23 +54,6 @@ def test_json_output(trained_decoders, sentiment_file, capsys) -> None:
     assert max(printed["weights"]) == printed["weights"][1]
 
 
-def test_hub_models_are_scored_in_place(hub_server, trained_decoders, sentiment_file, capsys) -> None:
-    """Hub references: only config and tokenizer downloaded, the weights read by range; the same numbers."""
-    from huggingface_hub import constants
-
-    folders = [str(trained_decoders[name]) for name in ("base", "sentiment")]
-    for index, folder in enumerate(folders):
-        hub_server.commit_folder(f"cocktail/decoder-{index}", Path(folder))
-    args = ["--type", "decoder", "--examples", str(sentiment_file), "--device", "cpu", "--json"]
-    assert main(["weights", "cocktail/decoder-0", "cocktail/decoder-1", *args]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    assert main(["weights", *folders, *args]) == 0
-    local = json.loads(capsys.readouterr().out)
-    assert (printed["losses"], printed["weights"]) == (local["losses"], local["weights"])
-    assert not list(Path(constants.HF_HUB_CACHE).rglob("*.safetensors"))
-    assert hub_server.seen("cdn")
-
-
 def test_table_output_for_rerankers(trained_rerankers, tmp_path, capsys) -> None:
     examples = tmp_path / "animal.json"
     examples.write_text(json.dumps(tiny_tasks.make_examples("animal", 3, seed=42)))
@@ -126,3 +109,21 @@ def test_dtype_option_computes_the_losses_in_bfloat16(trained_decoders, sentimen
     with pytest.raises(SystemExit) as caught:
         main([*args, "--dtype", "int8"])
     assert caught.value.code == 2 and "invalid choice: 'int8'" in capsys.readouterr().err
+
+
+def test_hub_references_are_scored_by_range_as_local_folders(
+    hub_server, trained_decoders, sentiment_file, capsys
+) -> None:
+    from huggingface_hub import constants
+
+    names = ("base", "sentiment", "topic")
+    for name in names:
+        hub_server.commit_folder(f"cocktail/{name}", trained_decoders[name])
+    options = ["--type", "decoder", "--examples", str(sentiment_file), "--json"]
+    assert main(["weights", *(f"cocktail/{name}" for name in names), *options]) == 0
+    hub = json.loads(capsys.readouterr().out)
+    assert main(["weights", *(str(trained_decoders[name]) for name in names), *options]) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert (hub["losses"], hub["weights"]) == (local["losses"], local["weights"])
+    assert not list(Path(constants.HF_HOME).rglob("*.safetensors"))  # never downloaded
+    assert all(request.range for request in hub_server.seen("cdn"))

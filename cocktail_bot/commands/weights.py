@@ -69,7 +69,7 @@ def handle(args: argparse.Namespace) -> int:
     # a bad file fails before any model is downloaded
     examples = load_examples(args.examples, args.model_type)
     result = compute_weights(
-        resolve_models(args.models),  # Hub weights read by range, not downloaded
+        resolve_models(args.models),  # Hub weights are read in place, not downloaded
         args.model_type,
         examples,
         temperature=args.temperature,

@@ -20,7 +20,8 @@ first: every time is also given as a ratio to it, measured in the same run (the 
 
     python bench/bench_methods.py              # prints a Markdown table
     python bench/bench_methods.py --repeat 3   # best of three runs per method
-    python bench/bench_methods.py --mergekit --methods model_stock karcher   # vs mergekit, two methods
+    python bench/bench_methods.py --mergekit                  # and mergekit on every case
+    python bench/bench_methods.py --methods linear karcher sce --mergekit karcher   # mergekit on karcher only
 """
 
 from __future__ import annotations
@@ -129,13 +130,19 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs per method; the fastest is reported")
     parser.add_argument("--methods", nargs="+", default=list(RUNS), choices=list(RUNS))
-    parser.add_argument("--mergekit", action="store_true", help="also time mergekit's run_merge on each case")
+    parser.add_argument(
+        "--mergekit",
+        nargs="*",
+        choices=list(RUNS),
+        help="also time mergekit's run_merge on these cases (no names: every method run)",
+    )
     args = parser.parse_args()
     make_case()
     size = sum((path / "model.safetensors").stat().st_size for path in MODELS) / 3
     print(f"three models of {size / 1e6:.0f} MB each (bf16), output bf16\n")
     columns = "| method | inputs read | path | wall time (s) | vs linear | peak RSS (MB) |"
-    if args.mergekit:
+    compared = set(args.methods if args.mergekit == [] else args.mergekit or [])
+    if compared:
         columns += " mergekit time (s) | mergekit RSS (MB) | time vs mergekit |"
     print(columns)
     print("|" + " --- |" * (columns.count("|") - 1))
@@ -148,9 +155,11 @@ def main() -> None:
         inputs = len(RUNS[method]["sources"]) + (RUNS[method]["base"] is not None)
         path = "chunks" if get_method(method, RUNS[method]["params"]).elementwise else "rows"
         row = f"| `{method}` | {inputs} | {path} | {best:.2f} | {ratio} | {peak:.0f} |"
-        if args.mergekit:
+        if method in compared:
             theirs, their_peak = best_of(method, "mergekit", args.repeat)
             row += f" {theirs:.2f} | {their_peak:.0f} | {best / theirs:.2f}x |"
+        elif compared:
+            row += " - | - | - |"
         print(row, flush=True)
 
 

@@ -152,6 +152,25 @@ def test_gpu_keeps_models_that_fit_resident_and_streams_the_rest() -> None:
     assert not stays_resident("cpu", 10**6, 80 * 10**9)  # CPU memory stays bounded whatever the machine
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (device: cuda)")
+@pytest.mark.parametrize("load", ["resident", "streamed"])
+@pytest.mark.parametrize("kind", ["decoder", "tied", "encoder", "reranker"])
+def test_cuda_float32_losses_equal_the_cpus(
+    kind, load, tiny_llamas, tied_llamas, trained_encoders, trained_rerankers
+) -> None:
+    """#13 item 3: on CUDA, resident (the fast path) and block-streamed, float32 losses are the CPU's to 1e-4."""
+    folders, model_type, sets = {
+        "decoder": (tiny_llamas, "decoder", DECODER_SETS),
+        "tied": (tied_llamas, "decoder", DECODER_SETS),
+        "encoder": (list(trained_encoders.values()), "encoder", RETRIEVAL_SETS),
+        "reranker": (list(trained_rerankers.values()), "reranker", RETRIEVAL_SETS),
+    }[kind]
+    cpu = losses(folders, model_type, sets, "streamed")
+    gpu = score_models(folders, model_type, sets, load=load, device="cuda", dtype="float32", progress=False)
+    assert gpu.dtype == "float32" and gpu.streamed == (load == "streamed")
+    assert [score[name].loss for score in gpu.scores for name in sets] == pytest.approx(cpu, abs=1e-4, rel=0)
+
+
 def test_dtype_auto_is_float32_on_cpu_and_the_checkpoints_on_gpu(tiny_llama_bf16) -> None:
     assert resolve_dtype("auto", torch.device("cpu"), tiny_llama_bf16) == torch.float32
     assert resolve_dtype("auto", torch.device("cuda"), tiny_llama_bf16) == torch.bfloat16

@@ -210,11 +210,21 @@ def create_repo_if_missing(api, repo_id: str, *, private: bool, token: str | Non
     """Create ``repo_id`` if it does not exist. Returns its head commit (the Hub's initial one) when this call
     created it, None when it was there: only a repo the run created, still at that commit, is deleted again
     when the run fails (:func:`delete_created_repo`), so a failure leaves no empty repo behind."""
+    from huggingface_hub.errors import HfHubHTTPError
+
     if with_retries(lambda: api.repo_exists(repo_id, token=token), f"looking up {repo_id}"):
         return None
-    with_retries(
-        lambda: api.create_repo(repo_id, private=private, exist_ok=True, token=token), f"creating {repo_id}"
-    )
+    try:
+        # exist_ok=False: a repo someone else created since the lookup (or a retry's own first attempt) is
+        # theirs to keep, never ours to delete
+        with_retries(
+            lambda: api.create_repo(repo_id, private=private, exist_ok=False, token=token),
+            f"creating {repo_id}",
+        )
+    except HfHubHTTPError as error:
+        if error.response is None or error.response.status_code != 409:
+            raise
+        return None
     head: str = with_retries(lambda: api.model_info(repo_id, token=token).sha, f"reading {repo_id}")
     logger.info("created %s", repo_id)
     return head

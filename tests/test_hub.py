@@ -290,6 +290,15 @@ def test_a_failed_first_publish_leaves_no_empty_repo_behind(hub_server, model):
     assert publish(model, hub_server).changed  # the next run creates it again
 
 
+def test_a_repo_created_by_someone_else_after_the_lookup_is_not_counted_as_ours(hub_server):
+    """The lookup says missing, then the repo turns out to exist: it is not ours, so a failure keeps it."""
+    api, token = HfApi(endpoint=hub_server.endpoint), hub_server.write_token
+    hub_server.create_repo(REPO)
+    hub_server.fail("model_info", 404, code="RepoNotFound")  # the lookup raced with someone else's create
+    assert create_repo_if_missing(api, REPO, private=False, token=token) is None
+    assert REPO in hub_server.repos
+
+
 def test_only_a_repo_the_run_created_and_nobody_committed_to_is_deleted(hub_server, caplog):
     api, token = HfApi(endpoint=hub_server.endpoint), hub_server.write_token
     head = create_repo_if_missing(api, REPO, private=False, token=token)

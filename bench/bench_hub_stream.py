@@ -22,6 +22,7 @@ generated once into ``bench/work/hub-<layers>l``.
     python bench/bench_hub_stream.py                                   # 3 x 1.0 GB, 100 MB/s down, 50 up
     python bench/bench_hub_stream.py --layers 1 --down 40 --up 20      # a quick look (3 x 0.34 GB)
     python bench/bench_hub_stream.py --layers 1 --tools transport cocktail
+    python bench/bench_hub_stream.py --tools transport cocktail --shard-size 100MB
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORK = HERE / "work"
 WEIGHTS = (0.5, 0.3, 0.2)
-SHARD_SIZE = "250MB"
+SHARD_SIZE = "250MB"  # the default of --shard-size
 TOOLS = ("transport", "cocktail", "download-merge-upload")
 sys.path.insert(0, str(ROOT))
 
@@ -117,14 +118,14 @@ class Hub:
 # -- the two shapes -----------------------------------------------------------------------------------------
 
 
-def cocktail_command(folder: Path) -> list[str]:
+def cocktail_command(folder: Path, shard_size: str) -> list[str]:
     models = "".join(
         f"  - {{id: cocktail/bench-src-{index}, weight: {weight}}}\n" for index, weight in enumerate(WEIGHTS)
     )
     (folder / "cocktail.yml").write_text(
         "version: 1\nname: bench-streamed\ntype: decoder\nmodels:\n"
         + models
-        + f"merge: {{dtype: bfloat16, shard_size: {SHARD_SIZE}}}\n"
+        + f"merge: {{dtype: bfloat16, shard_size: {shard_size}}}\n"
         + "output: {repo: cocktail/bench-cocktail, private: false, license: apache-2.0}\n"
     )
     return [sys.executable, "-m", "cocktail_bot", "-q", "run", "cocktail.yml", "--publish"]
@@ -191,13 +192,13 @@ def folder_bytes(folder: Path) -> int:
     return total
 
 
-def measure(tool: str, hub: Hub, run_dir: Path, source_bytes: int) -> dict:
+def measure(tool: str, hub: Hub, run_dir: Path, source_bytes: int, shard_size: str) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
     (run_dir / "tmp").mkdir(parents=True)
     if tool == "transport":
         command = transport_command(source_bytes)
     else:
-        command = cocktail_command(run_dir) if tool == "cocktail" else baseline_command(run_dir)
+        command = cocktail_command(run_dir, shard_size) if tool == "cocktail" else baseline_command(run_dir)
     env = {
         **os.environ,
         "HF_ENDPOINT": hub.endpoint,
@@ -274,6 +275,11 @@ def main() -> None:
     parser.add_argument("--down", type=float, default=100.0, help="download bandwidth, MB/s")
     parser.add_argument("--up", type=float, default=50.0, help="upload bandwidth, MB/s")
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
+    parser.add_argument(
+        "--shard-size",
+        default=SHARD_SIZE,
+        help=f"cocktail's output shard size (default {SHARD_SIZE}): the last shard's upload follows the merge",
+    )
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -287,7 +293,7 @@ def main() -> None:
     try:
         results = []
         for tool in args.tools:
-            result = measure(tool, hub, WORK / f"hub-run-{os.getpid()}" / tool, sizes)
+            result = measure(tool, hub, WORK / f"hub-run-{os.getpid()}" / tool, sizes, args.shard_size)
             print(f"{tool}: {result['seconds']:.1f} s", flush=True)
             results.append(result)
     finally:
@@ -295,7 +301,7 @@ def main() -> None:
         shutil.rmtree(WORK / f"hub-run-{os.getpid()}", ignore_errors=True)
     report = (
         f"{os.cpu_count()} CPUs; sources 3 x {sizes / 3e9:.2f} GB; {args.down:g} MB/s down, {args.up:g} MB/s up; "
-        f"shard size {SHARD_SIZE}; load average {load:.1f} at the start; "
+        f"shard size {args.shard_size}; load average {load:.1f} at the start; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n" + table(results, args.down, args.up)
     )
     print(report)

@@ -32,7 +32,7 @@ ROOT = HERE.parent
 WORK = HERE / "work"
 WEIGHTS = (0.5, 0.3, 0.2)
 TOOLS = ("floor", "cocktail", "mergekit", "lm_cocktail")
-BLOCK = 64 * 2**20
+BLOCK = 2**20
 
 
 def weight_files(models: list[Path]) -> list[Path]:
@@ -40,12 +40,18 @@ def weight_files(models: list[Path]) -> list[Path]:
 
 
 def floor(models: list[Path], output: Path) -> None:
-    """Read every input once and write one output as large as the merge's (a copy of the first input)."""
+    """Read every input once and write one output as large as the merge's (a copy of the first input), the
+    cheapest way found here: 1 MiB reads (a buffer that stays in the core's cache; 64 MiB ones went at half
+    the speed) into a file whose blocks are reserved first, as the engine's are (``writable.preallocate``)."""
+    from cocktail_bot.writable import preallocate
+
     output.mkdir(parents=True)
     buffer = bytearray(BLOCK)
     view = memoryview(buffer)
-    with open(output / "model.safetensors", "wb") as out:
-        for index, path in enumerate(weight_files(models)):
+    files = weight_files(models)
+    with open(output / "model.safetensors", "wb", buffering=0) as out:
+        preallocate(out.fileno(), files[0].stat().st_size)
+        for index, path in enumerate(files):
             with open(path, "rb", buffering=0) as source:
                 while count := source.readinto(buffer):
                     if index == 0:

@@ -1,5 +1,5 @@
 """``python -m cocktail_bot`` is the ``cocktail`` command."""
 
-from cocktail_bot.cli import main
+from cocktail_bot.cli import console
 
-raise SystemExit(main())
+console()

@@ -1,9 +1,10 @@
 """Read a model folder's weights tensor by tensor, never a whole model at once.
 
 safetensors files are read by offset: the header (8 bytes of little-endian length, then JSON) gives each
-tensor's byte range, and ``os.preadv`` copies just that range into a fresh buffer. Nothing is memory-mapped,
-so pages of the input files live in the kernel's page cache, not in the process's resident memory, and peak
-RSS stays a small multiple of the largest tensor read. A Hub model's weights are read the same way from the Hub
+tensor's byte range, and ``os.preadv`` copies just that range into a buffer, or ``map_flat`` maps just that
+range (the merge's chunks: its arithmetic reads the page cache, with no copy). Files are never mapped whole, so
+pages of the input files live in the kernel's page cache, not in the process's resident memory, and peak RSS
+stays a small multiple of the largest tensor (or chunk) read. A Hub model's weights are read the same way from the Hub
 by HTTP range requests (``RemoteCheckpoint``, see ``remote``); ``open_checkpoint`` picks the reader. Pickle checkpoints (``pytorch_model.bin``) are only
 opened with ``torch.load(weights_only=True)``, memory-mapped where the format allows it, and with a warning.
 """
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import pickle
 import struct
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -296,6 +299,34 @@ class Checkpoint:
             self._read_into(entry.file, view, entry.start + start * info.dtype.itemsize)
         return out
 
+    def map_flat(self, name: str, start: int, count: int) -> torch.Tensor | None:
+        """Elements ``[start, start + count)`` as a read-only view of the file's pages, mapped and faulted in
+        here (the reader thread), not by whoever reads them; None where only ``read_flat`` can read them (a
+        pickle, a Hub file, a filesystem that cannot map). Writing to it would crash the process.
+
+        The mapping lives as long as the tensor: resident memory holds only the chunks in flight, as with
+        ``read_flat``, without the copy (reading 3.4 GB of page cache: 0.4-0.5 CPU s mapped, 1.8 s copied).
+        """
+        entry = self._entries.get(name)
+        if entry is None or not count:
+            return None
+        dtype = entry.info.dtype
+        first = entry.start + start * dtype.itemsize
+        aligned = first - first % mmap.ALLOCATIONGRANULARITY
+        try:
+            mapped = mmap.mmap(
+                self._fd(entry.file),
+                first - aligned + count * dtype.itemsize,
+                flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                prot=mmap.PROT_READ,
+                offset=aligned,
+            )
+        except OSError:
+            return None
+        with warnings.catch_warnings():  # torch warns, once, that the buffer is read-only: it is meant to be
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.frombuffer(mapped, dtype=dtype, count=count, offset=first - aligned)
+
     def _read_into(self, file: Path | str, view: memoryview, offset: int) -> None:
         _read_exact(self._fd(file), view, offset)
 
@@ -371,6 +402,10 @@ class RemoteCheckpoint(Checkpoint):
         extra = sum(file.extra_bytes for file in self._files.values())
         if extra:
             logger.debug("%s: %d bytes were read twice (tensors read out of file order)", self.folder, extra)
+
+    def map_flat(self, name: str, start: int, count: int) -> None:
+        """Nothing to map: the bytes come over HTTP (``read_flat``)."""
+        return None
 
     def _read_into(self, file: Path | str, view: memoryview, offset: int) -> None:
         self._files[str(file)].read_into(offset, view)

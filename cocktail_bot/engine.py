@@ -309,12 +309,16 @@ class _Merge:
                 )
 
     def _read_chunk(self, inputs: list[Checkpoint], name: str, start: int, count: int) -> list[torch.Tensor]:
+        """One chunk of every input: mapped from its file where it can be (no copy), else read into a buffer."""
         chunks = []
         for checkpoint in inputs:
-            dtype = checkpoint.info(name).dtype
-            chunks.append(
-                checkpoint.read_flat(name, start, count, self.inputs.take(count * dtype.itemsize, dtype))
-            )
+            chunk = checkpoint.map_flat(name, start, count)
+            if chunk is None:
+                dtype = checkpoint.info(name).dtype
+                chunk = checkpoint.read_flat(
+                    name, start, count, self.inputs.take(count * dtype.itemsize, dtype)
+                )
+            chunks.append(chunk)
         return chunks
 
     def _apply(
@@ -361,7 +365,8 @@ class _Merge:
                 self._apply(method, weights, name, [chunk.to(self.device).to(wide) for chunk in chunks])
             )
         for chunk in chunks:
-            self.inputs.give(chunk)
+            if self.inputs.owns(chunk):  # a mapped chunk is unmapped when the last view of it goes
+                self.inputs.give(chunk)
         return result, lambda: self.outputs.give(result)
 
     def _merge_fused(

@@ -24,8 +24,10 @@ class BufferPool:
 
     def __init__(self, count: int, nbytes: int) -> None:
         self._free: queue.SimpleQueue[torch.Tensor | None] = queue.SimpleQueue()
-        for _ in range(count):
-            self._free.put(torch.empty(nbytes, dtype=torch.uint8))
+        buffers = [torch.empty(nbytes, dtype=torch.uint8) for _ in range(count)]
+        self._owned = frozenset(buffer.untyped_storage().data_ptr() for buffer in buffers)
+        for buffer in buffers:
+            self._free.put(buffer)
 
     def take(self, nbytes: int, dtype: torch.dtype) -> torch.Tensor:
         """A reused buffer viewed as ``nbytes // itemsize`` elements of ``dtype``."""
@@ -34,6 +36,10 @@ class BufferPool:
             self._free.put(None)
             raise RuntimeError("the merge stopped")
         return buffer[:nbytes].view(dtype)
+
+    def owns(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` is a view of one of this pool's buffers."""
+        return tensor.untyped_storage().data_ptr() in self._owned
 
     def give(self, tensor: torch.Tensor) -> None:
         """Return the buffer behind ``tensor`` (a view from ``take``)."""

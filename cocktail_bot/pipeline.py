@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cocktail_bot import __version__
+from cocktail_bot import __version__, preload
 from cocktail_bot.atomic import replace_folder, staging_folder
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.lock import (
@@ -137,6 +137,7 @@ def run_manifest(
         check_writable(tempfile.gettempdir(), "the model's shards before they are uploaded")
     if lock is None:
         check_writable(lock_file.parent, f"the lock {lock_file.name}")
+    preload.start()  # the merge needs torch: imported while the plan below asks the Hub
     preflight = with_preflight(
         build_plan(manifest, token=token, endpoint=endpoint), manifest, out, device=device
     ).preflight

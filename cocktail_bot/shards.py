@@ -21,6 +21,7 @@ from cocktail_bot.checkpoint import DTYPE_CODES, TensorInfo
 from cocktail_bot.errors import CocktailError
 from cocktail_bot.model_files import SAFETENSORS_FILE, SAFETENSORS_INDEX
 from cocktail_bot.sizes import POSITIVE, parse_size
+from cocktail_bot.writable import preallocate
 
 METADATA = {"format": "pt"}
 _HASHER = ThreadPoolExecutor(1, "cocktail-sha256")
@@ -115,7 +116,9 @@ class ShardWriter:
         self._file = open(path, "wb")  # noqa: SIM115 - closed by finish(), which the engine always reaches or aborts
         self._hash = hashlib.sha256()
         self._remaining = shard.nbytes
-        self._emit(header_bytes(shard.tensors))
+        header = header_bytes(shard.tensors)
+        self._size, self._reserved = len(header) + shard.nbytes, False
+        self._emit(header)
 
     def _emit(self, data: bytes | memoryview) -> None:
         """Write and hash at once (both release the GIL): hashing at 1-2 GB/s would otherwise slow writing."""
@@ -130,6 +133,9 @@ class ShardWriter:
         data = values.contiguous().reshape(-1).view(torch.uint8).numpy().data
         if len(data) > self._remaining:
             raise RuntimeError(f"{self.path}: more tensor bytes than the header declares")
+        if not self._reserved:  # with the first tensor bytes, so that only the shards being written take disk
+            preallocate(self._file.fileno(), self._size)
+            self._reserved = True
         self._remaining -= len(data)
         self._emit(data)
 

@@ -76,6 +76,25 @@ def test_a_tensor_module_does_load_torch():
     assert _loads_torch("import cocktail_bot.merge_kernels")
 
 
+def test_preload_imports_torch_on_its_thread_and_nothing_of_ours():
+    """`cocktail run` imports torch while it asks the Hub (preload.py); a cocktail_bot module imported there
+    could deadlock with the main thread's imports."""
+    code = (
+        "from cocktail_bot import preload\npreload.start()\npreload.finish()\n"
+        "print(sorted(name for name in sys.modules if name.startswith('cocktail_bot')))"
+    )
+    assert not _loads_torch("from cocktail_bot import preload")
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys\n{code}\nprint('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+        timeout=120,
+    )
+    assert result.stdout.splitlines() == ["['cocktail_bot', 'cocktail_bot.preload']", "True"]
+
+
 # What `validate` and `plan` must not load: each costs from tens of milliseconds (psutil, jinja2, the Hub client)
 # to seconds (torch), and neither command needs it. plan reads only huggingface_hub's constants (the cache path).
 HEAVY = (

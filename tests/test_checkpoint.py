@@ -50,6 +50,28 @@ def test_read_flat_returns_a_slice(tiny_llama_bf16):
         assert checkpoint.read_flat(name, 5, 0).numel() == 0
 
 
+def test_map_flat_maps_the_same_slice_at_unaligned_offsets(tiny_llama_bf16, tiny_llamas):
+    """Chunks start anywhere in a file, not at page boundaries: the mapping starts at the page below."""
+    for folder in (tiny_llama_bf16, tiny_llamas[0]):
+        with Checkpoint(folder) as checkpoint:
+            for name in checkpoint.names:
+                count = checkpoint.info(name).numel
+                for start, length in ((0, count), (1, count - 1), (count // 3, count // 3)):
+                    mapped = checkpoint.map_flat(name, start, length)
+                    assert mapped is not None and mapped.dtype == checkpoint.info(name).dtype
+                    assert torch.equal(mapped, checkpoint.read_flat(name, start, length))
+            assert checkpoint.map_flat(name, 0, 0) is None
+
+
+def test_a_mapped_chunk_outlives_its_checkpoint(tiny_llama_bf16):
+    """The mapping, not the file descriptor, holds the pages: closing the checkpoint leaves the chunk valid."""
+    with Checkpoint(tiny_llama_bf16) as checkpoint:
+        name = "model.embed_tokens.weight"
+        expected = checkpoint.read_flat(name, 3, 1000)
+        mapped = checkpoint.map_flat(name, 3, 1000)
+    assert mapped is not None and torch.equal(mapped, expected)
+
+
 def copy_config(source: Path, target: Path) -> Path:
     target.mkdir()
     shutil.copy(source / "config.json", target / "config.json")
@@ -66,6 +88,7 @@ def test_pickle_checkpoint_loads_with_a_warning(tiny_llamas, tmp_path, caplog):
             assert torch.equal(checkpoint.read(name), tensor)
         name = "model.norm.weight"
         assert torch.equal(checkpoint.read_flat(name, 3, 4), state[name][3:7])
+        assert checkpoint.map_flat(name, 3, 4) is None  # pickles are read, not mapped
     assert "pickle weights (pytorch_model.bin)" in caplog.text
     assert "torch.load(weights_only=True)" in caplog.text
 

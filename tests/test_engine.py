@@ -6,6 +6,7 @@ import filecmp
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from cocktail_bot import shards
 from cocktail_bot.engine import MergeResult, merge
 from cocktail_bot.errors import CocktailError
+from cocktail_bot.writable import preallocate
 
 MANTISSA_BITS = {torch.float32: 23, torch.bfloat16: 7, torch.float16: 10, torch.float64: 52}
 
@@ -489,3 +491,11 @@ def test_every_method_gives_the_whole_tensor_result_bit_for_bit(
         )
         assert str(tensor.dtype) == f"torch.{result.dtype}"  # the base's: bf16 for linear, else float32
         assert torch.equal(tensor, expected.to(tensor.dtype)), key
+
+
+def test_preallocate_gives_the_file_its_size_with_its_blocks(tmp_path: Path) -> None:
+    with open(tmp_path / "shard", "wb") as file:
+        preallocate(file.fileno(), 3 * 2**20 + 5)
+        status = os.fstat(file.fileno())
+    assert status.st_size == 3 * 2**20 + 5
+    assert status.st_blocks * 512 >= status.st_size  # reserved, not a sparse file

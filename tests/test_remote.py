@@ -31,8 +31,11 @@ def streamed(repo_id: str) -> remote.HubModel:
     return source.streamed
 
 
-def test_only_small_files_are_downloaded_and_tensors_read_by_range(hub_server, tiny_llama_sharded: Path):
+def test_only_small_files_are_downloaded_and_tensors_read_by_range(
+    hub_server, tiny_llama_sharded: Path, monkeypatch: pytest.MonkeyPatch
+):
     publish(hub_server, "cocktail/sharded", tiny_llama_sharded)
+    monkeypatch.chdir(tiny_llama_sharded)  # files named as the repo's: a Hub file must never map one of them
     model = streamed("cocktail/sharded")
     weight_files = {p.name for p in tiny_llama_sharded.glob("*.safetensors")}
     assert len(weight_files) > 1 and set(model.weights) == weight_files
@@ -44,6 +47,7 @@ def test_only_small_files_are_downloaded_and_tensors_read_by_range(hub_server, t
         for name in local.names:  # name order interleaves the shards, as the engine reads them
             assert read.info(name) == local.info(name)
             assert torch.equal(read.read(name), local.read(name))
+            assert read.map_flat(name, 0, 1) is None  # read over HTTP, never mapped
         read.verify()
     ranged = hub_server.seen("cdn")
     # one streamed request per file, plus the header read of each

@@ -123,3 +123,27 @@ def test_mix_models_into_a_read_only_folder(tiny_llamas: list[Path], tmp_path: P
         "choose a writable location\n"
     )
     assert [path.name for path in locked.iterdir()] == ["notes.txt"]
+
+
+def test_a_file_too_big_for_the_disk_fails_before_its_bytes_are_written(tmp_path: Path) -> None:
+    """``preallocate`` reserves a shard's blocks when its first bytes come: a disk without room fails there
+    (the engine then reports it as in test_mix_on_a_full_disk), not after filling the disk with a partial file."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = (
+        "import os, sys\n"
+        "from cocktail_bot.writable import preallocate\n"
+        "fits, too_big = (os.open(os.path.join(sys.argv[1], name), os.O_WRONLY | os.O_CREAT) for name in 'ab')\n"
+        "preallocate(fits, 2**19)\n"
+        "print(os.fstat(fits).st_size, os.fstat(fits).st_blocks * 512 >= 2**19)\n"
+        "try:\n"
+        "    preallocate(too_big, 2**21)\n"
+        "except OSError as error:\n"
+        "    print(error.strerror, os.fstat(too_big).st_size)\n"
+    )
+    done = run_mounted([sys.executable, "-c", script, str(disk)], tmpfs={disk: "1m"})
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0,
+        f"{2**19} True\nNo space left on device 0\n",
+        "",
+    )

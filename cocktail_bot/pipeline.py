@@ -138,11 +138,9 @@ def run_manifest(
     if lock is None:
         check_writable(lock_file.parent, f"the lock {lock_file.name}")
     preload.start()  # the merge needs torch: imported while the plan below asks the Hub
-    preflight = with_preflight(
-        build_plan(manifest, token=token, endpoint=endpoint), manifest, out, device=device
-    ).preflight
-    assert preflight is not None
-    require(preflight)  # before anything is downloaded
+    plan = with_preflight(build_plan(manifest, token=token, endpoint=endpoint), manifest, out, device=device)
+    assert plan.preflight is not None
+    require(plan.preflight)  # before anything is downloaded
     provenance = provenance or git_provenance(manifest.path.parent)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +151,10 @@ def run_manifest(
     committed = False
     try:
         context = RunContext(manifest, work, lock, device, progress)
-        context.sources = resolve_sources(manifest, lock, token=token, endpoint=endpoint, stream=True)
+        pins = {s.label: s.resolved_revision for s in plan.sources if s.repo_id and s.resolved_revision}
+        context.sources = resolve_sources(
+            manifest, lock, token=token, endpoint=endpoint, stream=True, pins=pins
+        )
         license_ = output_license(manifest, context.sources, publishing=bool(publish))
         if publish:
             uploader = shard_uploader(

@@ -3,6 +3,7 @@ the files), `plan` only asks the Hub's metadata."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from cocktail_bot.errors import CocktailError
@@ -20,9 +21,12 @@ def resolve_sources(
     endpoint: str | None,
     download: bool = True,
     stream: bool = False,
+    pins: Mapping[str, str] | None = None,
 ) -> dict[str, ResolvedSource]:
     """Pin every Hub and local source (a `--locked` run pins to the lock's commits and checks the files);
-    ``stream``: leave Hub weights on the Hub (see ``sources.resolve_source``)."""
+    ``stream``: leave Hub weights on the Hub (see ``sources.resolve_source``). ``pins``: the commits this run
+    pinned before (label -> sha, from its plan), so that it merges what its preflight measured even if a
+    branch moves meanwhile."""
     resolved = {}
     for spec in manifest.external_sources():
         revision = spec.revision
@@ -31,6 +35,8 @@ def resolve_sources(
             raise CocktailError(f"{spec.label} is not in the lock: run without --locked to update the lock")
         if pinned is not None and pinned.resolved_revision:
             revision = pinned.resolved_revision
+        elif pins is not None and spec.label in pins:
+            revision = pins[spec.label]
         source = resolve_source(
             spec.ref,
             revision,

@@ -175,3 +175,39 @@ def test_cocktail_run_reads_hub_sources_in_place(hub_server, tmp_path: Path, tin
     assert [s.resolved_revision for s in report.sources][:2] == [
         hub_server.head(f"cocktail/llama-{i}") for i in (0, 1)
     ]
+
+
+def test_run_merges_the_commits_its_preflight_measured(
+    hub_server, tmp_path: Path, tiny_llamas: list[Path], monkeypatch: pytest.MonkeyPatch
+):
+    """A branch that moves between the plan (preflight) and the merge does not change what is merged."""
+    from cocktail_bot import pipeline
+
+    for index in (0, 1):
+        publish(hub_server, f"cocktail/llama-{index}", tiny_llamas[index])
+    planned = hub_server.head("cocktail/llama-0")
+    root = tmp_path / "recipe"
+    (root / "models").mkdir(parents=True)
+    shutil.copytree(tiny_llamas[2], root / "models" / "llama-2")
+    (root / "cocktail.yml").write_text(HUB_RECIPE)
+    build_plan = pipeline.build_plan
+
+    def plan_then_move_main(*args, **kwargs):
+        plan = build_plan(*args, **kwargs)
+        publish(hub_server, "cocktail/llama-0", tiny_llamas[2])  # main moves on, right after the plan
+        return plan
+
+    monkeypatch.setattr(pipeline, "build_plan", plan_then_move_main)
+    report = pipeline.run_manifest(root / "cocktail.yml", tmp_path / "out", progress=False)
+    assert hub_server.head("cocktail/llama-0") != planned
+    assert report.sources[0].resolved_revision == planned
+    local = engine.merge(
+        tiny_llamas,
+        [0.5, 0.3, 0.2],
+        tmp_path / "local",
+        model_type="decoder",
+        shard_size="40KB",
+        progress=False,
+    )
+    assert report.output is not None
+    assert {k: v for k, v in report.output.files.items() if k in local.files} == local.files

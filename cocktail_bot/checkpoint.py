@@ -158,14 +158,17 @@ def _index_files(
     return files
 
 
-def _read_exact(fd: int, buffer: memoryview, offset: int) -> None:
+def _read_exact(fd: int, buffer: memoryview, offset: int, path: Path | str) -> None:
     """Fill ``buffer`` from ``fd`` at ``offset``; preadv may return short counts, so loop."""
     done = 0
     total = len(buffer)
     while done < total:
         count = os.preadv(fd, [buffer[done:]], offset + done)
         if count <= 0:
-            raise CocktailError(f"unexpected end of file while reading {total} bytes at offset {offset}")
+            raise CocktailError(
+                f"{path} ends before byte {offset + total}: it was cut short or replaced while being read; "
+                "re-download or re-save it"
+            )
         done += count
 
 
@@ -302,7 +305,9 @@ class Checkpoint:
     def map_flat(self, name: str, start: int, count: int) -> torch.Tensor | None:
         """Elements ``[start, start + count)`` as a read-only view of the file's pages, mapped and faulted in
         here (the reader thread), not by whoever reads them; None where only ``read_flat`` can read them (a
-        pickle, a Hub file, a filesystem that cannot map). Writing to it would crash the process.
+        pickle, a Hub file, a filesystem that cannot map, a file cut short since it was opened: reading its
+        missing pages would kill the process with SIGBUS, where ``read_flat`` says what happened). Writing to it
+        would crash the process.
 
         The mapping lives as long as the tensor: resident memory holds only the chunks in flight, as with
         ``read_flat``, without the copy (reading 3.4 GB of page cache: 0.4-0.5 CPU s mapped, 1.8 s copied).
@@ -313,9 +318,12 @@ class Checkpoint:
         dtype = entry.info.dtype
         first = entry.start + start * dtype.itemsize
         aligned = first - first % mmap.ALLOCATIONGRANULARITY
+        fd = self._fd(entry.file)
+        if os.fstat(fd).st_size < first + count * dtype.itemsize:
+            return None
         try:
             mapped = mmap.mmap(
-                self._fd(entry.file),
+                fd,
                 first - aligned + count * dtype.itemsize,
                 flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
                 prot=mmap.PROT_READ,
@@ -328,7 +336,7 @@ class Checkpoint:
             return torch.frombuffer(mapped, dtype=dtype, count=count, offset=first - aligned)
 
     def _read_into(self, file: Path | str, view: memoryview, offset: int) -> None:
-        _read_exact(self._fd(file), view, offset)
+        _read_exact(self._fd(file), view, offset, file)
 
     def _tensor(self, name: str) -> torch.Tensor:
         try:

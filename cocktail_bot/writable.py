@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +26,11 @@ WRITE_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 # Linux's fallocate(2); None elsewhere. Not os.posix_fallocate: where a filesystem cannot reserve blocks, glibc
 # falls back to writing every block once before the real writes (over NFS, every byte twice on the network).
-_FALLOCATE = getattr(ctypes.CDLL(None, use_errno=True), "fallocate", None)
+_FALLOCATE = (
+    getattr(ctypes.CDLL(None, use_errno=True), "fallocate", None)
+    if sys.platform.startswith("linux")
+    else None
+)
 if _FALLOCATE is not None:
     _FALLOCATE.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 

@@ -72,6 +72,24 @@ def test_a_mapped_chunk_outlives_its_checkpoint(tiny_llama_bf16):
     assert mapped is not None and torch.equal(mapped, expected)
 
 
+def test_a_file_cut_short_after_opening_is_read_not_mapped(tiny_llama_bf16, tmp_path):
+    """Mapping pages past the end of a file would kill the process (SIGBUS) when they are read; the read says
+    what happened instead."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llama_bf16, folder)
+    with Checkpoint(folder) as checkpoint:
+        name = max(checkpoint.names, key=lambda n: checkpoint.info(n).numel)
+        count = checkpoint.info(name).numel
+        assert checkpoint.map_flat(name, 0, count) is not None
+        weights = folder / "model.safetensors"
+        with open(weights, "r+b") as file:
+            file.truncate(weights.stat().st_size // 2)
+        last = max(checkpoint.names, key=lambda n: checkpoint._entries[n].start)
+        assert checkpoint.map_flat(last, 0, checkpoint.info(last).numel) is None
+        with pytest.raises(CocktailError, match=f"{weights} ends before byte .*: it was cut short"):
+            checkpoint.read_flat(last, 0, checkpoint.info(last).numel)
+
+
 def copy_config(source: Path, target: Path) -> Path:
     target.mkdir()
     shutil.copy(source / "config.json", target / "config.json")

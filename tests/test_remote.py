@@ -149,28 +149,32 @@ output: {license: apache-2.0}
 """
 
 
+def hub_recipe(hub_server, root: Path, tiny_llamas: list[Path]) -> Path:
+    """HUB_RECIPE in ``root``: llama-0 and llama-1 published to the Hub, llama-2 a local folder beside it."""
+    for index in (0, 1):
+        publish(hub_server, f"cocktail/llama-{index}", tiny_llamas[index])
+    (root / "models").mkdir(parents=True)
+    shutil.copytree(tiny_llamas[2], root / "models" / "llama-2")
+    (root / "cocktail.yml").write_text(HUB_RECIPE)
+    return root / "cocktail.yml"
+
+
+def assert_equals_the_local_merge(report, tiny_llamas: list[Path], folder: Path) -> None:
+    local = engine.merge(
+        tiny_llamas, [0.5, 0.3, 0.2], folder, model_type="decoder", shard_size="40KB", progress=False
+    )
+    assert report.output is not None
+    assert {k: v for k, v in report.output.files.items() if k in local.files} == local.files
+
+
 def test_cocktail_run_reads_hub_sources_in_place(hub_server, tmp_path: Path, tiny_llamas: list[Path]):
     from huggingface_hub import constants
 
     from cocktail_bot.pipeline import run_manifest
 
-    for index in (0, 1):
-        publish(hub_server, f"cocktail/llama-{index}", tiny_llamas[index])
-    root = tmp_path / "recipe"
-    (root / "models").mkdir(parents=True)
-    shutil.copytree(tiny_llamas[2], root / "models" / "llama-2")
-    (root / "cocktail.yml").write_text(HUB_RECIPE)
-    report = run_manifest(root / "cocktail.yml", tmp_path / "out", progress=False)
-    local = engine.merge(
-        tiny_llamas,
-        [0.5, 0.3, 0.2],
-        tmp_path / "local",
-        model_type="decoder",
-        shard_size="40KB",
-        progress=False,
-    )
-    assert report.output is not None
-    assert {k: v for k, v in report.output.files.items() if k in local.files} == local.files
+    manifest = hub_recipe(hub_server, tmp_path / "recipe", tiny_llamas)
+    report = run_manifest(manifest, tmp_path / "out", progress=False)
+    assert_equals_the_local_merge(report, tiny_llamas, tmp_path / "local")
     assert not list(Path(constants.HF_HUB_CACHE).rglob("*.safetensors"))  # weights never downloaded
     assert [s.resolved_revision for s in report.sources][:2] == [
         hub_server.head(f"cocktail/llama-{i}") for i in (0, 1)
@@ -183,13 +187,8 @@ def test_run_merges_the_commits_its_preflight_measured(
     """A branch that moves between the plan (preflight) and the merge does not change what is merged."""
     from cocktail_bot import pipeline
 
-    for index in (0, 1):
-        publish(hub_server, f"cocktail/llama-{index}", tiny_llamas[index])
+    manifest = hub_recipe(hub_server, tmp_path / "recipe", tiny_llamas)
     planned = hub_server.head("cocktail/llama-0")
-    root = tmp_path / "recipe"
-    (root / "models").mkdir(parents=True)
-    shutil.copytree(tiny_llamas[2], root / "models" / "llama-2")
-    (root / "cocktail.yml").write_text(HUB_RECIPE)
     build_plan = pipeline.build_plan
 
     def plan_then_move_main(*args, **kwargs):
@@ -198,16 +197,7 @@ def test_run_merges_the_commits_its_preflight_measured(
         return plan
 
     monkeypatch.setattr(pipeline, "build_plan", plan_then_move_main)
-    report = pipeline.run_manifest(root / "cocktail.yml", tmp_path / "out", progress=False)
+    report = pipeline.run_manifest(manifest, tmp_path / "out", progress=False)
     assert hub_server.head("cocktail/llama-0") != planned
     assert report.sources[0].resolved_revision == planned
-    local = engine.merge(
-        tiny_llamas,
-        [0.5, 0.3, 0.2],
-        tmp_path / "local",
-        model_type="decoder",
-        shard_size="40KB",
-        progress=False,
-    )
-    assert report.output is not None
-    assert {k: v for k, v in report.output.files.items() if k in local.files} == local.files
+    assert_equals_the_local_merge(report, tiny_llamas, tmp_path / "local")

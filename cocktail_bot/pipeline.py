@@ -137,10 +137,12 @@ def run_manifest(
         check_writable(tempfile.gettempdir(), "the model's shards before they are uploaded")
     if lock is None:
         check_writable(lock_file.parent, f"the lock {lock_file.name}")
-    preload.start()  # the merge needs torch: imported while the plan below asks the Hub
     plan = with_preflight(build_plan(manifest, token=token, endpoint=endpoint), manifest, out, device=device)
     assert plan.preflight is not None
     require(plan.preflight)  # before anything is downloaded
+    # The merge needs torch: imported while the sources' small files and headers are fetched, and only now, so
+    # that a run refused above (a missing repo, no token, too little disk) exits without waiting for it.
+    preload.start()
     provenance = provenance or git_provenance(manifest.path.parent)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

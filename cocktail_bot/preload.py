@@ -1,10 +1,11 @@
 """Import torch on a thread while a run is still talking to the Hub.
 
-``cocktail run`` spends its first second or so pinning sources and fetching their small files, mostly waiting
-on the network, and then imports torch (about 2 s of CPU) before it reads the first byte of weights. Importing
-torch meanwhile takes most of that off the time to the first byte (docs/benchmarks.md). Only torch is
-imported here, never a cocktail_bot module: torch imports none of them, so the main thread importing ours can
-only wait for torch, never deadlock with it.
+``cocktail run`` opens its sources (their small files and safetensors headers fetched, mostly waiting on the
+network) and then imports torch (about 2 s of CPU) before it reads the first byte of weights. Importing torch
+meanwhile takes part of that off the time to the first byte. It starts once the plan has passed, not before:
+the process waits for the import before it exits, and a run refused by its plan (a missing repo, too little
+disk) should not (docs/benchmarks.md). Only torch is imported here, never a cocktail_bot module: torch imports
+none of them, so the main thread importing ours can only wait for torch, never deadlock with it.
 """
 
 from __future__ import annotations

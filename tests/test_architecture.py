@@ -77,7 +77,7 @@ def test_a_tensor_module_does_load_torch():
 
 
 def test_preload_imports_torch_on_its_thread_and_nothing_of_ours():
-    """`cocktail run` imports torch while it asks the Hub (preload.py); a cocktail_bot module imported there
+    """`cocktail run` imports torch while it opens its sources (preload.py); a cocktail_bot module imported there
     could deadlock with the main thread's imports."""
     code = (
         "from cocktail_bot import preload\npreload.start()\npreload.finish()\n"

@@ -201,3 +201,22 @@ def test_run_merges_the_commits_its_preflight_measured(
     assert hub_server.head("cocktail/llama-0") != planned
     assert report.sources[0].resolved_revision == planned
     assert_equals_the_local_merge(report, tiny_llamas, tmp_path / "local")
+
+
+def test_a_run_refused_by_its_plan_does_not_wait_for_torch(
+    hub_server, tmp_path: Path, tiny_llamas: list[Path], monkeypatch: pytest.MonkeyPatch
+):
+    """torch is imported on a thread once the plan has passed: a missing repo fails in a fraction of a second
+    instead of after torch's 2-3 s import, which the process waits for before it exits."""
+    from cocktail_bot import pipeline, preload
+
+    started: list[bool] = []
+    monkeypatch.setattr(preload, "start", lambda: started.append(True))
+    manifest = hub_recipe(hub_server, tmp_path / "recipe", tiny_llamas)
+    missing = manifest.with_name("missing.yml")
+    missing.write_text(manifest.read_text().replace("cocktail/llama-1", "cocktail/no-such-model"))
+    with pytest.raises(CocktailError, match="cocktail/no-such-model"):
+        pipeline.run_manifest(missing, tmp_path / "refused", progress=False)
+    assert not started
+    pipeline.run_manifest(manifest, tmp_path / "out", progress=False)
+    assert started == [True]

@@ -13,7 +13,8 @@ Errors carry the ``X-Error-Code`` / ``X-Error-Message`` headers the client maps 
 (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``). Tokens: a write token, a read-only token (writes
 get 403), another user's write token and tokens minted by the OIDC exchange (``POST /oauth/token``). Private
 repos need a token of their namespace. ``fail(route, status, times)`` makes the next requests of a route fail
-(status 0 drops the connection); ``cut(route, at)`` drops it when a file's bytes being sent reach byte ``at``.
+(status 0 drops the connection); ``cut(route, at)`` drops it when a file's bytes being sent reach byte ``at``
+(``after=route`` holds it there until a request of that route has come, so a test knows how far a run got).
 Hugging Face Jobs (``/api/jobs/...``) live in ``tests/hub_jobs.py``. A revision's history
 (``list_repo_commits``); LFS objects listed (``list_lfs_files``) and permanently deleted from every commit
 (``permanently_delete_lfs_files``, history rewritten).
@@ -255,7 +256,7 @@ class HubServer:
         self.requests: list[Request] = []
         self.jobs = hub_jobs.Jobs()  # Hugging Face Jobs (tests/hub_jobs.py)
         self._failures: list[list[Any]] = []  # [route, method, status, remaining, error code, headers]
-        self._cuts: list[list[Any]] = []  # [route, byte of the file where the connection drops, remaining]
+        self._cuts: list[list[Any]] = []  # [route, byte where the connection drops, remaining, after route]
         self.down, self.up = Throttle(), Throttle()
         self._lock = threading.RLock()
         self._counter = itertools.count()
@@ -415,12 +416,13 @@ class HubServer:
         with self._lock:
             self._failures.append([route, method, status, times, code, dict(headers or {})])
 
-    def cut(self, route: str, at: int, times: int = 1) -> None:
+    def cut(self, route: str, at: int, times: int = 1, after: str | None = None) -> None:
         """Drop the connection of the next ``times`` answers of ``route`` (e.g. 'cdn') that send byte ``at``
         of a file, just before it, like a network failure in the middle of a download; a client that resumes
-        from byte ``at`` is cut again while ``times`` lasts."""
+        from byte ``at`` is cut again while ``times`` lasts. With ``after`` (e.g. 'lfs_upload') the answer
+        stalls at byte ``at`` until a request of that route has come, and drops then."""
         with self._lock:
-            self._cuts.append([route, at, times])
+            self._cuts.append([route, at, times, after])
 
     def heal(self) -> None:
         """Forget the failures and cuts not yet used up."""
@@ -428,13 +430,18 @@ class HubServer:
             self._failures.clear()
             self._cuts.clear()
 
-    def _take_cut(self, route: str, first: int, last: int) -> int | None:
+    def _take_cut(self, route: str, first: int, last: int) -> tuple[int, str | None] | None:
         with self._lock:
             for cut in self._cuts:
                 if cut[0] == route and cut[2] > 0 and first <= cut[1] <= last:
                     cut[2] -= 1
-                    return cut[1]
+                    return cut[1], cut[3]
         return None
+
+    def _wait_for(self, route: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.seen(route) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def seen(self, route: str, method: str | None = None) -> list[Request]:
         with self._lock:
@@ -645,7 +652,7 @@ class _Handler(hub_jobs.JobRoutes, BaseHTTPRequestHandler):
             return
         route = _route(self.command, [unquote(p) for p in urlsplit(self.path).path.strip("/").split("/")])[0]
         cut = self.hub._take_cut(route, start, end)
-        stop = end + 1 if cut is None else cut
+        stop = end + 1 if cut is None else cut[0]
         view = memoryview(data)
         for offset in range(start, stop, STEP):
             piece = view[offset : min(offset + STEP, stop)]
@@ -653,6 +660,8 @@ class _Handler(hub_jobs.JobRoutes, BaseHTTPRequestHandler):
             self.wfile.write(piece)
         if cut is not None:
             self.wfile.flush()
+            if cut[1] is not None:
+                self.hub._wait_for(cut[1])
             self.close_connection = True
             self.connection.shutdown(2)
 

@@ -141,7 +141,7 @@ def new_target(recipe: Path) -> Path:
 
 
 def test_a_failure_mid_merge_leaves_no_new_repo_behind(hub_server, new_target: Path):
-    hub_server.cut("cdn", at=4_000_000, times=100)  # after the first shards are uploaded
+    hub_server.cut("cdn", at=4_000_000, times=100, after="lfs_upload")  # once the first shard is uploaded
     with pytest.raises(RemoteError, match=r"failed at byte 4000000 .* after 3 retries"):
         run_manifest(new_target, None, publish=True, token=hub_server.write_token, progress=False)
     assert hub_server.seen("create_repo") and hub_server.seen("lfs_upload")
